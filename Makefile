@@ -1,0 +1,35 @@
+# Two commands do everything: `make run` (the main job) and `make test` (the test suite).
+# Each creates the virtual environment and installs what it needs on first use.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# The CPU build of PyTorch; GPU users: make TORCH="torch" (or any CUDA wheel spec).
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.\n' _)
+
+.PHONY: run test lint install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet -e ".[dev]"
+	rm -f $(VENV)/.installed-* && touch $@
+
+# The main job: find (or download) CIFAR-10, summarise it, draw sample images.
+run: $(STAMP)
+	$(VENV)/bin/cifarlab data info --download
+	$(VENV)/bin/cifarlab data show --download --out runs/samples.png
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

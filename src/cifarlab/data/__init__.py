@@ -1,0 +1,1 @@
+"""The data layer: find, download, read, cache, validate, split and batch CIFAR."""

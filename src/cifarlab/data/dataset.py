@@ -1,0 +1,395 @@
+"""Find CIFAR on disk in whatever form it is, load it (through the cache), validate it, and
+split it into train / val / test.
+
+The public entry point is :func:`load_dataset`.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cifarlab.data import cache
+from cifarlab.data.formats import RawData, md5_of, read_binary, read_image_folder, read_python
+from cifarlab.data.sources import DatasetInfo, get_info
+from cifarlab.errors import CifarlabError, DataError
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+
+
+class DataNotFound(DataError):
+    """Nothing that looks like the dataset is at the given place."""
+
+
+class DataWarning(UserWarning):
+    """Something about the data is unusual but loadable (e.g. checksums differ)."""
+
+
+# --------------------------------------------------------------------------- locating
+
+
+def data_root(root: str | os.PathLike | None = None) -> tuple[Path, str]:
+    """The folder to look in, and how it was chosen: the argument, ``$CIFARLAB_DATA``, or the
+    user cache directory."""
+    if root is not None:
+        return Path(root).expanduser(), "--root"
+    if env := os.environ.get("CIFARLAB_DATA"):
+        return Path(env).expanduser(), "CIFARLAB_DATA"
+    return cache.cache_dir() / "data", "cache"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One form of the dataset found on disk."""
+
+    kind: str  # "python" | "binary" | "images" | "archive"
+    path: Path
+    archive_format: str | None = None  # for kind == "archive": "python" | "binary"
+
+
+def _is_python_dir(p: Path, info: DatasetInfo) -> bool:
+    if info.name == "cifar10":
+        return (p / "data_batch_1").is_file() and (p / "test_batch").is_file()
+    return (p / "train").is_file() and (p / "test").is_file() and (p / "meta").is_file()
+
+
+def _is_binary_dir(p: Path, info: DatasetInfo) -> bool:
+    if info.name == "cifar10":
+        return (p / "data_batch_1.bin").is_file() and (p / "test_batch.bin").is_file()
+    return (p / "train.bin").is_file() and (p / "test.bin").is_file()
+
+
+def _is_image_dir(p: Path) -> bool:
+    return (p / "train").is_dir() and (p / "test").is_dir()
+
+
+def _archive_format(p: Path, info: DatasetInfo) -> str | None:
+    """Which official archive a file is, judged by its name ("binary" if it says so)."""
+    for fmt, archive in info.archives.items():
+        if p.name == archive.filename:
+            return fmt
+    if p.name.endswith(ARCHIVE_SUFFIXES):
+        return "binary" if "bin" in p.name else "python"
+    return None
+
+
+def find_source(info: DatasetInfo, root: Path) -> Source:
+    """Detect which form of ``info`` lives at ``root`` (a folder or an archive file)."""
+    if root.is_file():
+        fmt = _archive_format(root, info)
+        if fmt is None:
+            raise DataError(f"{root}: not a folder nor a .tar.gz archive of {info.title}")
+        return Source("archive", root, fmt)
+    if not root.is_dir():
+        raise DataNotFound(
+            f"{root}: no such folder. Run `cifarlab download --root {root}`, or point --root or "
+            "CIFARLAB_DATA at a folder that holds the data"
+        )
+    py, binary = info.archives["python"], info.archives["binary"]
+    for folder in (root, root / py.folder, root / binary.folder):
+        if _is_python_dir(folder, info):
+            return Source("python", folder)
+        if _is_binary_dir(folder, info):
+            return Source("binary", folder)
+    for fmt, archive in info.archives.items():
+        if (root / archive.filename).is_file():
+            return Source("archive", root / archive.filename, fmt)
+    for folder in (root, root / info.name):
+        if _is_image_dir(folder):
+            return Source("images", folder)
+    raise DataNotFound(
+        f"{info.title} not found in {root}: looked for {py.folder}/, {binary.folder}/, "
+        f"{py.filename}, {binary.filename} and image folders train/<class>/, test/<class>/. "
+        f"Run `cifarlab download --dataset {info.name}`, or point --root or CIFARLAB_DATA at a "
+        "folder that holds one of them"
+    )
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _extract_archive(source: Source, info: DatasetInfo) -> Source:
+    """Unpack an archive the user has into the cache (the data folder may be read-only)."""
+    from cifarlab.data.extract import safe_extract
+
+    fp = cache.fingerprint([source.path])[:16]
+    target = cache.cache_dir() / "extracted" / f"{info.name}-{fp}"
+    folder = target / info.archives[source.archive_format or "python"].folder
+    if not folder.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        safe_extract(source.path, target)
+    for candidate in (folder, *[p for p in target.iterdir() if p.is_dir()]):
+        if _is_python_dir(candidate, info):
+            return Source("python", candidate)
+        if _is_binary_dir(candidate, info):
+            return Source("binary", candidate)
+    raise DataError(f"{source.path}: the archive does not hold {info.title} in a known layout")
+
+
+def _checksums(source: Source, info: DatasetInfo, files: list[Path]) -> dict[str, str]:
+    """Compare with the official md5 sums where they are known."""
+    if source.kind == "archive":
+        official = {a.filename: a.md5 for a in info.archives.values()}.get(source.path.name)
+        if official is None:
+            return {"status": "unverified", "detail": "not an official archive name"}
+        ok = md5_of(source.path) == official
+        verdict = "matches" if ok else "differs from"
+        return {
+            "status": "official" if ok else "differs",
+            "detail": f"md5 of {source.path.name} {verdict} the official sum",
+        }
+    if source.kind != "python":
+        return {
+            "status": "unverified",
+            "detail": f"no official per-file sums for the {source.kind} layout",
+        }
+    differ = [f.name for f in files if info.python_md5.get(f.name) != md5_of(f)]
+    if not differ:
+        return {"status": "official", "detail": "md5 of every file matches the official sums"}
+    return {
+        "status": "differs",
+        "detail": f"md5 differs from the official files for {', '.join(differ)}",
+    }
+
+
+def _read(source: Source, info: DatasetInfo) -> RawData:
+    readers = {"python": read_python, "binary": read_binary, "images": read_image_folder}
+    return readers[source.kind](source.path, info)
+
+
+def _validate(raw: RawData, info: DatasetInfo, where: Path) -> list[str]:
+    """Raise on data that cannot be right; return warnings for data that is merely unusual."""
+    notes = []
+    if len(raw.class_names) != info.num_classes:
+        raise DataError(f"{where}: {len(raw.class_names)} class names, expected {info.num_classes}")
+    for split in ("train", "test"):
+        x, y = getattr(raw, f"{split}_x"), getattr(raw, f"{split}_y")
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[1:] != (32, 32, 3):
+            raise DataError(
+                f"{where}: {split} images are {x.dtype} {x.shape}, expected uint8 (N, 32, 32, 3)"
+            )
+        if len(x) == 0 or len(y) != len(x):
+            raise DataError(f"{where}: {split} has {len(x)} images and {len(y)} labels")
+        label_sets = [("label", y, info.num_classes)]
+        coarse = getattr(raw, f"{split}_coarse")
+        if info.num_coarse_classes and coarse is not None:
+            label_sets.append(("coarse label", coarse, info.num_coarse_classes))
+        for what, labels, k in label_sets:
+            if labels.min() < 0 or labels.max() >= k:
+                raise DataError(
+                    f"{where}: {split} {what}s range {labels.min()}..{labels.max()}, "
+                    f"expected 0..{k - 1}"
+                )
+        counts = np.bincount(y, minlength=info.num_classes)
+        full = info.train_size if split == "train" else info.test_size
+        if len(y) == full and not (counts == full // info.num_classes).all():
+            notes.append(
+                f"{where}: {split} class counts are uneven ({counts.min()}..{counts.max()}), "
+                f"the official set has {full // info.num_classes} per class"
+            )
+    return notes
+
+
+def read_raw(info: DatasetInfo, root: Path, *, use_cache: bool = True) -> tuple[RawData, dict]:
+    """Read the dataset at ``root`` (through the cache) and return it with its metadata:
+    ``source``, ``kind``, ``checksum`` and ``from_cache``."""
+    source = find_source(info, root)
+    files = [source.path] if source.kind == "archive" else None
+    if files is None:
+        files = _source_files(source, info)
+    fp = cache.fingerprint(files)
+    entry = cache.entry_dir(info.name, source.path, source.kind)
+    hit = cache.load(entry, fp) if use_cache else None
+    if hit is not None:
+        arrays, meta = hit
+        raw = RawData(
+            class_names=meta["class_names"], coarse_names=meta.get("coarse_names"), **arrays
+        )
+        return raw, {**meta, "from_cache": True}
+    readable = _extract_archive(source, info) if source.kind == "archive" else source
+    raw = _read(readable, info)
+    notes = _validate(raw, info, readable.path)
+    meta = {
+        "dataset": info.name,
+        "source": str(source.path.resolve()),
+        "kind": source.kind if source.kind != "archive" else f"{source.archive_format} archive",
+        "fingerprint": fp,
+        "checksum": _checksums(source, info, raw.files),
+        "class_names": raw.class_names,
+        "coarse_names": raw.coarse_names,
+        "notes": notes,
+    }
+    if use_cache:
+        cache.save(entry, {k: getattr(raw, k) for k in cache.ARRAY_KEYS}, meta)
+    return raw, {**meta, "from_cache": False}
+
+
+def _source_files(source: Source, info: DatasetInfo) -> list[Path]:
+    """The files a reader will open, for the cache fingerprint (missing ones are the reader's
+    job to report, so they are left out here)."""
+    p = source.path
+    if source.kind == "python":
+        names = list(info.python_md5)
+    elif source.kind == "binary":
+        names = (
+            [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
+            if info.name == "cifar10"
+            else ["train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt"]
+        )
+    else:
+        return [f for f in p.glob("*/*/*") if f.is_file()]
+    return [p / n for n in names if (p / n).exists()]
+
+
+# --------------------------------------------------------------------------- splits
+
+
+@dataclass
+class Split:
+    """One split: uint8 NHWC images and int64 labels (both torch tensors)."""
+
+    name: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    indices: torch.Tensor  # positions in the original train or test arrays
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def stratified_holdout(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """Indices of a class-balanced hold-out of ``size`` items, deterministic for a seed.
+
+    Each class gives its share of ``size`` (largest remainders settle the rounding); within
+    a class the picks come from a seeded permutation. Returned sorted.
+    """
+    n = len(labels)
+    if not 0 <= size < n:
+        raise CifarlabError(f"--val-size must be between 0 and {n - 1}, got {size}")
+    if size == 0:
+        return np.zeros(0, dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * size / n
+    take = np.floor(exact).astype(int)
+    order = np.argsort(-(exact - take), kind="stable")
+    take[order[: size - take.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [
+        rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take, strict=True)
+    ]
+    return np.sort(np.concatenate(picked))
+
+
+@dataclass
+class CifarDataset:
+    """A loaded dataset: three splits, the class names of the chosen label kind, and where it
+    came from."""
+
+    info: DatasetInfo
+    labels_kind: str  # "fine" | "coarse"
+    class_names: list[str]
+    train: Split
+    val: Split
+    test: Split
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.info.name
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.info.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.info.std
+
+    def split(self, name: str) -> Split:
+        if name not in ("train", "val", "test"):
+            raise CifarlabError(f"unknown split {name!r}: choose train, val or test")
+        return getattr(self, name)
+
+
+def load_dataset(
+    name: str = "cifar10",
+    root: str | os.PathLike | None = None,
+    *,
+    download: bool = False,
+    val_size: int = 5000,
+    labels: str = "fine",
+    val_seed: int = 0,
+    use_cache: bool = True,
+) -> CifarDataset:
+    """Load CIFAR-10 or CIFAR-100 as uint8 NHWC tensors split into train / val / test.
+
+    ``root`` defaults to ``$CIFARLAB_DATA``, then the user cache directory. ``download=True``
+    fetches the official archive when nothing is found. ``val_size`` images are held out of
+    the training set, stratified by class and the same for every run (``val_seed``).
+    ``labels`` picks CIFAR-100's "fine" (100) or "coarse" (20) labels.
+    """
+    info = get_info(name)
+    if labels not in ("fine", "coarse"):
+        raise CifarlabError(f"--labels must be fine or coarse, got {labels!r}")
+    if labels == "coarse" and info.num_coarse_classes is None:
+        raise CifarlabError(f"{info.title} has no coarse labels (only CIFAR-100 does)")
+    folder, how = data_root(root)
+    try:
+        raw, meta = read_raw(info, folder, use_cache=use_cache)
+    except DataNotFound:
+        if not download:
+            raise
+        from cifarlab.data.download import download_dataset
+
+        folder.mkdir(parents=True, exist_ok=True)
+        download_dataset(info.name, folder)
+        raw, meta = read_raw(info, folder, use_cache=use_cache)
+    meta["root_from"] = how
+    if meta["checksum"]["status"] == "differs":
+        warnings.warn(
+            f"{meta['source']}: md5 sums differ from the official {info.title} files; "
+            "loading it anyway",
+            DataWarning,
+            stacklevel=2,
+        )
+    for note in meta.get("notes", []):
+        warnings.warn(note, DataWarning, stacklevel=2)
+
+    if labels == "coarse":
+        if raw.train_coarse is None or raw.test_coarse is None:
+            raise DataError(f"{meta['source']}: this copy has no coarse labels")
+        train_y, test_y, names = raw.train_coarse, raw.test_coarse, raw.coarse_names or []
+    else:
+        train_y, test_y, names = raw.train_y, raw.test_y, raw.class_names
+
+    # Stratify on the fine labels so the hold-out is the same whichever labels are trained on.
+    val_idx = stratified_holdout(np.asarray(raw.train_y), val_size, val_seed)
+    keep = np.ones(len(raw.train_y), dtype=bool)
+    keep[val_idx] = False
+    train_idx = np.flatnonzero(keep)
+
+    def make(split: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Split:
+        tx, ty = torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
+        if idx is None:
+            return Split(split, tx, ty, torch.arange(len(ty)))
+        i = torch.from_numpy(idx)
+        return Split(split, tx[i], ty[i], i)
+
+    return CifarDataset(
+        info=info,
+        labels_kind=labels,
+        class_names=list(names),
+        train=make("train", raw.train_x, train_y, train_idx if val_size else None),
+        val=make("val", raw.train_x, train_y, val_idx),
+        test=make("test", raw.test_x, test_y, None),
+        meta=meta,
+    )

@@ -1,0 +1,273 @@
+"""Readers for every form CIFAR comes in: official python pickles, official binary records,
+and image folders. Each reader returns a :class:`RawData` of NHWC uint8 numpy arrays.
+
+The pickles are read with a restricted unpickler: ``pickle.load`` runs whatever code a file
+names, so only the handful of numpy constructors a CIFAR batch needs are admitted.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarlab.data.sources import DatasetInfo
+from cifarlab.errors import DataError
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+
+
+@dataclass
+class RawData:
+    """Arrays as read from disk, before any split: images are (N, 32, 32, 3) uint8."""
+
+    train_x: np.ndarray
+    train_y: np.ndarray
+    test_x: np.ndarray
+    test_y: np.ndarray
+    class_names: list[str]
+    train_coarse: np.ndarray | None = None
+    test_coarse: np.ndarray | None = None
+    coarse_names: list[str] | None = None
+    files: list[Path] = field(default_factory=list)  # the source files, for checksums
+
+
+# --------------------------------------------------------------------------- pickles
+
+
+def _numpy_reconstruct() -> Any:
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct
+    return _reconstruct
+
+
+# Everything a CIFAR pickle may name. Files written by numpy 1.x say numpy.core, by 2.x
+# numpy._core; _codecs.encode appears when Python 3 writes bytes at protocol 2.
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: codecs.encode,
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+    """The pickle names something outside the CIFAR format."""
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        factory = _ALLOWED_GLOBALS.get((module, name))
+        if factory is None:
+            raise UnsafePickleError(f"{module}.{name}")
+        return factory()
+
+
+def _str(value: Any) -> Any:
+    return value.decode("latin1") if isinstance(value, bytes) else value
+
+
+def load_pickle(path: Path) -> dict[str, Any]:
+    """Load one CIFAR pickle safely; keys (bytes or str) come back as str."""
+    try:
+        with open(path, "rb") as f:
+            obj = _CifarUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnsafePickleError as e:
+        raise DataError(
+            f"{path}: refused to unpickle {e}: a CIFAR file holds only arrays, lists and "
+            "strings, so this file is not one (it may be malicious)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any parse failure means a corrupt file
+        raise DataError(f"{path}: truncated or corrupt pickle ({type(e).__name__}: {e})") from None
+    if not isinstance(obj, dict):
+        raise DataError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
+    return {_str(k): v for k, v in obj.items()}
+
+
+def _get(d: dict[str, Any], key: str, path: Path) -> Any:
+    if key not in d:
+        raise DataError(f"{path}: missing key {key!r} (has {', '.join(sorted(d))})")
+    return d[key]
+
+
+def _pixels(data: Any, path: Path) -> np.ndarray:
+    """(N, 3072) planes R, G, B row-major -> (N, 32, 32, 3)."""
+    arr = np.asarray(data)
+    if arr.ndim != 2 or arr.shape[1] != 3072:
+        raise DataError(f"{path}: 'data' has shape {arr.shape}, expected (N, 3072)")
+    if arr.dtype != np.uint8:
+        if arr.size and (arr.min() < 0 or arr.max() > 255):
+            raise DataError(f"{path}: 'data' values outside 0..255")
+        arr = arr.astype(np.uint8)
+    return np.ascontiguousarray(arr.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+
+
+def _labels(values: Any, n: int, key: str, path: Path) -> np.ndarray:
+    arr = np.asarray(values, dtype=np.int64).reshape(-1)
+    if arr.shape[0] != n:
+        raise DataError(f"{path}: {arr.shape[0]} {key} for {n} images")
+    return arr
+
+
+def _names(values: Any) -> list[str]:
+    return [_str(v) for v in values]
+
+
+def read_python(folder: Path, info: DatasetInfo) -> RawData:
+    """Read the official python layout (``cifar-10-batches-py`` / ``cifar-100-python``)."""
+    if info.name == "cifar10":
+        train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
+        test_file, meta_file = folder / "test_batch", folder / "batches.meta"
+        meta = load_pickle(meta_file)
+        names = _names(_get(meta, "label_names", meta_file))
+        xs, ys = [], []
+        for p in train_files:
+            d = load_pickle(p)
+            xs.append(_pixels(_get(d, "data", p), p))
+            ys.append(_labels(_get(d, "labels", p), len(xs[-1]), "labels", p))
+        d = load_pickle(test_file)
+        test_x = _pixels(_get(d, "data", test_file), test_file)
+        test_y = _labels(_get(d, "labels", test_file), len(test_x), "labels", test_file)
+        return RawData(
+            np.concatenate(xs), np.concatenate(ys), test_x, test_y, names,
+            files=[*train_files, test_file, meta_file],
+        )  # fmt: skip
+    meta_file = folder / "meta"
+    meta = load_pickle(meta_file)
+    out: dict[str, np.ndarray] = {}
+    for split in ("train", "test"):
+        p = folder / split
+        d = load_pickle(p)
+        x = _pixels(_get(d, "data", p), p)
+        out[f"{split}_x"] = x
+        out[f"{split}_y"] = _labels(_get(d, "fine_labels", p), len(x), "fine_labels", p)
+        out[f"{split}_coarse"] = _labels(_get(d, "coarse_labels", p), len(x), "coarse_labels", p)
+    return RawData(
+        class_names=_names(_get(meta, "fine_label_names", meta_file)),
+        coarse_names=_names(_get(meta, "coarse_label_names", meta_file)),
+        files=[folder / "train", folder / "test", meta_file],
+        **out,
+    )
+
+
+# --------------------------------------------------------------------------- binary
+
+
+def _read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+    record = label_bytes + 3072
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    size = path.stat().st_size
+    if size == 0 or size % record:
+        raise DataError(
+            f"{path}: truncated or corrupt: {size} bytes is not a whole number of "
+            f"{record}-byte records"
+        )
+    raw = np.fromfile(path, dtype=np.uint8).reshape(-1, record)
+    labels = raw[:, :label_bytes].astype(np.int64)
+    return _pixels(raw[:, label_bytes:], path), labels
+
+
+def _read_names(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def read_binary(folder: Path, info: DatasetInfo) -> RawData:
+    """Read the official binary layout (``cifar-10-batches-bin`` / ``cifar-100-binary``)."""
+    if info.name == "cifar10":
+        train_files = [folder / f"data_batch_{i}.bin" for i in range(1, 6)]
+        test_file, meta_file = folder / "test_batch.bin", folder / "batches.meta.txt"
+        parts = [_read_records(p, 1) for p in train_files]
+        test_x, test_l = _read_records(test_file, 1)
+        return RawData(
+            np.concatenate([x for x, _ in parts]),
+            np.concatenate([lab[:, 0] for _, lab in parts]),
+            test_x, test_l[:, 0], _read_names(meta_file),
+            files=[*train_files, test_file, meta_file],
+        )  # fmt: skip
+    fine_file, coarse_file = folder / "fine_label_names.txt", folder / "coarse_label_names.txt"
+    train_x, train_l = _read_records(folder / "train.bin", 2)
+    test_x, test_l = _read_records(folder / "test.bin", 2)
+    # Each CIFAR-100 record starts with the coarse label byte, then the fine one.
+    return RawData(
+        train_x, train_l[:, 1], test_x, test_l[:, 1], _read_names(fine_file),
+        train_coarse=train_l[:, 0], test_coarse=test_l[:, 0],
+        coarse_names=_read_names(coarse_file),
+        files=[folder / "train.bin", folder / "test.bin", fine_file, coarse_file],
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+def _load_image(path: Path) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.size != (32, 32):
+                raise DataError(f"{path}: image is {im.size[0]}x{im.size[1]}, expected 32x32")
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def read_image_folder(root: Path, info: DatasetInfo) -> RawData:
+    """Read ``root/train/<class>/*`` and ``root/test/<class>/*`` (32x32 images)."""
+    names = _class_dirs(root / "train")
+    if len(names) != info.num_classes:
+        raise DataError(
+            f"{root / 'train'}: found {len(names)} class folders, {info.title} has "
+            f"{info.num_classes}"
+        )
+    # Folder order is alphabetical, which is also the official label order of both datasets.
+    test_names = _class_dirs(root / "test")
+    if test_names != names:
+        raise DataError(f"{root / 'test'}: class folders differ from those in {root / 'train'}")
+    arrays: dict[str, np.ndarray] = {}
+    files: list[Path] = []
+    for split in ("train", "test"):
+        paths, labels = [], []
+        for label, name in enumerate(names):
+            found = sorted(
+                p for p in (root / split / name).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES
+            )
+            paths += found
+            labels += [label] * len(found)
+        if not paths:
+            raise DataError(f"{root / split}: no images found")
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            images = list(pool.map(_load_image, paths))
+        arrays[f"{split}_x"] = np.stack(images)
+        arrays[f"{split}_y"] = np.asarray(labels, dtype=np.int64)
+        files += paths
+    return RawData(class_names=names, files=files, **arrays)
+
+
+# --------------------------------------------------------------------------- checksums
+
+
+def md5_of(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

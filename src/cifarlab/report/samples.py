@@ -1,0 +1,79 @@
+"""The sample-image grid: N images per class, each row or image titled with its class."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from cifarlab.report.io import atomic_write  # noqa: E402
+
+_ROWS_PER_CLASS_LIMIT = 20  # above this many classes, one title per image reads better
+
+
+def pick_samples(labels: torch.Tensor, per_class: int, seed: int = 0) -> list[list[int]]:
+    """For each class, up to ``per_class`` indices, chosen by a seeded permutation."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(labels), generator=g)
+    ordered = labels[order]
+    num_classes = int(labels.max()) + 1 if len(labels) else 0
+    return [order[ordered == c][:per_class].tolist() for c in range(num_classes)]
+
+
+def save_sample_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    out: str | os.PathLike,
+    *,
+    per_class: int = 8,
+    seed: int = 0,
+    title: str = "",
+) -> Path:
+    """Write a PNG grid of ``per_class`` sample images for every class.
+
+    With up to 20 classes each class is a row labelled with its name; with more (CIFAR-100
+    fine labels) the images flow in a grid of 10 columns, each titled with its class.
+    """
+    picks = pick_samples(labels, per_class, seed)
+    picks += [[] for _ in range(len(class_names) - len(picks))]
+    if len(class_names) <= _ROWS_PER_CLASS_LIMIT:
+        rows, cols = len(class_names), per_class
+        fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 1.6, 1.1 * rows + 0.6),
+                                 squeeze=False)  # fmt: skip
+        for r, idx in enumerate(picks):
+            for c in range(cols):
+                ax = axes[r][c]
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+                if c < len(idx):
+                    ax.imshow(np.asarray(images[idx[c]]), interpolation="nearest")
+            axes[r][0].set_ylabel(class_names[r], rotation=0, ha="right", va="center",
+                                  fontsize=11)  # fmt: skip
+    else:
+        flat = [(i, c) for c, idx in enumerate(picks) for i in idx]
+        cols = 10
+        rows = max(1, -(-len(flat) // cols))
+        fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.55 * rows + 0.6),
+                                 squeeze=False)  # fmt: skip
+        for k, ax in enumerate(axes.flat):
+            ax.axis("off")
+            if k < len(flat):
+                i, c = flat[k]
+                ax.imshow(np.asarray(images[i]), interpolation="nearest")
+                ax.set_title(class_names[c].replace("_", " "), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=13)
+    fig.tight_layout()
+    try:
+        return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    finally:
+        plt.close(fig)
