@@ -8,11 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from fakedata import write_cifar10_python, write_cifar100_python
 from PIL import Image
 
+from fakedata import write_cifar10_python, write_cifar100_python
 
-def run(*args: str, env: dict | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+
+def run(
+    *args: str, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
         [sys.executable, "-m", "cifarlab", *args],

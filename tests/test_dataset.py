@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakedata import write_cifar10_python, write_cifar100_python
 
 from cifarlab import CifarlabError, load_dataset
 from cifarlab.data.dataset import stratified_holdout
+from fakedata import write_cifar10_python, write_cifar100_python
 
 
 def _load(*args, **kwargs):

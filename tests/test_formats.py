@@ -9,6 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from cifarlab import DataError, load_dataset
+from cifarlab.data.formats import load_pickle
+from cifarlab.data.sources import CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES
 from fakedata import (
     make_tar_gz,
     write_cifar10_binary,
@@ -17,10 +21,6 @@ from fakedata import (
     write_cifar100_python,
     write_image_folder,
 )
-
-from cifarlab import DataError, load_dataset
-from cifarlab.data.formats import load_pickle
-from cifarlab.data.sources import CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES
 
 
 def _quiet_load(*args, **kwargs):

@@ -15,7 +15,8 @@ import numpy as np
 import torch
 
 from cifarlab.data import cache
-from cifarlab.data.formats import RawData, md5_of, read_binary, read_image_folder, read_python
+from cifarlab.data.download import md5sum
+from cifarlab.data.formats import RawData, read_binary, read_image_folder, read_python
 from cifarlab.data.sources import DatasetInfo, get_info
 from cifarlab.errors import CifarlabError, DataError
 
@@ -137,7 +138,7 @@ def _checksums(source: Source, info: DatasetInfo, files: list[Path]) -> dict[str
         official = {a.filename: a.md5 for a in info.archives.values()}.get(source.path.name)
         if official is None:
             return {"status": "unverified", "detail": "not an official archive name"}
-        ok = md5_of(source.path) == official
+        ok = md5sum(source.path) == official
         verdict = "matches" if ok else "differs from"
         return {
             "status": "official" if ok else "differs",
@@ -148,7 +149,7 @@ def _checksums(source: Source, info: DatasetInfo, files: list[Path]) -> dict[str
             "status": "unverified",
             "detail": f"no official per-file sums for the {source.kind} layout",
         }
-    differ = [f.name for f in files if info.python_md5.get(f.name) != md5_of(f)]
+    differ = [f.name for f in files if info.python_md5.get(f.name) != md5sum(f)]
     if not differ:
         return {"status": "official", "detail": "md5 of every file matches the official sums"}
     return {

@@ -8,7 +8,6 @@ names, so only the handful of numpy constructors a CIFAR batch needs are admitte
 from __future__ import annotations
 
 import codecs
-import hashlib
 import pickle
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -260,14 +259,3 @@ def read_image_folder(root: Path, info: DatasetInfo) -> RawData:
         arrays[f"{split}_y"] = np.asarray(labels, dtype=np.int64)
         files += paths
     return RawData(class_names=names, files=files, **arrays)
-
-
-# --------------------------------------------------------------------------- checksums
-
-
-def md5_of(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()

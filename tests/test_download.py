@@ -1,0 +1,365 @@
+"""Downloads against a real local HTTP server: resume, retry, stall, 404, checksum."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import socket
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from cifarlab.data.download import NETWORK_HINT, download_dataset, download_file, md5sum
+from cifarlab.data.extract import safe_extract
+from cifarlab.data.sources import get_info
+from cifarlab.errors import DownloadError
+
+FAST = {"backoff": 0.01, "timeout": 5.0, "progress": False}
+PAYLOAD = random.Random(0).randbytes(200_000)  # several read chunks, incompressible
+
+
+def md5(data: bytes) -> str:
+    return hashlib.md5(data).hexdigest()
+
+
+@dataclass
+class Server:
+    """What the test HTTP server serves and what it was asked for."""
+
+    base: str = ""
+    files: dict[str, bytes] = field(default_factory=dict)
+    # normal | cut | 404 | error_once | no_range | stall_headers | stall_body
+    mode: str = "normal"
+    requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
+    release: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def url(self, path: str) -> str:
+        return self.base + path
+
+    @property
+    def ranges(self) -> list[str | None]:
+        return [r for _, r in self.requests]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ThreadingHTTPServer  # with a .state attribute (a Server)
+
+    def log_message(self, format: str, *args: object) -> None:  # keep test output clean
+        pass
+
+    def do_GET(self) -> None:
+        st: Server = self.server.state  # type: ignore[attr-defined]
+        rng = self.headers.get("Range")
+        with st.lock:
+            st.requests.append((self.path, rng))
+            first = len(st.requests) == 1
+        if st.mode == "404" or self.path not in st.files:
+            self.send_error(404, "Not Found")
+            return
+        if st.mode == "error_once" and first:
+            self.send_error(503, "Service Unavailable")
+            return
+        if st.mode == "stall_headers":
+            st.release.wait(10)  # longer than any client timeout used in the tests
+            return
+        body = st.files[self.path]
+        start = 0
+        if rng and st.mode != "no_range":
+            m = re.fullmatch(r"bytes=(\d+)-", rng)
+            assert m, rng
+            start = int(m.group(1))
+            if start >= len(body):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{len(body)}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+        else:
+            self.send_response(200)
+        chunk = body[start:]
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(chunk)))  # always the full length
+        self.end_headers()
+        if (st.mode == "cut" and first) or st.mode == "stall_body":
+            self.wfile.write(chunk[: len(chunk) // 2])
+            self.wfile.flush()
+            if st.mode == "stall_body":
+                st.release.wait(10)
+            self.close_connection = True
+            return
+        self.wfile.write(chunk)
+
+
+@pytest.fixture(autouse=True)
+def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Talk to 127.0.0.1 directly even where a proxy is configured."""
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    state = Server()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.state = state  # type: ignore[attr-defined]
+    state.base = f"http://127.0.0.1:{httpd.server_address[1]}"
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield state
+    finally:
+        state.release.set()  # let stalled handlers finish so server_close() can join them
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(5)
+
+
+def no_leftovers(dest: Path) -> bool:
+    return not dest.exists() and not dest.with_name(dest.name + ".part").exists()
+
+
+# --------------------------------------------------------------------------- download_file
+
+
+def test_md5sum(tmp_path: Path) -> None:
+    p = tmp_path / "f"
+    p.write_bytes(PAYLOAD)
+    assert md5sum(p) == md5(PAYLOAD)
+    assert md5sum(p, chunk=7) == md5(PAYLOAD)
+
+
+def test_normal_download(server: Server, tmp_path: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "sub" / "a.bin"
+    out = download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert out == dest
+    assert dest.read_bytes() == PAYLOAD
+    assert not dest.with_name("a.bin.part").exists()
+    assert server.ranges == [None]
+
+
+def test_progress_bar_does_not_break(server: Server, tmp_path: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = download_file(server.url("/a.bin"), tmp_path / "a.bin", None, backoff=0.01)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_cut_off_connection_is_resumed(server: Server, tmp_path: Path) -> None:
+    server.mode = "cut"
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/a.bin"), dest, md5(PAYLOAD), retries=2, **FAST)
+    assert dest.read_bytes() == PAYLOAD
+    assert md5sum(dest) == md5(PAYLOAD)
+    assert len(server.requests) == 2
+    assert server.ranges == [None, f"bytes={len(PAYLOAD) // 2}-"]
+
+
+def test_resumes_existing_part_file(server: Server, tmp_path: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    half = 123_457
+    dest.with_name("a.bin.part").write_bytes(PAYLOAD[:half])
+    download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert server.ranges == [f"bytes={half}-"]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_server_ignoring_range_restarts_from_zero(server: Server, tmp_path: Path) -> None:
+    server.mode = "no_range"
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    dest.with_name("a.bin.part").write_bytes(b"junk" * 1000)  # must be overwritten, not kept
+    download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert server.ranges == ["bytes=4000-"]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_part_file_too_long_starts_over(server: Server, tmp_path: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    dest.with_name("a.bin.part").write_bytes(b"x" * (len(PAYLOAD) + 10))
+    download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert server.ranges == [f"bytes={len(PAYLOAD) + 10}-", None]
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_server_error_is_retried(server: Server, tmp_path: Path) -> None:
+    server.mode = "error_once"
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert len(server.requests) == 2
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_404_fails_at_once(server: Server, tmp_path: Path) -> None:
+    server.mode = "404"
+    dest = tmp_path / "a.bin"
+    url = server.url("/a.bin")
+    with pytest.raises(DownloadError, match="404") as info:
+        download_file(url, dest, None, retries=3, **FAST)
+    assert url in str(info.value)
+    assert "\n" not in str(info.value)
+    assert len(server.requests) == 1  # not retried
+    assert no_leftovers(dest)
+
+
+def test_wrong_checksum(server: Server, tmp_path: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    wanted = md5(b"something else")
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, wanted, **FAST)
+    msg = str(info.value)
+    assert "a.bin" in msg and wanted in msg and md5(PAYLOAD) in msg
+    assert no_leftovers(dest)
+
+
+@pytest.mark.parametrize("mode", ["stall_headers", "stall_body"])
+def test_stalled_server_times_out(server: Server, tmp_path: Path, mode: str) -> None:
+    server.mode = mode
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="2 attempts"):
+        download_file(
+            server.url("/a.bin"), dest, None, retries=1, backoff=0.01, timeout=0.5, progress=False
+        )
+    assert time.monotonic() - t0 < 4
+    assert len(server.requests) == 2
+    assert not dest.exists()
+    if mode == "stall_body":  # the second attempt resumed what the first one got
+        assert server.ranges == [None, f"bytes={len(PAYLOAD) // 2}-"]
+
+
+def test_existing_file_with_right_md5_is_kept(server: Server, tmp_path: Path) -> None:
+    dest = tmp_path / "a.bin"
+    dest.write_bytes(PAYLOAD)
+    assert download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST) == dest
+    assert server.requests == []
+
+
+def test_existing_file_with_wrong_md5_is_replaced(server: Server, tmp_path: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    dest.write_bytes(b"old")
+    download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert dest.read_bytes() == PAYLOAD
+
+
+def test_unresolvable_host_fails_fast(tmp_path: Path) -> None:
+    dest = tmp_path / "x"
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        download_file("http://nonexistent.invalid/x", dest, None, retries=4, backoff=1.0)
+    assert time.monotonic() - t0 < 5
+    msg = str(info.value)
+    assert "nonexistent.invalid" in msg and NETWORK_HINT in msg
+    assert no_leftovers(dest)
+
+
+def test_refused_connection_is_retried_then_fails(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(DownloadError, match="3 attempts") as info:
+        download_file(f"http://127.0.0.1:{port}/x", tmp_path / "x", None, retries=2, **FAST)
+    assert NETWORK_HINT in str(info.value)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def tiny_targz(folder: str) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in {"data_batch_1": b"one", "test_batch": b"two"}.items():
+            info = tarfile.TarInfo(f"{folder}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def test_download_dataset_checks_the_official_md5(server: Server, tmp_path: Path) -> None:
+    archive = get_info("cifar10").archives["python"]
+    server.files[f"/mirror/{archive.filename}"] = tiny_targz(archive.folder)
+    with pytest.raises(DownloadError, match="checksum mismatch") as info:
+        download_dataset("cifar10", tmp_path, base_url=server.url("/mirror/"), **FAST)
+    assert archive.md5 in str(info.value)
+    assert server.requests[0][0] == f"/mirror/{archive.filename}"
+    assert no_leftovers(tmp_path / archive.filename)
+    assert not (tmp_path / archive.folder).exists()
+
+
+def test_download_dataset_uses_mirror_env(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = get_info("cifar100").archives["binary"]
+    monkeypatch.setenv("CIFARLAB_MIRROR", server.url("/m"))
+    with pytest.raises(DownloadError, match="404"):
+        download_dataset("cifar100", tmp_path, "binary", **FAST)
+    assert [p for p, _ in server.requests] == [f"/m/{archive.filename}"]
+
+
+def test_download_dataset_skips_a_complete_folder(server: Server, tmp_path: Path) -> None:
+    info = get_info("cifar10")
+    folder = tmp_path / info.archives["python"].folder
+    folder.mkdir()
+    for name in info.python_md5:
+        (folder / name).write_bytes(b"x")
+    assert download_dataset("cifar10", tmp_path, base_url=server.base, **FAST) == folder
+    assert server.requests == []
+
+
+def test_download_then_extract(server: Server, tmp_path: Path) -> None:
+    data = tiny_targz("cifar-10-batches-py")
+    server.mode = "cut"
+    server.files["/c.tar.gz"] = data
+    path = download_file(server.url("/c.tar.gz"), tmp_path / "c.tar.gz", md5(data), **FAST)
+    assert safe_extract(path, tmp_path) == ["cifar-10-batches-py"]
+    assert (tmp_path / "cifar-10-batches-py" / "data_batch_1").read_bytes() == b"one"
+    assert (tmp_path / "cifar-10-batches-py" / "test_batch").read_bytes() == b"two"
+
+
+# --------------------------------------------------------------------------- the CLI
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cifarlab", *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, **env},
+    )  # fmt: skip
+
+
+def test_cli_download_checksum_error_is_one_line(server: Server, tmp_path: Path) -> None:
+    server.files["/cifar-10-python.tar.gz"] = PAYLOAD
+    r = _cli("download", "--root", str(tmp_path), "--url", server.base + "/", env={})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "error: checksum mismatch for cifar-10-python.tar.gz" in r.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written is left
+
+
+def test_cli_offline_download_fails_fast_with_hint(tmp_path: Path) -> None:
+    start = time.monotonic()
+    r = _cli("data", "info", "--download", "--root", str(tmp_path / "d"),
+             env={"CIFARLAB_MIRROR": "http://nonexistent.invalid/"})  # fmt: skip
+    assert time.monotonic() - start < 15
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "cannot download http://nonexistent.invalid/cifar-10-python.tar.gz" in r.stderr
+    assert "CIFARLAB_DATA" in r.stderr
