@@ -1,0 +1,145 @@
+"""BatchLoader: the whole split lives on the device as one uint8 tensor; each epoch is a seeded
+permutation cut into batches, augmented and normalized as tensor ops.
+
+No worker processes and no per-image Python: gathering a batch is one ``index_select``.
+Ready for data-parallel training: with ``world_size > 1`` every rank draws the same global
+permutation and takes its own shard, so the ranks together see each image once per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor
+
+from cifarlab.data.augment import (
+    Augment,
+    alternating_flip_mask,
+    cutout,
+    flip_where,
+    normalize,
+    random_flip,
+    random_translate,
+)
+from cifarlab.errors import CifarlabError
+
+
+def _generator(device: torch.device, *seeds: int) -> torch.Generator:
+    # Mix the seeds into one 63-bit number; distinct tuples give distinct streams.
+    value = 0
+    for s in seeds:
+        value = (value * 1_000_003 + int(s)) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(value)
+
+
+class BatchLoader:
+    """Iterate over ``(x, y)`` batches: x float NCHW on ``device``, y int64.
+
+    ``images`` are uint8 NHWC, as :func:`cifarlab.load_dataset` returns them. ``mean``/``std``
+    None means pixels / 255 only. Each ``iter()`` is one epoch; the epoch number advances by
+    itself, or is set with :meth:`set_epoch`.
+    """
+
+    def __init__(
+        self,
+        images: Tensor,
+        labels: Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        device: str | torch.device = "cpu",
+        augment: Augment | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        dtype: torch.dtype = torch.float32,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise CifarlabError(f"batch size must be at least 1, got {batch_size}")
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+            raise CifarlabError(
+                f"images must be uint8 NHWC, got {images.dtype} {tuple(images.shape)}"
+            )
+        if len(images) != len(labels):
+            raise CifarlabError(f"{len(images)} images but {len(labels)} labels")
+        if not 0 <= rank < world_size:
+            raise CifarlabError(f"rank {rank} is outside world size {world_size}")
+        self.device = torch.device(device)
+        # One copy, done once: NHWC → NCHW uint8 on the device.
+        self.images = images.permute(0, 3, 1, 2).contiguous().to(self.device)
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size = batch_size
+        self.shuffle, self.seed, self.drop_last = shuffle, seed, drop_last
+        self.augment = augment or Augment()
+        self.mean, self.std = mean, std
+        self.channels_last, self.dtype = channels_last, dtype
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        # A fixed random bit per image, for alternating flips (same on every rank).
+        bits = torch.rand(len(labels), generator=_generator(torch.device("cpu"), seed, 7)) < 0.5
+        self.flip_bits = bits.to(self.device)
+
+    # ------------------------------------------------------------------ sizes
+
+    @property
+    def num_samples(self) -> int:
+        """Images this rank sees per epoch."""
+        return len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
+
+    def __len__(self) -> int:
+        n = self.num_samples
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    # ------------------------------------------------------------------ epochs
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch = int(state["epoch"])
+        self.seed = int(state.get("seed", self.seed))
+
+    def epoch_indices(self, epoch: int) -> Tensor:
+        """This rank's image indices for ``epoch``, in order."""
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=_generator(torch.device("cpu"), self.seed, epoch))
+        else:
+            order = torch.arange(n)
+        if self.world_size > 1:
+            # Same global permutation on every rank; trim to a multiple of world_size so the
+            # shards are equal, then deal them out.
+            order = order[: n - n % self.world_size][self.rank :: self.world_size]
+        return order.to(self.device)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        order = self.epoch_indices(epoch)
+        gen = _generator(self.device, self.seed, epoch, self.rank, 1)
+        aug = self.augment
+        for start in range(0, len(order), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            if self.drop_last and len(idx) < self.batch_size:
+                break
+            x = self.images.index_select(0, idx)
+            if aug.translate:
+                x = random_translate(x, aug.translate, gen)
+            if aug.flip == "random":
+                x = random_flip(x, gen)
+            elif aug.flip == "alternate":
+                x = flip_where(x, alternating_flip_mask(self.flip_bits[idx], epoch))
+            x = normalize(
+                x, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last
+            )
+            if aug.cutout:
+                x = cutout(x, aug.cutout, gen)
+            yield x, self.labels.index_select(0, idx)
