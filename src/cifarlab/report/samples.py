@@ -46,7 +46,7 @@ def save_sample_grid(
     if len(class_names) <= _ROWS_PER_CLASS_LIMIT:
         rows, cols = len(class_names), per_class
         fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 1.6, 1.1 * rows + 0.6),
-                                 squeeze=False)  # fmt: skip
+                                 squeeze=False, layout="constrained")  # fmt: skip
         for r, idx in enumerate(picks):
             for c in range(cols):
                 ax = axes[r][c]
@@ -63,7 +63,7 @@ def save_sample_grid(
         cols = 10
         rows = max(1, -(-len(flat) // cols))
         fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.55 * rows + 0.6),
-                                 squeeze=False)  # fmt: skip
+                                 squeeze=False, layout="constrained")  # fmt: skip
         for k, ax in enumerate(axes.flat):
             ax.axis("off")
             if k < len(flat):
@@ -72,7 +72,6 @@ def save_sample_grid(
                 ax.set_title(class_names[c].replace("_", " "), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=13)
-    fig.tight_layout()
     try:
         return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
     finally:
