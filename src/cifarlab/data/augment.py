@@ -40,9 +40,10 @@ class Augment:
         return asdict(self)
 
 
-def _reflect_index(size: int, pad: int, device: torch.device) -> Tensor:
-    """Source positions of a reflect-padded axis: for pad 2, size 5 → 2 1 0 1 2 3 4 3 2."""
-    i = torch.arange(-pad, size + pad, device=device).abs()
+def _reflect(i: Tensor, size: int) -> Tensor:
+    """Fold positions in [-(size-1), 2(size-1)] back into [0, size) by mirroring at the edges
+    without repeating the edge pixel (numpy/torch "reflect"): -1 → 1, size → size-2."""
+    i = i.abs()
     return torch.where(i >= size, 2 * (size - 1) - i, i)
 
 
@@ -51,45 +52,63 @@ def reflect_pad(x: Tensor, pad: int) -> Tensor:
     if pad == 0:
         return x
     h, w = x.shape[-2:]
-    x = x.index_select(-2, _reflect_index(h, pad, x.device))
-    return x.index_select(-1, _reflect_index(w, pad, x.device))
+    x = x.index_select(-2, _reflect(torch.arange(-pad, h + pad, device=x.device), h))
+    return x.index_select(-1, _reflect(torch.arange(-pad, w + pad, device=x.device), w))
+
+
+def translate(x: Tensor, dy: Tensor, dx: Tensor, flip_mask: Tensor | None = None) -> Tensor:
+    """Shift image n of an NCHW batch by (dy[n], dx[n]) pixels, the border filled by
+    reflection, then mirror it left-right where ``flip_mask`` is True.
+
+    Output pixel (i, j) of image n is input pixel (reflect(i + dy[n]), reflect(j + dx[n])), the
+    same as reflect-padding by |shift| and cropping; shifts must be smaller than the image.
+    Both steps are folded into one source index per output pixel, so the whole batch is moved
+    by a single ``gather``: about 10x faster on CPU than padding then cropping (a uint8
+    ``index_select`` on the last dimension is slow).
+    """
+    n, c, h, w = x.shape
+    rows = _reflect(torch.arange(h, device=x.device) + dy.to(x.device).view(n, 1), h)
+    cols = _reflect(torch.arange(w, device=x.device) + dx.to(x.device).view(n, 1), w)
+    if flip_mask is not None:
+        # mirroring the output = reading the columns in reverse order
+        cols = torch.where(flip_mask.to(x.device).view(n, 1), cols.flip(1), cols)
+    index = (rows.view(n, h, 1) * w + cols.view(n, 1, w)).view(n, 1, h * w)
+    return x.reshape(n, c, h * w).gather(2, index.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def random_shifts(n: int, pad: int, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(dy, dx) for ``n`` images, each uniform over [-pad, pad], on the generator's device."""
+    dy = torch.randint(-pad, pad + 1, (n,), generator=gen, device=gen.device)
+    dx = torch.randint(-pad, pad + 1, (n,), generator=gen, device=gen.device)
+    return dy, dx
 
 
 def random_translate(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
-    """Shift each image of an NCHW batch by a random (dy, dx) in [-pad, pad], filling the
-    border by reflection: reflect-pad, then crop a random window back to the input size.
-
-    Rather than a crop per image, loop over the 2*pad+1 offsets of each axis and move every
-    image with that offset at once: 2*(2*pad+1) batched copies instead of N small ones.
-    """
+    """Shift each image of an NCHW batch by a random (dy, dx) in [-pad, pad] with reflect
+    padding: the same as reflect-padding by ``pad`` and cropping a random HxW window."""
     if pad == 0:
         return x
-    n, _, h, w = x.shape
-    padded = reflect_pad(x, pad)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen, device=gen.device).to(x.device)
-    rows = torch.empty((n, x.shape[1], h, w + 2 * pad), dtype=x.dtype, device=x.device)
-    for s in range(2 * pad + 1):
-        idx = (dy == s).nonzero().squeeze(1)
-        if len(idx):
-            rows[idx] = padded[idx, :, s : s + h, :]
-    out = torch.empty_like(x)
-    for s in range(2 * pad + 1):
-        idx = (dx == s).nonzero().squeeze(1)
-        if len(idx):
-            out[idx] = rows[idx, :, :, s : s + w]
-    return out
+    if pad >= min(x.shape[-2:]):
+        raise CifarlabError(f"pad {pad} must be smaller than the image {tuple(x.shape[-2:])}")
+    return translate(x, *random_shifts(len(x), pad, gen))
 
 
-def flip_where(x: Tensor, mask: Tensor) -> Tensor:
+def flip(x: Tensor, mask: Tensor) -> Tensor:
     """Mirror (left-right) the images of an NCHW batch where ``mask`` is True."""
-    return torch.where(mask.view(-1, 1, 1, 1), x.flip(-1), x)
+    return torch.where(mask.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
+flip_where = flip  # earlier name, kept for callers that use it
+
+
+def random_flip_mask(n: int, gen: torch.Generator) -> Tensor:
+    """True for each of ``n`` images with probability 1/2, on the generator's device."""
+    return torch.rand(n, generator=gen, device=gen.device) < 0.5
 
 
 def random_flip(x: Tensor, gen: torch.Generator) -> Tensor:
     """Mirror each image with probability 1/2."""
-    mask = torch.rand(len(x), generator=gen, device=gen.device).to(x.device) < 0.5
-    return flip_where(x, mask)
+    return flip(x, random_flip_mask(len(x), gen))
 
 
 def alternating_flip_mask(flip_bits: Tensor, epoch: int) -> Tensor:
@@ -100,17 +119,19 @@ def alternating_flip_mask(flip_bits: Tensor, epoch: int) -> Tensor:
 
 def cutout(x: Tensor, size: int, gen: torch.Generator) -> Tensor:
     """Zero a ``size``×``size`` square (clipped at the borders) at a random centre of each
-    image. Meant for normalized input, where 0 is the mean colour."""
+    image. Meant for normalized (finite) input, where 0 is the mean colour."""
     if size == 0:
         return x
     n, _, h, w = x.shape
-    cy = torch.randint(0, h, (n, 1, 1), generator=gen, device=gen.device).to(x.device)
-    cx = torch.randint(0, w, (n, 1, 1), generator=gen, device=gen.device).to(x.device)
+    cy = torch.randint(0, h, (n, 1), generator=gen, device=gen.device).to(x.device)
+    cx = torch.randint(0, w, (n, 1), generator=gen, device=gen.device).to(x.device)
     top, left = cy - size // 2, cx - size // 2
-    ys = torch.arange(h, device=x.device).view(1, h, 1)
-    xs = torch.arange(w, device=x.device).view(1, 1, w)
-    inside = (ys >= top) & (ys < top + size) & (xs >= left) & (xs < left + size)
-    return x.masked_fill(inside.unsqueeze(1), 0)
+    ys, xs = torch.arange(h, device=x.device), torch.arange(w, device=x.device)
+    in_rows = (ys >= top) & (ys < top + size)  # (n, h)
+    in_cols = (xs >= left) & (xs < left + size)  # (n, w)
+    # Multiplying by a 0/1 mask is about 2x faster than masked_fill on CPU.
+    keep = ~(in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w))
+    return x * keep.to(x.dtype)
 
 
 def normalize(
@@ -122,15 +143,19 @@ def normalize(
     channels_last: bool = False,
 ) -> Tensor:
     """uint8 NCHW → float: divide by 255, then (if given) subtract ``mean`` and divide by
-    ``std`` per channel (both on the 0–1 scale)."""
-    out = x.to(dtype)
-    if mean is None or std is None:
-        out = out.mul_(1 / 255)
-    else:
-        s = torch.tensor(std, dtype=dtype, device=x.device).view(1, -1, 1, 1)
-        m = torch.tensor(mean, dtype=dtype, device=x.device).view(1, -1, 1, 1)
-        # (x/255 - m) / s  ==  x * (1/(255 s)) - m/s : one multiply-add pass
-        out = torch.addcmul(-m / s, out, 1 / (255 * s))
+    ``std`` per channel (both on the 0–1 scale). The arithmetic is done in float32 (float64
+    if asked) and only then cast, so bfloat16/float16 output is correctly rounded."""
     if channels_last:
-        out = out.contiguous(memory_format=torch.channels_last)
-    return out
+        # reorder the uint8 bytes (4x cheaper than the floats); the ops below keep the layout
+        x = x.contiguous(memory_format=torch.channels_last)
+    work = torch.float64 if dtype == torch.float64 else torch.float32
+    out = x.to(work)
+    if mean is None or std is None:
+        out.mul_(1 / 255)
+    else:
+        s = torch.tensor(std, dtype=work, device=x.device).view(1, -1, 1, 1)
+        m = torch.tensor(mean, dtype=work, device=x.device).view(1, -1, 1, 1)
+        # (x/255 - m) / s == x * (1/(255 s)) - m/s; two in-place passes beat one addcmul,
+        # whose broadcasting kernel is several times slower on CPU.
+        out.mul_(1 / (255 * s)).sub_(m / s)
+    return out.to(dtype)

@@ -17,10 +17,11 @@ from cifarlab.data.augment import (
     Augment,
     alternating_flip_mask,
     cutout,
-    flip_where,
+    flip,
     normalize,
-    random_flip,
-    random_translate,
+    random_flip_mask,
+    random_shifts,
+    translate,
 )
 from cifarlab.errors import CifarlabError
 
@@ -121,25 +122,38 @@ class BatchLoader:
         return order.to(self.device)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        # Advance the counter now, not at the first batch (a generator body runs lazily), so
+        # state_dict() right after iter() already points at the next epoch.
         epoch = self.epoch
         self.epoch += 1
+        return self._batches(epoch)
+
+    def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
         order = self.epoch_indices(epoch)
         gen = _generator(self.device, self.seed, epoch, self.rank, 1)
-        aug = self.augment
+        cut = self.augment.cutout
         for start in range(0, len(order), self.batch_size):
             idx = order[start : start + self.batch_size]
             if self.drop_last and len(idx) < self.batch_size:
                 break
             x = self.images.index_select(0, idx)
-            if aug.translate:
-                x = random_translate(x, aug.translate, gen)
-            if aug.flip == "random":
-                x = random_flip(x, gen)
-            elif aug.flip == "alternate":
-                x = flip_where(x, alternating_flip_mask(self.flip_bits[idx], epoch))
+            x = self._geometric(x, idx, epoch, gen)
             x = normalize(
                 x, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last
             )
-            if aug.cutout:
-                x = cutout(x, aug.cutout, gen)
+            if cut:
+                x = cutout(x, cut, gen)
             yield x, self.labels.index_select(0, idx)
+
+    def _geometric(self, x: Tensor, idx: Tensor, epoch: int, gen: torch.Generator) -> Tensor:
+        """Translate then flip the uint8 batch; both at once (one gather) when both are on."""
+        aug = self.augment
+        shifts = random_shifts(len(x), aug.translate, gen) if aug.translate else None
+        mask = None
+        if aug.flip == "random":
+            mask = random_flip_mask(len(x), gen)
+        elif aug.flip == "alternate":
+            mask = alternating_flip_mask(self.flip_bits[idx], epoch)
+        if shifts is not None:
+            return translate(x, *shifts, flip_mask=mask)
+        return x if mask is None else flip(x, mask)
