@@ -18,10 +18,20 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-# The main job: find (or download) CIFAR-10, summarise it, draw sample images.
+RUN ?= runs/simple_cnn
+
+# The main job: get CIFAR-10 (download, or $$CIFARLAB_DATA), train the original study's CNN
+# for 10 epochs, evaluate it on the test split and write the report.
 run: $(STAMP)
-	$(VENV)/bin/cifarlab data info --download
 	$(VENV)/bin/cifarlab data show --download --out runs/samples.png
+	@if [ -f $(RUN)/last.pt ]; then \
+	  echo "$(RUN) exists: finishing it if it was interrupted (make run RUN=runs/other for a new run)"; \
+	  $(VENV)/bin/cifarlab train --resume $(RUN); \
+	else \
+	  $(VENV)/bin/cifarlab train --model simple_cnn --epochs 10 --out $(RUN); \
+	fi
+	$(VENV)/bin/cifarlab evaluate $(RUN)
+	@echo "open $(RUN)/report.html in a browser"
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

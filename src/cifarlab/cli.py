@@ -16,18 +16,37 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> None:
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"],
-                   help="which dataset (default: cifar10)")  # fmt: skip
-    p.add_argument("--root", type=Path, default=None,
-                   help="folder or .tar.gz holding the data (default: $CIFARLAB_DATA, else the "
-                        "user cache directory)")  # fmt: skip
+    p.add_argument(
+        "--dataset",
+        default="cifar10",
+        choices=["cifar10", "cifar100"],
+        help="which dataset (default: cifar10)",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=None,
+        help="folder or .tar.gz holding the data (default: $CIFARLAB_DATA, else the "
+        "user cache directory)",
+    )
     if labels:
-        p.add_argument("--labels", default="fine", choices=["fine", "coarse"],
-                       help="CIFAR-100 label set: fine (100 classes) or coarse (20)")  # fmt: skip
-        p.add_argument("--val-size", type=int, default=5000,
-                       help="images held out of train for validation (default: 5000)")  # fmt: skip
-        p.add_argument("--download", action="store_true",
-                       help="download the official archive if the data is not found")  # fmt: skip
+        p.add_argument(
+            "--labels",
+            default="fine",
+            choices=["fine", "coarse"],
+            help="CIFAR-100 label set: fine (100 classes) or coarse (20)",
+        )
+        p.add_argument(
+            "--val-size",
+            type=int,
+            default=5000,
+            help="images held out of train for validation (default: 5000)",
+        )
+        p.add_argument(
+            "--download",
+            action="store_true",
+            help="download the official archive if the data is not found",
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,40 +59,156 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("download", help="download and unpack an official archive",
-                       description="Download an official CIFAR archive (resumable, md5-checked) "
-                                   "and unpack it into the data folder.")  # fmt: skip
+    p = sub.add_parser(
+        "download",
+        help="download and unpack an official archive",
+        description="Download an official CIFAR archive (resumable, md5-checked) "
+        "and unpack it into the data folder.",
+    )
     _add_data_options(p, labels=False)
-    p.add_argument("--format", default="python", choices=["python", "binary"],
-                   help="which official archive (default: python)")  # fmt: skip
-    p.add_argument("--url", default=None,
-                   help="base URL of a mirror (default: $CIFARLAB_MIRROR, else the official "
-                        "site)")  # fmt: skip
+    p.add_argument(
+        "--format",
+        default="python",
+        choices=["python", "binary"],
+        help="which official archive (default: python)",
+    )
+    p.add_argument(
+        "--url",
+        default=None,
+        help="base URL of a mirror (default: $CIFARLAB_MIRROR, else the official site)",
+    )
     p.set_defaults(func=cmd_download)
 
-    data = sub.add_parser("data", help="inspect the data (info, show)",
-                          description="Inspect a dataset.")  # fmt: skip
+    data = sub.add_parser(
+        "data", help="inspect the data (info, show)", description="Inspect a dataset."
+    )
     data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
     data.set_defaults(func=lambda args: data.print_help() or 0)
 
-    p = data_sub.add_parser("info", help="counts per class per split, source, checksums",
-                            description="Show where the data came from, its checksum "
-                                        "status and images per class in each split.")  # fmt: skip
+    p = data_sub.add_parser(
+        "info",
+        help="counts per class per split, source, checksums",
+        description="Show where the data came from, its checksum "
+        "status and images per class in each split.",
+    )
     _add_data_options(p)
     p.set_defaults(func=cmd_data_info)
 
-    p = data_sub.add_parser("show", help="write a PNG grid of sample images",
-                            description="Write a PNG grid of sample images, N per class, titled "
-                                        "with their class names.")  # fmt: skip
+    p = data_sub.add_parser(
+        "show",
+        help="write a PNG grid of sample images",
+        description="Write a PNG grid of sample images, N per class, titled "
+        "with their class names.",
+    )
     _add_data_options(p)
-    p.add_argument("--split", default="train", choices=["train", "val", "test"],
-                   help="which split to sample (default: train)")  # fmt: skip
-    p.add_argument("--per-class", type=int, default=8,
-                   help="images per class (default: 8)")  # fmt: skip
+    p.add_argument(
+        "--split",
+        default="train",
+        choices=["train", "val", "test"],
+        help="which split to sample (default: train)",
+    )
+    p.add_argument("--per-class", type=int, default=8, help="images per class (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="which samples (default: 0)")
-    p.add_argument("--out", type=Path, default=Path("runs/samples.png"),
-                   help="PNG file to write (default: runs/samples.png)")  # fmt: skip
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/samples.png"),
+        help="PNG file to write (default: runs/samples.png)",
+    )
     p.set_defaults(func=cmd_data_show)
+
+    p = sub.add_parser(
+        "models",
+        help="list the models with their parameter counts",
+        description="List the registered models.",
+    )
+    p.add_argument(
+        "--num-classes", type=int, default=10, help="count parameters for this many classes"
+    )
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run folder",
+        description="Train a model. Options left out take the model's own recipe "
+        "(for mlp and simple_cnn: the original study's Adam, lr 1e-3, "
+        "batch 32, pixels / 255, no augmentation, 10 epochs).",
+    )
+    p.add_argument("--model", default="simple_cnn", help="model name (see `cifarlab models`)")
+    _add_data_options(p)
+    p.add_argument("--epochs", type=int, help="epochs to train")
+    p.add_argument("--batch-size", type=int, help="images per step")
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument(
+        "--optimizer", choices=["adam", "sgd"], help="adam, or sgd with Nesterov momentum"
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
+    p.add_argument("--label-smoothing", type=float, default=0.0, help="default: 0")
+    p.add_argument(
+        "--normalize",
+        choices=["unit", "standard"],
+        help="unit: pixels / 255; standard: subtract the dataset mean, divide by std",
+    )
+    p.add_argument("--translate", type=int, default=0, help="random shift ±N px, reflect padding")
+    p.add_argument(
+        "--flip",
+        choices=["none", "random", "alternate"],
+        default="none",
+        help="horizontal flips (default: none)",
+    )
+    p.add_argument("--cutout", type=int, default=0, help="zero a random N×N square (default: 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument(
+        "--train-size", type=int, help="train on a class-balanced subset of N training images"
+    )
+    p.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATASET-TIME)")
+    p.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue the interrupted run in RUN (other options are ignored, "
+        "except --epochs, which may extend it)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate",
+        help="evaluate a run: metrics, tables, JSON and report.html",
+        description="Evaluate a trained run on the test (or val) split: accuracy, "
+        "top-5, log-loss, per-class precision/recall/F1, confusion "
+        "matrix, predicted vs true counts; writes eval_SPLIT.json and "
+        "report.html into the run folder.",
+    )
+    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+    p.add_argument("--split", default="test", choices=["test", "val"], help="default: test")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last"],
+        help="best on validation (default) or last",
+    )
+    p.add_argument("--root", type=Path, help="data folder, if not the one the run used")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--no-report", action="store_true", help="skip report.html")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "compare",
+        help="one side-by-side report of several evaluated runs",
+        description="Compare evaluated runs: accuracy, macro F1, parameters, "
+        "training time, per-class F1.",
+    )
+    p.add_argument("runs", type=Path, nargs="+", help="run folders (each evaluated first)")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs/compare.html"),
+        help="HTML file to write (default: runs/compare.html)",
+    )
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
@@ -111,8 +246,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"checksum  {meta['checksum']['status']}: {meta['checksum']['detail']}")
     print(f"loaded    {'from the parsed cache' if meta['from_cache'] else 'parsed (now cached)'}")
     print()
-    counts = {s: ds.split(s).labels.bincount(minlength=ds.num_classes).tolist()
-              for s in ("train", "val", "test")}  # fmt: skip
+    counts = {
+        s: ds.split(s).labels.bincount(minlength=ds.num_classes).tolist()
+        for s in ("train", "val", "test")
+    }
     width = max(12, *(len(n) for n in ds.class_names))
     print(f"{'class':<{width}} {'train':>7} {'val':>7} {'test':>7}")
     for c, name in enumerate(ds.class_names):
@@ -134,8 +271,125 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     if len(split) == 0:
         raise CifarlabError(f"the {args.split} split is empty (is --val-size 0?)")
     title = f"{ds.info.title} {args.split}: {args.per_class} per class"
-    out = save_sample_grid(split.images, split.labels, ds.class_names, args.out,
-                           per_class=args.per_class, seed=args.seed, title=title)  # fmt: skip
+    out = save_sample_grid(
+        split.images,
+        split.labels,
+        ds.class_names,
+        args.out,
+        per_class=args.per_class,
+        seed=args.seed,
+        title=title,
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from cifarlab.models import count_parameters, create_model, get_entry, model_names
+
+    print(f"{'model':<14} {'parameters':>12}  description")
+    for name in model_names():
+        n = count_parameters(create_model(name, args.num_classes))
+        print(f"{name:<14} {n:>12,}  {get_entry(name).description}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cifarlab.train import TrainConfig, train
+
+    if args.download:
+        from cifarlab.data.dataset import load_dataset
+
+        load_dataset(args.dataset, args.root, download=True, val_size=0)
+    if args.resume is not None:
+        extend = TrainConfig(epochs=args.epochs) if args.epochs else None
+        run = train(extend, resume=args.resume, progress=not args.no_progress)
+    else:
+        augment = {
+            k: v
+            for k, v in (
+                ("translate", args.translate),
+                ("flip", args.flip),
+                ("cutout", args.cutout),
+            )
+            if v not in (0, "none")
+        }
+        cfg = TrainConfig(
+            model=args.model,
+            dataset=args.dataset,
+            labels=args.labels,
+            root=str(args.root) if args.root else None,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            label_smoothing=args.label_smoothing,
+            normalize=args.normalize,
+            augment=augment,
+            seed=args.seed,
+            device=args.device,
+            train_size=args.train_size,
+            val_size=args.val_size,
+        )
+        run = train(cfg, out=args.out, progress=not args.no_progress)
+    print(f"run saved in {run}  (next: cifarlab evaluate {run})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from cifarlab.evaluate.metrics import (
+        classification_report_text,
+        confusion_matrix_text,
+        counts_table_text,
+    )
+    from cifarlab.evaluate.run import evaluate_run
+
+    m = evaluate_run(
+        args.run,
+        args.split,
+        checkpoint=args.checkpoint,
+        root=args.root,
+        device=args.device,
+        report=not args.no_report,
+    )
+    top5 = f"   top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else ""
+    print(
+        f"{args.run} on {args.split} ({m['num_samples']} images, {args.checkpoint} checkpoint, "
+        f"epoch {m['checkpoint_epoch']})"
+    )
+    print(f"accuracy {m['accuracy']:.4f}{top5}   log-loss {m['log_loss']:.4f}\n")
+    print(classification_report_text(m))
+    print(counts_table_text(m))
+    print(confusion_matrix_text(m))
+    print(f"wrote {args.run / f'eval_{args.split}.json'}")
+    if "report" in m:
+        print(f"report: {m['report']}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from cifarlab.evaluate.run import read_run
+    from cifarlab.report.html import write_comparison
+
+    runs = []
+    for run_dir in args.runs:
+        run, config, history = read_run(run_dir)
+        path = run / f"eval_{args.split}.json"
+        if not path.is_file():
+            raise CifarlabError(
+                f"{run}: not evaluated on {args.split} yet "
+                f"(run: cifarlab evaluate {run} --split {args.split})"
+            )
+        runs.append((run.name, config, json.loads(path.read_text()), history))
+    out = write_comparison(args.out, runs)
+    for name, config, m, _ in runs:
+        print(
+            f"{name:<28} {config['model']:<12} acc {m['accuracy']:.4f}  "
+            f"macro F1 {m['macro_avg']['f1']:.4f}  params {config.get('params', 0):,}"
+        )
     print(f"wrote {out}")
     return 0
 
@@ -147,14 +401,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     warnings.showwarning = _show_warning
+    from cifarlab.train.engine import TrainingInterrupted
+
     try:
         return int(args.func(args) or 0)
+    except TrainingInterrupted as e:
+        print(str(e), file=sys.stderr)
+        return 130
     except CifarlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # outside training (which saves and raises its own error)
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,1 @@
+"""Evaluation: running models over a split, and the metrics computed from their predictions."""

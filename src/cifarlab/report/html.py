@@ -1,0 +1,352 @@
+"""Self-contained HTML reports: one run (``write_report``) and several runs side by side
+(``write_comparison``).
+
+Each page is a single file: the figures are embedded as base64 PNG data URIs and the style
+sheet is inline, so a report can be mailed, archived or opened offline, and it needs no
+JavaScript. Every piece of text that comes from a run (names, configuration values) is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cifarlab.evaluate.metrics import classification_report_text
+from cifarlab.report import plots
+from cifarlab.report.io import atomic_write
+
+_COLUMN_PX = 1180  # the page's text column (body max-width below)
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       max-width: 1180px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
+h1 { font-size: 1.7em; margin-bottom: 0.2em; }
+h2 { font-size: 1.25em; border-bottom: 1px solid #d0d7de; padding-bottom: 0.2em; margin-top: 2em; }
+.sub { color: #59636e; margin-top: 0; }
+.cards { display: flex; flex-wrap: wrap; gap: 0.8em; }
+.card { border: 1px solid #d0d7de; border-radius: 8px; padding: 0.6em 1em; min-width: 8.5em; }
+.card .v { font-size: 1.5em; font-weight: 600; }
+.card .k { color: #59636e; font-size: 0.85em; }
+table { border-collapse: collapse; font-size: 0.92em; }
+th, td { border-bottom: 1px solid #e4e7eb; padding: 0.25em 0.8em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+thead th { border-bottom: 2px solid #8c959f; }
+tfoot td { font-weight: 600; }
+tfoot tr:first-child td { border-top: 2px solid #8c959f; }
+tr.best td { background: #e6f4ea; }
+table.kv td:last-child { text-align: left; max-width: 60em; overflow-wrap: anywhere; }
+.fig { overflow-x: auto; margin: 0.5em 0; }
+.fig img { max-width: 100%; height: auto; display: block; }
+/* Figures wider than the column (100 classes, image grids) stay at full size, as their labels
+   are small: as wide as the window, breaking out of the column, scrolling sideways if need be. */
+html { overflow-x: hidden; }
+.fig.wide { width: 100vw; position: relative; left: 50%; margin-left: -50vw; }
+.fig.wide img { max-width: none; margin: 0 auto; }
+.note { color: #59636e; font-size: 0.9em; }
+.verdict { font-size: 1.1em; background: #f6f8fa; padding: 0.6em 1em; border-radius: 8px; }
+pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _num(x: float | None, digits: int = 3) -> str:
+    return "–" if x is None else f"{x:.{digits}f}"
+
+
+def _count(n: Any) -> str:
+    return f"{int(n):,}" if isinstance(n, (int, float)) and not isinstance(n, bool) else "–"
+
+
+def _duration(seconds: Any) -> str:
+    """12.3 s, 4 min 05 s, 2 h 03 min; '–' when unknown."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "–"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def _img(png: bytes, alt: str) -> str:
+    """An embedded PNG; one wider than the text column is shown at full size (see .wide)."""
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    wide = int.from_bytes(png[16:20], "big") > _COLUMN_PX  # the width field of the IHDR chunk
+    return f'<div class="fig{" wide" if wide else ""}"><img src="{uri}" alt="{_esc(alt)}"></div>'
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{_esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        f"{body}\n</body>\n</html>\n"
+    )
+
+
+def _write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _cards(items: list[tuple[str, str]]) -> str:
+    cells = "".join(
+        f'<div class="card"><div class="v">{_esc(v)}</div><div class="k">{_esc(k)}</div></div>'
+        for k, v in items
+    )
+    return f'<div class="cards">{cells}</div>'
+
+
+def _config_value(value: Any) -> str:
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return f"{len(value)}: " + ", ".join(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _config_table(config: dict) -> str:
+    rows = "".join(
+        f"<tr><td>{_esc(k)}</td><td>{_esc(_config_value(v))}</td></tr>" for k, v in config.items()
+    )
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def _report_table(metrics: dict) -> str:
+    """The classification report as a table, F1 drawn as a bar behind the number."""
+
+    def f1_cell(f1: float) -> str:
+        bar = f"background: linear-gradient(90deg, #cfe3f7 {100 * f1:.0f}%, transparent 0)"
+        return f'<td style="{bar}">{f1:.2f}</td>'
+
+    head = (
+        "<thead><tr><th>class</th><th>precision</th><th>recall</th><th>f1-score</th>"
+        "<th>support</th><th>predicted</th></tr></thead>"
+    )
+    rows = []
+    for row, predicted in zip(metrics["per_class"], metrics["predicted_counts"], strict=True):
+        rows.append(
+            f"<tr><td>{_esc(row['class'])}</td><td>{row['precision']:.2f}</td>"
+            f"<td>{row['recall']:.2f}</td>{f1_cell(row['f1'])}<td>{row['support']:,}</td>"
+            f"<td>{predicted:,}</td></tr>"
+        )
+    n = metrics["num_samples"]
+    foot = [f"<tr><td>accuracy</td><td></td><td></td><td>{metrics['accuracy']:.2f}</td>"
+            f"<td>{n:,}</td><td></td></tr>"]  # fmt: skip
+    for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
+        a = metrics[key]
+        foot.append(
+            f"<tr><td>{label}</td><td>{a['precision']:.2f}</td><td>{a['recall']:.2f}</td>"
+            f"<td>{a['f1']:.2f}</td><td>{a['support']:,}</td><td></td></tr>"
+        )
+    return (
+        f'<table class="report">{head}<tbody>{"".join(rows)}</tbody>'
+        f"<tfoot>{''.join(foot)}</tfoot></table>"
+    )
+
+
+def _section(sid: str, heading: str, content: str) -> str:
+    return f'<section id="{sid}">\n<h2>{_esc(heading)}</h2>\n{content}\n</section>\n'
+
+
+def _dataset_label(config: dict) -> str:
+    dataset = str(config.get("dataset", "?"))
+    labels = config.get("labels")
+    return f"{dataset} ({labels} labels)" if labels and dataset != "cifar10" else dataset
+
+
+def _saved_labels(run_dir: Path, metrics: dict) -> np.ndarray:
+    """The true labels from ``predictions_<split>.npz`` (written by ``evaluate_run``)."""
+    path = run_dir / f"predictions_{metrics.get('split', 'test')}.npz"
+    if not path.is_file():
+        raise ValueError(
+            f"write_report needs the true labels: pass labels=, or have {path.name} in the run"
+        )
+    with np.load(path) as saved:
+        labels = saved["labels"].astype(np.int64)
+    counts = np.bincount(labels, minlength=len(metrics["class_names"])).tolist()
+    if len(labels) != metrics["num_samples"] or counts != metrics["true_counts"]:
+        raise ValueError(f"{path} does not hold the labels these metrics were computed from")
+    return labels
+
+
+def write_report(
+    run_dir: str | Path,
+    config: dict,
+    history: list[dict],
+    metrics: dict,
+    images: np.ndarray,
+    preds_probs: np.ndarray,
+    *,
+    labels: np.ndarray | None = None,
+) -> Path:
+    """Write the figures of one evaluated run as PNGs and ``run_dir/report.html``.
+
+    ``images`` (N×32×32×3 uint8), ``preds_probs`` (N×C) and ``labels`` (N) are the evaluated
+    split, in the order that produced ``metrics``. The metrics hold no per-image labels, so
+    without ``labels`` they are read from ``run_dir/predictions_<split>.npz`` (checked against
+    the metrics' class counts). Returns the path of report.html.
+    """
+    run_dir = Path(run_dir)
+    probs = np.asarray(preds_probs)
+    if labels is None:
+        labels = _saved_labels(run_dir, metrics)
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    names = metrics["class_names"]
+    n = metrics["num_samples"]
+    if not (len(images) == len(probs) == len(labels) == n) or probs.shape[1] != len(names):
+        raise ValueError(
+            f"images ({len(images)}), probabilities {probs.shape} and labels ({len(labels)}) "
+            f"must match the metrics ({n} samples, {len(names)} classes)"
+        )
+    if np.bincount(labels, minlength=len(names)).tolist() != metrics["true_counts"]:
+        raise ValueError("these labels are not the ones the metrics were computed from")
+    preds = probs.argmax(axis=1)
+    if np.bincount(preds, minlength=len(names)).tolist() != metrics["predicted_counts"]:
+        raise ValueError("these probabilities are not the ones the metrics were computed from")
+    top_prob = probs[np.arange(n), preds]
+
+    figures = [  # (file, section id, heading, how to draw it): drawn, saved and closed one by one
+        ("training_curves.png", "curves", "Training curves",
+         lambda: plots.training_curves(history)),
+        ("confusion_matrix.png", "confusion", "Confusion matrix",
+         lambda: plots.confusion_heatmap(metrics)),
+        ("predicted_vs_true.png", "counts", "Predicted vs true class counts",
+         lambda: plots.predicted_vs_true(metrics)),
+        ("predictions.png", "predictions", "Sample predictions",
+         lambda: plots.prediction_grid(images, labels, preds, top_prob, names)),
+        ("mistakes.png", "mistakes", "Most confident mistakes",
+         lambda: plots.confident_mistakes(images, labels, preds, top_prob, names)),
+    ]  # fmt: skip
+    embedded = {}
+    for filename, sid, heading, draw in figures:
+        path = plots.save_png(draw(), run_dir / filename)
+        embedded[sid] = _img(path.read_bytes(), heading)
+
+    split = metrics.get("split", "test")
+    title = f"{config.get('model', '?')} on {_dataset_label(config)}: {split} split"
+    cards = _cards([
+        ("accuracy", _pct(metrics["accuracy"])),
+        ("top-5 accuracy", _pct(metrics.get("top5_accuracy"))),
+        ("log-loss", _num(metrics["log_loss"])),
+        ("macro F1", _num(metrics["macro_avg"]["f1"])),
+        ("parameters", _count(config.get("params"))),
+        ("training time", _duration(config.get("train_seconds"))),
+    ])  # fmt: skip
+    report_text = classification_report_text(metrics)
+    body = [
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="sub">run folder {_esc(run_dir.name)}, {n:,} {_esc(split)} images, '
+        f"{len(names)} classes, {len(history)} epochs recorded</p>",
+        _section("summary", "Headline numbers", cards),
+        _section("config", "Configuration", _config_table(config)),
+        _section("curves", "Training curves", embedded["curves"]),
+        _section(
+            "classification-report",
+            "Classification report",
+            _report_table(metrics) + "<details><summary>as text (scikit-learn layout)</summary>"
+            f"<pre>{_esc(report_text)}</pre></details>",
+        ),
+        _section("confusion", "Confusion matrix", embedded["confusion"]),
+        _section("counts", "Predicted vs true class counts", embedded["counts"]),
+        _section("predictions", "Sample predictions", embedded["predictions"]),
+        _section("mistakes", "Most confident mistakes", embedded["mistakes"]),
+    ]
+    return _write_text(run_dir / "report.html", _page(title, "\n".join(body)))
+
+
+def _verdict(rows: list[dict]) -> str:
+    """One sentence: the best run by accuracy and its lead over the runner-up."""
+    ranked = sorted(rows, key=lambda r: r["accuracy"], reverse=True)
+    best = ranked[0]
+    split = best["split"]
+    if len(ranked) == 1:
+        return f"Only one run: {best['name']} with {_pct(best['accuracy'])} {split} accuracy."
+    second = ranked[1]
+    lead = 100 * (best["accuracy"] - second["accuracy"])
+    if lead == 0:
+        return (
+            f"{best['name']} and {second['name']} tie for best with "
+            f"{_pct(best['accuracy'])} {split} accuracy."
+        )
+    return (
+        f"Best: {best['name']} with {_pct(best['accuracy'])} {split} accuracy, "
+        f"{lead:.1f} points above {second['name']} ({_pct(second['accuracy'])})."
+    )
+
+
+def write_comparison(out: str | Path, runs: list[tuple[str, dict, dict, list[dict]]]) -> Path:
+    """Write one page comparing runs given as (name, config, metrics, history).
+
+    ``out`` is the HTML file to write (``comparison.html`` inside it if it is a directory).
+    """
+    if not runs:
+        raise ValueError("no runs to compare")
+    out = Path(out)
+    if out.is_dir():
+        out = out / "comparison.html"
+    rows = [
+        {
+            "name": name,
+            "model": config.get("model", "?"),
+            "dataset": _dataset_label(config),
+            "split": metrics.get("split", "test"),
+            "params": config.get("params"),
+            "accuracy": metrics["accuracy"],
+            "macro_f1": metrics["macro_avg"]["f1"],
+            "train_seconds": config.get("train_seconds"),
+            "epochs": len(history) or config.get("epochs"),
+        }
+        for name, config, metrics, history in runs
+    ]
+    best = max(rows, key=lambda r: r["accuracy"])
+    table_rows = "".join(
+        f"<tr{' class=best' if r is best else ''}><td>{_esc(r['name'])}</td>"
+        f"<td>{_esc(r['model'])}</td><td>{_esc(r['dataset'])}</td><td>{_count(r['params'])}</td>"
+        f"<td>{_pct(r['accuracy'])}</td><td>{_num(r['macro_f1'])}</td>"
+        f"<td>{_duration(r['train_seconds'])}</td><td>{_esc(r['epochs'] or '–')}</td></tr>"
+        for r in rows
+    )
+    table = (
+        "<table><thead><tr><th>run</th><th>model</th><th>dataset</th><th>params</th>"
+        f"<th>{_esc(best['split'])} accuracy</th><th>macro F1</th><th>train time</th>"
+        f"<th>epochs</th></tr></thead><tbody>{table_rows}</tbody></table>"
+    )
+    notes = ""
+    if len({(r["dataset"], r["split"]) for r in rows}) > 1:
+        notes = '<p class="note">Caution: these runs were evaluated on different data.</p>'
+
+    names = runs[0][2]["class_names"]
+    if all(m["class_names"] == names for _, _, m, _ in runs):
+        fig = plots.f1_bars([(name, m) for name, _, m, _ in runs])
+        f1 = _img(plots.png_bytes(fig), "Per-class F1 by run")
+    else:
+        f1 = '<p class="note">The runs have different classes; no per-class comparison.</p>'
+    curves = _img(
+        plots.png_bytes(plots.val_accuracy_overlay([(name, h) for name, _, _, h in runs])),
+        "Validation accuracy by epoch",
+    )
+    title = f"Comparison of {len(runs)} runs"
+    body = "\n".join([
+        f"<h1>{_esc(title)}</h1>",
+        f'<p class="verdict">{_esc(_verdict(rows))}</p>',
+        _section("runs", "Runs", table + notes),
+        _section("f1", "Per-class F1", f1),
+        _section("curves", "Validation accuracy", curves),
+    ])  # fmt: skip
+    return _write_text(out, _page(title, body))

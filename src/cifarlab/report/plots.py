@@ -1,0 +1,335 @@
+"""Evaluation figures: training curves, confusion matrix, predicted-vs-true counts, image grids.
+
+Every function returns a ``matplotlib.figure.Figure`` drawn on the Agg canvas. The figures are
+built without pyplot, so they need no display, leave no global state behind and are safe to
+create in a loop. ``save_png`` writes one atomically. Sizes and fonts scale with the number of
+classes so that CIFAR-100's 100 class names stay legible.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import Normalize, PowerNorm
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from cifarlab.report.io import atomic_write
+
+FEW_CLASSES = 20  # up to this many classes: numbers in cells and on bars, tilted names
+RIGHT, WRONG = "#1a7f37", "#c62828"  # green / red, both readable on white
+OVER, UNDER, EXACT = "#e8891c", "#3b75af", "#8c8c8c"
+GRID_COLS = 8
+
+
+def _figure(width: float, height: float) -> Figure:
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _pretty(name: str) -> str:
+    return name.replace("_", " ")
+
+
+def _class_axis(ax: Any, axis: str, names: list[str]) -> None:
+    """Every class name as a tick label; tilted for few classes, vertical and small for many."""
+    ticks = np.arange(len(names))
+    labels = [_pretty(n) for n in names]
+    if axis == "x":
+        ax.set_xticks(ticks)
+        if len(names) <= FEW_CLASSES:
+            ax.set_xticklabels(labels, rotation=40, ha="right", rotation_mode="anchor")
+        else:
+            ax.set_xticklabels(labels, rotation=90, fontsize=7)
+    else:
+        ax.set_yticks(ticks)
+        ax.set_yticklabels(labels, fontsize=None if len(names) <= FEW_CLASSES else 7)
+
+
+def _as_percent(values: list[float | None]) -> list[float | None]:
+    """Accuracies are fractions in metrics.jsonl; a history already in percent is kept."""
+    known = [v for v in values if v is not None]
+    scale = 100.0 if known and max(known) <= 1.0 else 1.0
+    return [None if v is None else v * scale for v in values]
+
+
+def _plot_series(ax: Any, x: list[int], y: list[float | None], **kwargs: Any) -> bool:
+    """Plot the points of y that exist; returns whether anything was drawn."""
+    pts = [(a, b) for a, b in zip(x, y, strict=True) if b is not None]
+    if not pts:
+        return False
+    xs, ys = zip(*pts, strict=True)
+    ax.plot(xs, ys, marker="o" if len(x) <= 30 else None, markersize=4, **kwargs)
+    return True
+
+
+def training_curves(history: list[dict]) -> Figure:
+    """Loss and accuracy per epoch, train and validation, side by side."""
+    fig = _figure(11, 4.2)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    epochs = [int(row["epoch"]) for row in history]
+    for ax, key, title, ylabel in (
+        (ax_loss, "loss", "Loss", "cross-entropy loss"),
+        (ax_acc, "acc", "Accuracy", "accuracy (%)"),
+    ):
+        train = [row.get(f"train_{key}") for row in history]
+        val = [row.get(f"val_{key}") for row in history]
+        if key == "acc":
+            both = _as_percent(train + val)  # one scale for both curves
+            train, val = both[: len(train)], both[len(train) :]
+        drawn = _plot_series(ax, epochs, train, label="train", color="tab:blue")
+        drawn |= _plot_series(ax, epochs, val, label="validation", color="tab:orange")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(
+                0.5, 0.5, "no epochs recorded", ha="center", va="center", transform=ax.transAxes
+            )
+    fig.suptitle("Training curves")
+    return fig
+
+
+def confusion_heatmap(metrics: dict) -> Figure:
+    """Confusion matrix coloured by row (the share of each true class), counts in the cells."""
+    names = metrics["class_names"]
+    c = len(names)
+    cm = np.asarray(metrics["confusion_matrix"], dtype=np.int64)
+    share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    few = c <= FEW_CLASSES
+    side = 0.6 * c + 3 if few else 0.15 * c + 2.5
+    fig = _figure(side + 1.5, side)
+    ax = fig.subplots()
+    # With many classes each confusion is a small share; a square-root scale keeps them visible.
+    norm = Normalize(0, 1) if few else PowerNorm(0.5, 0, 1)
+    im = ax.imshow(share, cmap="Blues", norm=norm, interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax, shrink=0.8 if few else 0.5)
+    cbar.set_label("share of the true class (row)" + ("" if few else ", square-root scale"))
+    _class_axis(ax, "x", names)
+    _class_axis(ax, "y", names)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    if few:
+        size = 9 if c <= 12 else 7
+        for (i, j), v in np.ndenumerate(cm):
+            colour = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=size, color=colour)
+    acc = metrics.get("accuracy")
+    acc_text = f", accuracy {acc:.1%}" if acc is not None else ""
+    ax.set_title(
+        f"Confusion matrix: {metrics.get('split', '')} split, "
+        f"{metrics.get('num_samples', int(cm.sum())):,} images{acc_text}",
+        fontsize=12 if few else 16,
+    )
+    return fig
+
+
+def predicted_vs_true(metrics: dict) -> Figure:
+    """How often each class is predicted (bars) against how often it is true (black marks)."""
+    names = metrics["class_names"]
+    c = len(names)
+    pred = np.asarray(metrics["predicted_counts"])
+    true = np.asarray(metrics["true_counts"])
+    few = c <= FEW_CLASSES
+    fig = _figure(max(9.0, 0.75 * c + 2) if few else 0.17 * c + 2, 5.5 if few else 6.5)
+    ax = fig.subplots()
+    x = np.arange(c)
+    colours = np.where(pred > true, OVER, np.where(pred < true, UNDER, EXACT))
+    ax.bar(x, pred, width=0.7, color=colours)
+    ax.hlines(true, x - 0.45, x + 0.45, colors="black", linewidth=2.2, zorder=3)
+    top = max(int(pred.max()), int(true.max()), 1)
+    if few:
+        for xi, p, t in zip(x, pred, true, strict=True):
+            d = int(p - t)
+            colour = OVER if d > 0 else UNDER if d < 0 else EXACT
+            label = f"{d:+d}" if d else "±0"
+            ax.text(xi, max(p, t) + 0.015 * top, label, ha="center", va="bottom", fontsize=9,
+                    color=colour)  # fmt: skip
+    ax.set_ylim(0, top * 1.12)
+    ax.set_xlim(-0.6, c - 0.4)
+    _class_axis(ax, "x", names)
+    ax.set_ylabel("number of images")
+    ax.set_xlabel("class")
+    ax.grid(axis="y", alpha=0.3)
+    handles = [
+        Patch(color=OVER, label="predicted more often than true"),
+        Patch(color=UNDER, label="predicted less often than true"),
+        Line2D([], [], color="black", linewidth=2.2, label="true count"),
+    ]
+    if (pred == true).any():
+        handles.insert(2, Patch(color=EXACT, label="predicted exactly as often"))
+    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles),
+              frameon=False)  # fmt: skip
+    fig.suptitle(
+        f"Predicted vs true class counts: {metrics.get('split', '')} split, "
+        f"{int(true.sum()):,} images",
+        fontsize=12 if few else 15,
+    )
+    return fig
+
+
+def _image_grid(
+    images: np.ndarray, picks: list[int], titles: list[str], colours: list[str], suptitle: str
+) -> Figure:
+    """Images in rows of 8, each with a coloured title and a frame of the same colour."""
+    rows = max(1, math.ceil(len(picks) / GRID_COLS))
+    fig = _figure(GRID_COLS * 1.8, rows * 2.1 + 0.5)
+    axes = fig.subplots(rows, GRID_COLS, squeeze=False)
+    # Titles must not run into their neighbours: 23 characters fit a column at 9 pt.
+    longest = max((len(line) for t in titles for line in t.splitlines()), default=0)
+    size = max(6.5, min(9.0, 9.0 * 23 / max(longest, 1)))
+    for k, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if k >= len(picks):
+            ax.axis("off")
+            continue
+        ax.imshow(np.asarray(images[picks[k]]), interpolation="nearest")
+        ax.set_title(titles[k], fontsize=size, color=colours[k])
+        for spine in ax.spines.values():
+            spine.set_color(colours[k])
+            spine.set_linewidth(3)
+    if not picks:
+        axes.flat[0].text(0.5, 0.5, "nothing to show", ha="center", va="center")
+    fig.suptitle(suptitle, fontsize=13)
+    return fig
+
+
+def prediction_grid(
+    images: np.ndarray,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    probs_of_pred: np.ndarray,
+    class_names: list[str],
+    n: int = 32,
+    *,
+    seed: int = 0,
+) -> Figure:
+    """``n`` images chosen by a seeded draw, each titled with its prediction, its probability
+    and its true label; right ones green with ✓, wrong ones red with ✗."""
+    labels, preds, probs = np.asarray(labels), np.asarray(preds), np.asarray(probs_of_pred)
+    rng = np.random.default_rng(seed)
+    # A random draw, not the first n: some sources store the images sorted by class.
+    picks = sorted(rng.choice(len(labels), size=min(n, len(labels)), replace=False).tolist())
+    titles, colours = [], []
+    for i in picks:
+        ok = preds[i] == labels[i]
+        mark = "✓" if ok else "✗"
+        titles.append(
+            f"{mark} {_pretty(class_names[preds[i]])} ({probs[i]:.0%})\n"
+            f"true: {_pretty(class_names[labels[i]])}"
+        )
+        colours.append(RIGHT if ok else WRONG)
+    right = sum(c == RIGHT for c in colours)
+    return _image_grid(
+        images, picks, titles, colours,
+        f"Predictions on {len(picks)} random images: {right} right ✓, {len(picks) - right} wrong ✗",
+    )  # fmt: skip
+
+
+def confident_mistakes(
+    images: np.ndarray,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    probs_of_pred: np.ndarray,
+    class_names: list[str],
+    n: int = 16,
+) -> Figure:
+    """The ``n`` wrong predictions made with the highest probability."""
+    labels, preds, probs = np.asarray(labels), np.asarray(preds), np.asarray(probs_of_pred)
+    wrong = np.flatnonzero(preds != labels)
+    picks = wrong[np.argsort(-probs[wrong], kind="stable")][:n].tolist()
+    titles = [
+        f"pred {_pretty(class_names[preds[i]])} ({probs[i]:.0%})\n"
+        f"true {_pretty(class_names[labels[i]])}"
+        for i in picks
+    ]
+    return _image_grid(
+        images, picks, titles, [WRONG] * len(picks),
+        f"The {len(picks)} most confident mistakes (of {len(wrong):,} wrong predictions)",
+    )  # fmt: skip
+
+
+def f1_bars(runs: list[tuple[str, dict]]) -> Figure:
+    """Per-class F1 of several runs (same classes) as grouped bars."""
+    if not runs:
+        raise ValueError("no runs to compare")
+    names = runs[0][1]["class_names"]
+    for run_name, m in runs:
+        if m["class_names"] != names:
+            raise ValueError(f"run {run_name!r} has other classes than {runs[0][0]!r}")
+    c, r = len(names), len(runs)
+    few = c <= FEW_CLASSES
+    # Many classes: at most ~1900 px wide (a full-HD window); the bars get thinner instead.
+    width = max(9.0, 0.5 * c * r**0.5 + 2) if few else min(19.0, 0.12 * c * r**0.5 + 2)
+    fig = _figure(width, 5.5 if few else 6.5)
+    ax = fig.subplots()
+    bar = 0.8 / r
+    x = np.arange(c)
+    for k, (run_name, m) in enumerate(runs):
+        f1 = [row["f1"] for row in m["per_class"]]
+        label = f"{run_name} (macro F1 {m['macro_avg']['f1']:.2f})"
+        ax.bar(x - 0.4 + bar * (k + 0.5), f1, width=bar, label=label)
+    ax.set_xlim(-0.6, c - 0.4)
+    ax.set_ylim(0, 1.0)
+    _class_axis(ax, "x", names)
+    ax.set_ylabel("F1 score")
+    ax.set_xlabel("class")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=min(r, 4), frameon=False)
+    fig.suptitle("Per-class F1 score by run", fontsize=12 if few else 15)
+    return fig
+
+
+def val_accuracy_overlay(runs: list[tuple[str, list[dict]]]) -> Figure:
+    """Validation accuracy per epoch of several runs on one axis (train accuracy, dashed, for a
+    run trained without a validation split)."""
+    fig = _figure(9, 4.8)
+    ax = fig.subplots()
+    for run_name, history in runs:
+        epochs = [int(row["epoch"]) for row in history]
+        val = _as_percent([row.get("val_acc") for row in history])
+        if not _plot_series(ax, epochs, val, label=run_name):
+            train = _as_percent([row.get("train_acc") for row in history])
+            _plot_series(ax, epochs, train, label=f"{run_name} (train; no validation split)",
+                         linestyle="--")  # fmt: skip
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    ax.set_title("Validation accuracy by epoch")
+    return fig
+
+
+def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` as a PNG (atomically) and close it."""
+    try:
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+    finally:
+        plt.close(fig)  # a no-op for our pyplot-free figures; frees one made with pyplot
+
+
+def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
+    """The figure as PNG bytes (for embedding), closing it."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,90 @@
+"""TrainConfig: every setting of a training run, saved as ``config.json`` in the run folder."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from cifarlab.data.augment import Augment
+from cifarlab.errors import CifarlabError
+from cifarlab.models import get_entry
+
+OPTIMIZERS = ("adam", "sgd")
+NORMALIZE = ("unit", "standard")
+
+
+@dataclass
+class TrainConfig:
+    """A complete training set-up. Fields left ``None`` take the model's own defaults (its
+    registered recipe), then the values below."""
+
+    model: str = "simple_cnn"
+    dataset: str = "cifar10"
+    labels: str = "fine"  # CIFAR-100: fine (100) or coarse (20)
+    root: str | None = None  # data folder; None: $CIFARLAB_DATA, then the user cache
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    optimizer: str | None = None  # adam | sgd (Nesterov momentum)
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    label_smoothing: float = 0.0
+    normalize: str | None = None  # unit: pixels / 255 | standard: dataset mean/std
+    augment: dict[str, Any] = field(default_factory=dict)  # Augment fields
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | mps
+    train_size: int | None = None  # a stratified subset of the training split
+    val_size: int = 5000
+    eval_batch_size: int = 1000
+
+    _BASE = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "normalize": "unit"}
+
+    def resolved(self) -> TrainConfig:
+        """A copy with every ``None`` filled from the model's defaults, validated."""
+        entry = get_entry(self.model)
+        values = asdict(self)
+        for key, base in self._BASE.items():
+            if values[key] is None:
+                values[key] = entry.defaults.get(key, base)
+        if not values["augment"] and isinstance(entry.defaults.get("augment"), dict):
+            values["augment"] = dict(entry.defaults["augment"])
+        cfg = TrainConfig(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        checks = [
+            (
+                self.epochs is not None and self.epochs >= 1,
+                f"--epochs must be ≥ 1, got {self.epochs}",
+            ),
+            (
+                self.batch_size is not None and self.batch_size >= 1,
+                f"--batch-size must be ≥ 1, got {self.batch_size}",
+            ),
+            (self.lr is not None and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (self.normalize in NORMALIZE, f"--normalize must be one of {', '.join(NORMALIZE)}"),
+            (
+                self.train_size is None or self.train_size >= 1,
+                f"--train-size must be ≥ 1, got {self.train_size}",
+            ),
+            (self.val_size >= 0, f"--val-size must be ≥ 0, got {self.val_size}"),
+            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CifarlabError(message)
+        unknown = set(self.augment) - {f.name for f in dataclasses.fields(Augment)}
+        if unknown:
+            raise CifarlabError(f"unknown augmentation setting(s): {', '.join(sorted(unknown))}")
+        Augment(**self.augment)  # validates values
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

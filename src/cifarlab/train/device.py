@@ -1,0 +1,40 @@
+"""Device choice and process-rank helpers (rank-aware logging/saving for torchrun)."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from cifarlab.errors import CifarlabError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA, then Apple MPS, then the CPU; an explicit device must exist."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
+        raise CifarlabError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CifarlabError("--device cuda: no CUDA GPU is available here (try --device cpu)")
+    if name == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise CifarlabError("--device mps: Apple's MPS backend is not available here")
+    return torch.device(name)
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    """Only rank 0 prints progress and writes files."""
+    return rank() == 0

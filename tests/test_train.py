@@ -1,0 +1,228 @@
+"""Models and the training engine on small subsets of the real CIFAR-10 copy."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarlab.errors import CifarlabError
+from cifarlab.models import count_parameters, create_model, model_names
+from cifarlab.train import TrainConfig, TrainingError, train
+from cifarlab.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    warnings.simplefilter("ignore")
+
+
+def test_original_parameter_counts() -> None:
+    assert count_parameters(create_model("mlp", 10)) == 12_230_010
+    assert count_parameters(create_model("simple_cnn", 10)) == 167_562
+
+
+@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("classes", [10, 100, 20])
+def test_every_model_for_10_and_100_classes(name: str, classes: int) -> None:
+    out = create_model(name, classes)(torch.zeros(2, 3, 32, 32))
+    assert out.shape == (2, classes)
+
+
+def test_unknown_model_is_a_clear_error() -> None:
+    with pytest.raises(CifarlabError, match="unknown model 'resnet9000': choose one of"):
+        create_model("resnet9000")
+
+
+def _small(root: Path, **kw) -> TrainConfig:
+    base = dict(root=str(root), train_size=2000, val_size=1000, epochs=1, device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("model,epochs,floor", [("simple_cnn", 2, 0.25), ("mlp", 1, 0.15)])
+def test_models_learn(
+    cifar10_root: Path, tmp_path: Path, model: str, epochs: int, floor: float
+) -> None:
+    run = train(
+        _small(cifar10_root, model=model, epochs=epochs), out=tmp_path / "r", progress=False
+    )
+    rows = _history(run)
+    assert len(rows) == epochs
+    assert rows[-1]["val_acc"] > floor  # chance is 0.10
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (run / name).is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["lr"] == 1e-3 and config["batch_size"] == 32 and config["optimizer"] == "adam"
+    assert config["train_images"] == 2000 and config["params"] == count_parameters(
+        create_model(model)
+    )
+
+
+def test_same_seed_same_metrics(cifar10_root: Path, tmp_path: Path) -> None:
+    cfg = _small(cifar10_root, train_size=600, seed=3)
+    a = train(cfg, out=tmp_path / "a", progress=False)
+    b = train(cfg, out=tmp_path / "b", progress=False)
+
+    def strip(rows: list[dict]) -> list[dict]:  # drop the timings, which always differ
+        return [
+            {k: v for k, v in r.items() if "second" not in k and k != "images_per_s"} for r in rows
+        ]
+
+    assert strip(_history(a)) == strip(_history(b))
+    wa, wb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    c = train(_small(cifar10_root, train_size=600, seed=4), out=tmp_path / "c", progress=False)
+    assert strip(_history(c)) != strip(_history(a))
+
+
+def test_nan_loss_stops_with_a_clear_message(cifar10_root: Path, tmp_path: Path) -> None:
+    cfg = _small(cifar10_root, train_size=600, optimizer="sgd", lr=1e6)
+    with pytest.raises(TrainingError, match=r"loss became NaN/inf .*try a lower --lr"):
+        train(cfg, out=tmp_path / "r", progress=False)
+
+
+def test_existing_run_folder_is_not_overwritten(cifar10_root: Path, tmp_path: Path) -> None:
+    train(_small(cifar10_root, train_size=300), out=tmp_path / "r", progress=False)
+    with pytest.raises(CifarlabError, match="already holds a run: resume it with --resume"):
+        train(_small(cifar10_root, train_size=300), out=tmp_path / "r", progress=False)
+
+
+def test_checkpoint_with_module_prefix_loads_on_cpu(cifar10_root: Path, tmp_path: Path) -> None:
+    from cifarlab.evaluate.run import load_model
+
+    run = train(_small(cifar10_root, train_size=300), out=tmp_path / "r", progress=False)
+    state = load_checkpoint(run / "best.pt")
+    state["model"] = {f"module.{k}": v for k, v in state["model"].items()}  # as DDP saves
+    save_checkpoint(run / "best.pt", state)
+    model, _ = load_model(run, json.loads((run / "config.json").read_text()))
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "cifarlab", *args]
+
+
+def test_interrupt_and_resume_match_an_uninterrupted_run(
+    cifar10_root: Path, tmp_path: Path
+) -> None:
+    common = [
+        "train",
+        "--model",
+        "simple_cnn",
+        "--root",
+        str(cifar10_root),
+        "--train-size",
+        "4000",
+        "--val-size",
+        "500",
+        "--epochs",
+        "3",
+        "--seed",
+        "5",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    whole = subprocess.run(
+        _cli(*common, "--out", str(tmp_path / "whole")), capture_output=True, text=True, timeout=300
+    )
+    assert whole.returncode == 0, whole.stderr
+
+    run = tmp_path / "cut"
+    proc = subprocess.Popen(
+        _cli(*common, "--out", str(run)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.monotonic() + 240
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before epoch 1"
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert (
+        "checkpoint saved. Resume with: cifarlab train --resume" in err and "Traceback" not in err
+    )
+    assert load_checkpoint(run / "last.pt")["epoch"] < 3
+
+    resumed = subprocess.run(
+        _cli("train", "--resume", str(run), "--no-progress"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    a, b = load_checkpoint(tmp_path / "whole" / "last.pt"), load_checkpoint(run / "last.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert [r["val_acc"] for r in _history(run)] == [
+        r["val_acc"] for r in _history(tmp_path / "whole")
+    ]
+
+
+def test_cli_train_evaluate_compare(cifar10_root: Path, tmp_path: Path) -> None:
+    env = {**os.environ}
+    runs = []
+    for model in ("simple_cnn", "mlp"):
+        run = tmp_path / model
+        r = subprocess.run(
+            _cli(
+                "train",
+                "--model",
+                model,
+                "--root",
+                str(cifar10_root),
+                "--train-size",
+                "1000",
+                "--val-size",
+                "500",
+                "--epochs",
+                "1",
+                "--out",
+                str(run),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+        assert "epoch   1/1" in r.stdout and "val loss" in r.stdout
+        r = subprocess.run(_cli("evaluate", str(run)), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        assert "precision    recall  f1-score   support" in r.stdout
+        assert "weighted avg" in r.stdout and "accuracy" in r.stdout
+        m = json.loads((run / "eval_test.json").read_text())
+        assert m["num_samples"] == 10000 and sum(m["true_counts"]) == 10000
+        assert (run / "report.html").is_file()
+        runs.append(str(run))
+    out = tmp_path / "cmp.html"
+    r = subprocess.run(
+        _cli("compare", *runs, "--out", str(out)), capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and "simple_cnn" in out.read_text()
+
+
+def test_cli_errors(tmp_path: Path) -> None:
+    r = subprocess.run(_cli("evaluate", str(tmp_path / "nope")), capture_output=True, text=True)
+    assert r.returncode == 1 and "no such run folder" in r.stderr and "Traceback" not in r.stderr
+    r = subprocess.run(
+        _cli("train", "--epochs", "0", "--root", str(tmp_path)), capture_output=True, text=True
+    )
+    assert r.returncode == 1 and "--epochs must be ≥ 1" in r.stderr
+    r = subprocess.run(_cli("compare", str(tmp_path)), capture_output=True, text=True)
+    assert r.returncode == 1 and "not a run folder" in r.stderr
