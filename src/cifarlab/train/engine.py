@@ -129,6 +129,11 @@ class Trainer:
         self.main = self.rank == 0
         self.device = devices.resolve_device(cfg.device)
         seed_everything(cfg.seed)
+        # Flush denormal floats to zero. As training goes on, some of Adam's moments (and
+        # gradients) decay into the denormal range, where x86 arithmetic is many times slower:
+        # the mlp's step went from 28 ms to 85 ms after ~600 steps without this. Zero instead
+        # of a number below 1e-38 changes no result that matters.
+        torch.set_flush_denormal(True)
         self.data = load_data(cfg)
         train = self.data.train
         images, labels = train.images, train.labels
