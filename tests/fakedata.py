@@ -141,3 +141,29 @@ def make_tar_gz(folder: Path, archive: Path) -> Path:
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(folder, arcname=folder.name)
     return archive
+
+
+def write_cifar100_learnable(
+    root: Path, per_class: int = 20, test_per_class: int = 5, seed: int = 0
+) -> dict:
+    """``root/cifar-100-python`` whose images a model can learn: each fine class is a fixed
+    random 4×4 colour pattern, upsampled to 32×32, plus noise. Coarse label = fine // 5."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, size=(100, 4, 4, 3)).repeat(8, 1).repeat(8, 2)
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict = {"folder": folder}
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        fine = np.tile(np.arange(100), n)
+        noise = rng.normal(0, 40, size=(len(fine), 32, 32, 3))
+        x = np.clip(prototypes[fine] + noise, 0, 255).astype(np.uint8)
+        coarse = fine // 5
+        _dump(folder / split, {b"data": planes(x), b"fine_labels": fine.tolist(),
+                               b"coarse_labels": coarse.tolist()})  # fmt: skip
+        out.update({f"{split}_x": x, f"{split}_y": fine, f"{split}_coarse": coarse})
+    names = {
+        b"fine_label_names": [n.encode() for n in CIFAR100_FINE_CLASSES],
+        b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_CLASSES],
+    }
+    _dump(folder / "meta", names)
+    return out

@@ -128,37 +128,78 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser(
+        "recipes",
+        help="list the training recipes with their measured accuracy and time",
+        description="List the named training recipes (cifarlab train --recipe NAME) with the "
+        "test accuracy and CPU training time measured for each (BENCHMARKS.md).",
+    )
+    p.add_argument("--show", metavar="NAME", help="print every setting of one recipe")
+    p.set_defaults(func=cmd_recipes)
+
+    p = sub.add_parser(
         "train",
         help="train a model into a run folder",
-        description="Train a model. Options left out take the model's own recipe "
-        "(for mlp and simple_cnn: the original study's Adam, lr 1e-3, "
-        "batch 32, pixels / 255, no augmentation, 10 epochs).",
+        description="Train a model. Start from a recipe (--recipe NAME, see `cifarlab "
+        "recipes`) or a model (--model NAME, with its own defaults: for mlp and "
+        "simple_cnn the original study's Adam, lr 1e-3, batch 32, pixels / 255, no "
+        "augmentation, 10 epochs). Every option given overrides the recipe's value; "
+        "--set FIELD=VALUE reaches any field of the configuration.",
     )
-    p.add_argument("--model", default="simple_cnn", help="model name (see `cifarlab models`)")
+    p.add_argument("--recipe", help="start from this recipe (quick, fast, max-cpu, resnet18)")
+    p.add_argument("--model", help="model name (see `cifarlab models`; default: simple_cnn)")
     _add_data_options(p)
     p.add_argument("--epochs", type=int, help="epochs to train")
     p.add_argument("--batch-size", type=int, help="images per step")
-    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--lr", type=float, help="learning rate (PyTorch's, for the mean loss)")
     p.add_argument(
         "--optimizer", choices=["adam", "sgd"], help="adam, or sgd with Nesterov momentum"
     )
-    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 weight decay (default: 0)")
-    p.add_argument("--label-smoothing", type=float, default=0.0, help="default: 0")
+    p.add_argument("--momentum", type=float, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0)")
+    p.add_argument("--label-smoothing", type=float, help="default: 0")
     p.add_argument(
         "--normalize",
         choices=["unit", "standard"],
         help="unit: pixels / 255; standard: subtract the dataset mean, divide by std",
     )
-    p.add_argument("--translate", type=int, default=0, help="random shift ±N px, reflect padding")
+    p.add_argument("--translate", type=int, help="random shift ±N px, reflect padding")
     p.add_argument(
-        "--flip",
-        choices=["none", "random", "alternate"],
-        default="none",
-        help="horizontal flips (default: none)",
+        "--flip", choices=["none", "random", "alternate"], help="horizontal flips (default: none)"
     )
-    p.add_argument("--cutout", type=int, default=0, help="zero a random N×N square (default: 0)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument("--cutout", type=int, help="zero a random N×N square (default: 0)")
+    p.add_argument(
+        "--schedule", choices=["constant", "triangle", "cosine"], help="learning-rate schedule"
+    )
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16", "auto"],
+        help="auto: bfloat16 autocast where the device runs it fast (CUDA, CPUs with "
+        "AVX512-BF16/AMX), float32 elsewhere",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        help="NHWC memory format for model and batches",
+    )
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    p.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        help="test-time augmentation used by evaluate: 0 none, 1 mirror, 2 mirror + shifts",
+    )
+    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    p.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="set any configuration field (e.g. --set lookahead_every=0 --set "
+        "augment='{\"translate\": 4}'); VALUE is read as JSON, else as text",
+    )
+    p.add_argument("--seed", type=int, help="random seed (default: 0)")
+    p.add_argument("--device", help="auto, cpu, cuda or mps (default: auto)")
     p.add_argument(
         "--train-size", type=int, help="train on a class-balanced subset of N training images"
     )
@@ -191,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--root", type=Path, help="data folder, if not the one the run used")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        help="test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-px shifts (default: the "
+        "run's setting)",
+    )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
     p.set_defaults(func=cmd_evaluate)
 
@@ -294,6 +342,53 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+# Options of `train` that map one-to-one onto TrainConfig fields.
+_TRAIN_FIELDS = (
+    "model", "dataset", "labels", "epochs", "batch_size", "lr", "optimizer", "momentum",
+    "weight_decay", "label_smoothing", "normalize", "schedule", "precision", "channels_last",
+    "compile", "tta", "threads", "seed", "device", "train_size", "val_size",
+)  # fmt: skip
+
+
+def _parse_setting(text: str) -> tuple[str, object]:
+    import json
+
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise CifarlabError(f"--set needs FIELD=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
+    """The TrainConfig that `cifarlab train` options describe: the recipe (or the defaults),
+    then every option given, then every --set."""
+    import dataclasses
+
+    from cifarlab.train import TrainConfig
+    from cifarlab.train.recipes import get_recipe
+
+    base = get_recipe(args.recipe).config if args.recipe else TrainConfig()
+    changes: dict = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    if args.root is not None:
+        changes["root"] = str(args.root)
+    augment = dict(base.augment)
+    for key in ("translate", "flip", "cutout"):
+        if getattr(args, key) is not None:
+            augment[key] = getattr(args, key)
+    changes["augment"] = augment
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for text in args.settings:
+        key, value = _parse_setting(text)
+        if key not in fields:
+            raise CifarlabError(f"--set {key}: no such setting (see `cifarlab recipes --show`)")
+        changes[key] = value
+    return dataclasses.replace(base, **changes)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.train import TrainConfig, train
 
@@ -305,35 +400,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         extend = TrainConfig(epochs=args.epochs) if args.epochs else None
         run = train(extend, resume=args.resume, progress=not args.no_progress)
     else:
-        augment = {
-            k: v
-            for k, v in (
-                ("translate", args.translate),
-                ("flip", args.flip),
-                ("cutout", args.cutout),
-            )
-            if v not in (0, "none")
-        }
-        cfg = TrainConfig(
-            model=args.model,
-            dataset=args.dataset,
-            labels=args.labels,
-            root=str(args.root) if args.root else None,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            optimizer=args.optimizer,
-            weight_decay=args.weight_decay,
-            label_smoothing=args.label_smoothing,
-            normalize=args.normalize,
-            augment=augment,
-            seed=args.seed,
-            device=args.device,
-            train_size=args.train_size,
-            val_size=args.val_size,
-        )
-        run = train(cfg, out=args.out, progress=not args.no_progress)
+        run = train(train_config_from_args(args), out=args.out, progress=not args.no_progress)
     print(f"run saved in {run}  (next: cifarlab evaluate {run})")
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import json
+
+    from cifarlab.train.recipes import RECIPES, get_recipe
+
+    if args.show:
+        recipe = get_recipe(args.show)
+        print(f"{recipe.name}: {recipe.description}")
+        print(json.dumps(recipe.config.to_dict(), indent=2))
+        return 0
+    print(f"{'recipe':<10} {'model':<11} {'epochs':>6}  {'test accuracy':<16} {'CPU time':>9}  "
+          "description")  # fmt: skip
+    for r in RECIPES.values():
+        m = r.measured
+        acc = f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" if m else "not measured"
+        secs = f"{m['train_seconds']:.0f} s" if m else "–"
+        print(f"{r.name:<10} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
+              f"{r.description}")  # fmt: skip
+    print("\nmeasured on a 2-core CPU, CIFAR-10 (JPEG copy); details and commands in "
+          "BENCHMARKS.md")  # fmt: skip
     return 0
 
 
@@ -351,6 +442,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         root=args.root,
         device=args.device,
+        tta=args.tta,
         report=not args.no_report,
     )
     top5 = f"   top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else ""
@@ -358,7 +450,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         f"{args.run} on {args.split} ({m['num_samples']} images, {args.checkpoint} checkpoint, "
         f"epoch {m['checkpoint_epoch']})"
     )
-    print(f"accuracy {m['accuracy']:.4f}{top5}   log-loss {m['log_loss']:.4f}\n")
+    tta = (
+        f"   (test-time augmentation level {m['tta']}; without it {m['accuracy_without_tta']:.4f})"
+        if m.get("tta")
+        else ""
+    )
+    print(f"accuracy {m['accuracy']:.4f}{top5}   log-loss {m['log_loss']:.4f}{tta}\n")
     print(classification_report_text(m))
     print(counts_table_text(m))
     print(confusion_matrix_text(m))

@@ -12,12 +12,12 @@ import torch
 
 from cifarlab.data.dataset import CifarDataset, load_dataset
 from cifarlab.errors import CifarlabError
-from cifarlab.evaluate.inference import eval_loader, predict_logits
+from cifarlab.evaluate.inference import TTA_LEVELS, eval_loader, predict_logits
 from cifarlab.models import create_model
 from cifarlab.report.io import atomic_write
 from cifarlab.train.checkpoint import clean_state_dict, load_checkpoint
 from cifarlab.train.config import TrainConfig
-from cifarlab.train.device import resolve_device
+from cifarlab.train.device import autocast_dtype, resolve_device
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
@@ -48,7 +48,7 @@ def load_model(run_dir: Path, config: dict[str, Any], checkpoint: str = "best") 
     if checkpoint not in ("best", "last"):
         raise CifarlabError(f"--checkpoint must be best or last, got {checkpoint!r}")
     state = load_checkpoint(path)
-    model = create_model(config["model"], config["num_classes"])
+    model = create_model(config["model"], config["num_classes"], **config.get("model_args", {}))
     model.load_state_dict(clean_state_dict(state["model"]))
     return model.eval(), state
 
@@ -60,10 +60,14 @@ def evaluate_run(
     checkpoint: str = "best",
     root: str | os.PathLike | None = None,
     device: str = "auto",
+    tta: int | None = None,
     report: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` of a run on ``split``; writes ``eval_<split>.json``,
-    ``predictions_<split>.npz`` and (``report=True``) ``report.html`` into the run folder."""
+    ``predictions_<split>.npz`` and (``report=True``) ``report.html`` into the run folder.
+
+    ``tta`` is the test-time augmentation level (default: the run's own ``tta`` setting); with
+    TTA the accuracy without it is reported too, as ``accuracy_without_tta``."""
     from cifarlab.evaluate.metrics import compute_metrics
 
     if split not in ("test", "val"):
@@ -77,16 +81,25 @@ def evaluate_run(
     part = ds.split(split)
     if len(part) == 0:
         raise CifarlabError(f"{run}: the {split} split is empty (the run used --val-size 0)")
+    tta = cfg.tta if tta is None else tta
+    if tta not in TTA_LEVELS:
+        raise CifarlabError(f"--tta must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta}")
     model, state = load_model(run, config, checkpoint)
     dev = resolve_device(device)
     model.to(dev)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     stats = (ds.mean, ds.std) if cfg.normalize == "standard" else (None, None)
     loader = eval_loader(part.images, part.labels, batch_size=cfg.eval_batch_size, device=dev,
-                         mean=stats[0], std=stats[1])  # fmt: skip
-    logits, labels = predict_logits(model, loader)
+                         mean=stats[0], std=stats[1], channels_last=cfg.channels_last)  # fmt: skip
+    autocast = autocast_dtype(cfg.precision, dev)
+    logits, labels = predict_logits(model, loader, tta=tta, autocast=autocast)
     probs = torch.softmax(logits, 1).numpy()
     metrics = compute_metrics(labels.numpy(), probs, ds.class_names, split=split)
-    metrics.update(checkpoint=checkpoint, checkpoint_epoch=int(state["epoch"]))
+    metrics.update(checkpoint=checkpoint, checkpoint_epoch=int(state["epoch"]), tta=tta)
+    if tta:
+        plain, _ = predict_logits(model, loader, tta=0, autocast=autocast)
+        metrics["accuracy_without_tta"] = float((plain.argmax(1) == labels).float().mean())
     atomic_write(run / f"eval_{split}.json",
                  lambda tmp: tmp.write_text(json.dumps(metrics, indent=1) + "\n"))  # fmt: skip
 

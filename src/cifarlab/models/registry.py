@@ -38,7 +38,7 @@ def register(name: str, description: str, **defaults: Any) -> Callable:
 
 def _load_all() -> None:
     # Importing the model modules runs their @register decorators.
-    from cifarlab.models import mlp, simple_cnn  # noqa: F401
+    from cifarlab.models import fastnet, mlp, resnet, simple_cnn  # noqa: F401
 
 
 def model_names() -> list[str]:
@@ -57,7 +57,11 @@ def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Build the model registered as ``name`` for ``num_classes`` classes."""
     if num_classes < 2:
         raise CifarlabError(f"num_classes must be at least 2, got {num_classes}")
-    return get_entry(name).builder(num_classes=num_classes, **kwargs)
+    entry = get_entry(name)
+    try:
+        return entry.builder(num_classes=num_classes, **kwargs)
+    except TypeError as e:  # an option the builder does not take
+        raise CifarlabError(f"model {name!r} does not take these options {kwargs}: {e}") from None
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -239,9 +239,17 @@ def write_report(
         embedded[sid] = _img(path.read_bytes(), heading)
 
     split = metrics.get("split", "test")
-    title = f"{config.get('model', '?')} on {_dataset_label(config)}: {split} split"
+    recipe = f" (recipe {config['recipe']})" if config.get("recipe") else ""
+    title = f"{config.get('model', '?')}{recipe} on {_dataset_label(config)}: {split} split"
+    tta = metrics.get("tta") or 0
+    tta_cards = (
+        [("accuracy without test-time augmentation", _pct(metrics.get("accuracy_without_tta")))]
+        if tta
+        else []
+    )
     cards = _cards([
-        ("accuracy", _pct(metrics["accuracy"])),
+        (f"accuracy{' (test-time augmentation)' if tta else ''}", _pct(metrics["accuracy"])),
+        *tta_cards,
         ("top-5 accuracy", _pct(metrics.get("top5_accuracy"))),
         ("log-loss", _num(metrics["log_loss"])),
         ("macro F1", _num(metrics["macro_avg"]["f1"])),

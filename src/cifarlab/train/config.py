@@ -12,6 +12,8 @@ from cifarlab.models import get_entry
 
 OPTIMIZERS = ("adam", "sgd")
 NORMALIZE = ("unit", "standard")
+SCHEDULES = ("constant", "triangle", "cosine")
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass
@@ -20,18 +22,34 @@ class TrainConfig:
     registered recipe), then the values below."""
 
     model: str = "simple_cnn"
+    model_args: dict[str, Any] = field(default_factory=dict)  # builder options (e.g. widths)
+    recipe: str | None = None  # the named recipe this config started from, if any
     dataset: str = "cifar10"
     labels: str = "fine"  # CIFAR-100: fine (100) or coarse (20)
     root: str | None = None  # data folder; None: $CIFARLAB_DATA, then the user cache
     epochs: int | None = None
     batch_size: int | None = None
-    lr: float | None = None
+    lr: float | None = None  # PyTorch's lr, for the mean loss of a batch
     optimizer: str | None = None  # adam | sgd (Nesterov momentum)
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # PyTorch's (coupled) weight decay
     label_smoothing: float = 0.0
     normalize: str | None = None  # unit: pixels / 255 | standard: dataset mean/std
     augment: dict[str, Any] = field(default_factory=dict)  # Augment fields
+    # learning-rate schedule over all steps: constant | triangle | cosine
+    schedule: str = "constant"
+    warmup: float = 0.0  # share of the steps spent rising from lr_start·lr to lr
+    lr_start: float = 0.0  # first multiplier of lr (triangle, cosine)
+    lr_end: float = 0.0  # last multiplier of lr (triangle, cosine)
+    bias_lr_scale: float = 1.0  # lr multiplier for normalization-layer biases
+    lookahead_every: int = 0  # average the weights every N steps (0: off)
+    lookahead_start: float = 0.0  # ...from this share of training on
+    whiten_bias_epochs: int | None = None  # FastNet: train the whitening bias this many epochs
+    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device runs it fast)
+    channels_last: bool = False  # NHWC memory format for model and batches
+    compile: bool = False  # torch.compile the model
+    tta: int = 0  # test-time augmentation: 0 none, 1 + mirror, 2 + mirror and 1-px shifts
+    threads: int | None = None  # CPU threads (None: PyTorch's default)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     train_size: int | None = None  # a stratified subset of the training split
@@ -72,6 +90,14 @@ class TrainConfig:
             ),
             (self.val_size >= 0, f"--val-size must be ≥ 0, got {self.val_size}"),
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
+            (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
+            (self.bias_lr_scale > 0, f"--bias-lr-scale must be > 0, got {self.bias_lr_scale}"),
+            (self.lookahead_every >= 0, "--lookahead-every must be ≥ 0"),
+            (0 <= self.lookahead_start < 1, "--lookahead-start must be in [0, 1)"),
+            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
+            (self.tta in (0, 1, 2), f"--tta must be 0, 1 or 2, got {self.tta}"),
+            (self.threads is None or self.threads >= 1, "--threads must be ≥ 1"),
         ]
         for ok, message in checks:
             if not ok:

@@ -27,6 +27,33 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), where bf16 autocast
+    speeds convolutions up instead of emulating them slowly."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:  # not Linux: ask PyTorch what it compiled kernels for
+        return "AMX" in torch.backends.cpu.get_cpu_capability()
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``precision`` on ``device``, or None for plain float32.
+
+    ``auto`` means bfloat16 on a CUDA GPU that supports it and on a CPU with native bf16
+    (AVX512-BF16/AMX), float32 elsewhere (including Apple MPS). ``bf16`` forces it.
+    """
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if cpu_has_fast_bf16() else None
+    return None
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 

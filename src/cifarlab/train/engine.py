@@ -7,6 +7,7 @@ Rank-aware from the start: every rank trains on its own shard of each epoch (the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,10 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from tqdm import tqdm
 
-from cifarlab.data.augment import Augment
+from cifarlab.data.augment import Augment, normalize
 from cifarlab.data.dataset import CifarDataset, load_dataset, stratified_holdout
 from cifarlab.data.loader import BatchLoader
 from cifarlab.errors import CifarlabError
@@ -33,6 +33,7 @@ from cifarlab.report.io import atomic_write
 from cifarlab.train import device as devices
 from cifarlab.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from cifarlab.train.config import TrainConfig
+from cifarlab.train.optim import Lookahead, build_optimizer, lr_factor, set_lr
 
 LAST, BEST = "last.pt", "best.pt"
 
@@ -49,32 +50,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _fused_or_foreach(model: nn.Module) -> dict[str, bool]:
-    """``fused=True`` where PyTorch has a fused kernel for the parameters' device (CPU and CUDA
-    in torch >= 2.4), else ``foreach=True``. Fused Adam measured 28 ms per step against 60 ms
-    for foreach (the 12M-parameter mlp, batch 32, this 2-core CPU): the update, not the
-    forward/backward pass (20 ms), dominated that model's step."""
-    device = next(model.parameters()).device.type
-    return {"fused": True} if device in ("cpu", "cuda") else {"foreach": True}
-
-
-def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    kernel = _fused_or_foreach(model)
-    if cfg.optimizer == "adam":
-        # eps 1e-7 is Keras' default, which the original study used
-        return torch.optim.Adam(
-            model.parameters(), lr=cfg.lr, eps=1e-7, weight_decay=cfg.weight_decay, **kernel
-        )
-    return torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        nesterov=True,
-        weight_decay=cfg.weight_decay,
-        **kernel,
-    )
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -123,17 +98,22 @@ class _Totals:
 class Trainer:
     """Holds the model, optimizer, loaders and run folder of one training run."""
 
+    WHITEN_SAMPLE = 5000  # training images whose patches set a whitening stem
+
     def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True) -> None:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.rank, self.world = devices.rank(), devices.world_size()
         self.main = self.rank == 0
         self.device = devices.resolve_device(cfg.device)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
         # Flush denormal floats to zero. As training goes on, some of Adam's moments (and
         # gradients) decay into the denormal range, where x86 arithmetic is many times slower:
         # the mlp's step went from 28 ms to 85 ms after ~600 steps without this. Zero instead
         # of a number below 1e-38 changes no result that matters.
         torch.set_flush_denormal(True)
+        self.autocast = devices.autocast_dtype(cfg.precision, self.device)
         self.data = load_data(cfg)
         train = self.data.train
         images, labels = train.images, train.labels
@@ -141,7 +121,7 @@ class Trainer:
             keep = torch.from_numpy(stratified_holdout(labels.numpy(), cfg.train_size, seed=0))
             images, labels = images[keep], labels[keep]
         self.num_train = len(labels)
-        mean, std = _stats(cfg, self.data)
+        self.mean, self.std = _stats(cfg, self.data)
         self.loader = BatchLoader(
             images,
             labels,
@@ -150,8 +130,9 @@ class Trainer:
             seed=cfg.seed,
             device=self.device,
             augment=Augment(**cfg.augment),
-            mean=mean,
-            std=std,
+            mean=self.mean,
+            std=self.std,
+            channels_last=cfg.channels_last,
             rank=self.rank,
             world_size=self.world,
         )
@@ -162,11 +143,19 @@ class Trainer:
                 self.data.val.labels,
                 batch_size=cfg.eval_batch_size,
                 device=self.device,
-                mean=mean,
-                std=std,
+                mean=self.mean,
+                std=self.std,
+                channels_last=cfg.channels_last,
             )
-        self.model = create_model(cfg.model, self.data.num_classes).to(self.device)
+        self.model = create_model(cfg.model, self.data.num_classes, **cfg.model_args)
+        self.model = self.model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = build_optimizer(cfg, self.model)
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
+        self.total_steps = cfg.epochs * len(self.loader)
+        self.lookahead: Lookahead | None = None
         self.epoch, self.step, self.best_val = 0, 0, -math.inf
         self.totals = _Totals.zeros(self.device)
         self.elapsed = 0.0  # training seconds over all sessions of this run
@@ -177,6 +166,7 @@ class Trainer:
         return {
             "model": clean_state_dict(self.model.state_dict()),
             "optimizer": self.optimizer.state_dict(),
+            "lookahead": self.lookahead.state_dict() if self.lookahead else None,
             "epoch": self.epoch,
             "step": self.step,
             "best_val_acc": self.best_val,
@@ -190,6 +180,9 @@ class Trainer:
     def restore(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(clean_state_dict(state["model"]))
         self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("lookahead") is not None:
+            self.lookahead = Lookahead(self.model)
+            self.lookahead.load_state_dict(state["lookahead"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_val = float(state["best_val_acc"])
         self.totals = _Totals.from_state(state["totals"], self.device)
@@ -201,6 +194,22 @@ class Trainer:
             save_checkpoint(self.run_dir / name, self.state())
 
     # ------------------------------------------------------------------ loop
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def init_whitening(self) -> None:
+        """Set a whitening stem (FastNet) from the patches of the first training images: once,
+        at the start of a new run (its result is in every checkpoint)."""
+        init = getattr(self.model, "init_whitening", None)
+        if init is None:
+            return
+        t0 = time.perf_counter()
+        sample = self.loader.images[: self.WHITEN_SAMPLE]
+        init(normalize(sample, self.mean, self.std))
+        self.elapsed += time.perf_counter() - t0
 
     def fit(self) -> None:
         cfg = self.cfg
@@ -218,9 +227,26 @@ class Trainer:
                 f"Resume with: cifarlab train --resume {self.run_dir}"
             ) from None
 
+    def _after_step(self, global_step: int) -> None:
+        """Lookahead: every ``lookahead_every`` steps once ``lookahead_start`` of training is
+        done, pull the weights towards their running average."""
+        every = self.cfg.lookahead_every
+        if not every or global_step % every:
+            return
+        progress = global_step / self.total_steps
+        if progress < self.cfg.lookahead_start:
+            return
+        if self.lookahead is None:
+            self.lookahead = Lookahead(self.model)
+        else:
+            self.lookahead.update(self.model, self.lookahead.decay(progress, every))
+
     def _train_epoch(self) -> None:
         cfg, model, opt = self.cfg, self.model, self.optimizer
         model.train()
+        whiten = getattr(model, "whiten", None)
+        if whiten is not None and whiten.bias is not None and cfg.whiten_bias_epochs is not None:
+            whiten.bias.requires_grad_(self.epoch < cfg.whiten_bias_epochs)
         self.loader.set_epoch(self.epoch)
         batches = iter(self.loader)
         for _ in range(self.step):  # resuming mid-epoch: replay the same batches, unused
@@ -236,9 +262,12 @@ class Trainer:
         )
         t0 = time.perf_counter()
         start_seconds = self.totals.seconds
+        steps_before = self.epoch * len(self.loader)
         for x, y in batches:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            set_lr(opt, self.base_lrs, lr_factor(cfg, steps_before + self.step, self.total_steps))
+            with self._autocast():
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -246,6 +275,7 @@ class Trainer:
             self.totals.correct += (logits.detach().argmax(1) == y).sum()
             self.totals.seen += len(y)
             self.step += 1
+            self._after_step(steps_before + self.step)
             bar.update(1)
             if self.step % 25 == 0 or self.step == len(self.loader):
                 self.totals.seconds = start_seconds + time.perf_counter() - t0
@@ -258,6 +288,8 @@ class Trainer:
                         img_s=f"{t.seen / max(t.seconds, 1e-9):,.0f}",
                         refresh=False,
                     )
+        if self.lookahead is not None:
+            self.lookahead.update(model, 1.0)  # end the epoch on the averaged weights
         bar.close()
         self.totals.seconds = start_seconds + time.perf_counter() - t0
         self._check_finite()
@@ -282,7 +314,7 @@ class Trainer:
             "images_per_s": t.seen * self.world / max(t.seconds, 1e-9),
         }
         if self.val_loader is not None:
-            logits, labels = predict_logits(self.model, self.val_loader)
+            logits, labels = predict_logits(self.forward, self.val_loader, autocast=self.autocast)
             row["val_loss"], row["val_acc"] = loss_and_accuracy(logits, labels)
         self.elapsed += t.seconds
         row["elapsed_seconds"] = self.elapsed
@@ -370,6 +402,8 @@ def train(
             print(f"{run_dir} has finished all {cfg.epochs} epochs; nothing to resume")
         elif trainer.main:
             print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
+    else:
+        trainer.init_whitening()
     extra = {
         "num_classes": trainer.data.num_classes,
         "class_names": trainer.data.class_names,

@@ -1,0 +1,233 @@
+"""Fast training: FastNet, the recipes, schedules, lookahead, test-time augmentation, and
+CIFAR-100 through the same path. Real data (small subsets) and real generated files."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from cifarlab import load_dataset
+from cifarlab.data.augment import normalize
+from cifarlab.errors import CifarlabError
+from cifarlab.evaluate.inference import eval_loader, predict_logits
+from cifarlab.evaluate.run import evaluate_run, load_model
+from cifarlab.models import create_model
+from cifarlab.train import TrainConfig, train
+from cifarlab.train.device import autocast_dtype
+from cifarlab.train.optim import Lookahead, lr_factor, param_groups
+from cifarlab.train.recipes import RECIPES, get_recipe, recipe_config
+from fakedata import write_cifar100_learnable
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    warnings.simplefilter("ignore")
+
+
+def _history(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+# --------------------------------------------------------------------------- pieces
+
+
+def test_triangle_and_cosine_schedules() -> None:
+    tri = TrainConfig(schedule="triangle", warmup=0.25, lr_start=0.2, lr_end=0.1)
+    total = 101
+    assert lr_factor(tri, 0, total) == pytest.approx(0.2)
+    assert lr_factor(tri, 25, total) == pytest.approx(1.0)
+    assert lr_factor(tri, 100, total) == pytest.approx(0.1)
+    assert lr_factor(tri, 50, total) == pytest.approx(1.0 - 0.9 * (0.25 / 0.75))
+    cos = dataclasses.replace(tri, schedule="cosine")
+    assert lr_factor(cos, 25, total) == pytest.approx(1.0)
+    assert lr_factor(cos, 100, total) == pytest.approx(0.1)
+    assert lr_factor(cos, 62, total) == pytest.approx(0.55, abs=0.02)  # half-way down
+    assert lr_factor(TrainConfig(), 37, total) == 1.0
+
+
+def test_norm_biases_get_the_scaled_lr() -> None:
+    model = create_model("fastnet_s")
+    cfg = TrainConfig(lr=0.1, weight_decay=0.01, bias_lr_scale=64.0)
+    others, biases = param_groups(cfg, model)
+    assert biases["lr"] == pytest.approx(6.4) and biases["weight_decay"] == pytest.approx(0.01 / 64)
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in biases["params"]} == {id(m.bias) for m in bn}
+    # frozen: the whitening filters and the BatchNorm scales
+    trainable = {id(p) for p in others["params"]} | {id(p) for p in biases["params"]}
+    assert id(model.whiten.weight) not in trainable
+    assert all(id(m.weight) not in trainable for m in bn)
+
+
+def test_lookahead_pulls_weights_towards_their_average() -> None:
+    model = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    la = Lookahead(model)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    la.update(model, decay=0.75)
+    assert torch.allclose(model.weight, torch.full((1, 2), 0.25))  # 0.75·0 + 0.25·1
+    assert torch.allclose(la.avg["weight"], model.weight)
+    assert la.decay(1.0, 5) == pytest.approx(0.95**5) and la.decay(0.5, 5) < la.decay(1.0, 5)
+
+
+def test_whitening_stem_decorrelates_patches(cifar10_root: Path) -> None:
+    ds = load_dataset("cifar10", cifar10_root, val_size=0)
+    x = normalize(ds.train.images[:2000].permute(0, 3, 1, 2), ds.mean, ds.std)
+    model = create_model("fastnet_s")
+    model.init_whitening(x)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(x, model.whiten.weight)  # no bias, no activation
+    half = out.shape[1] // 2
+    feats = out[:, :half].permute(0, 2, 3, 1).reshape(-1, half).double()
+    cov = feats.T @ feats / len(feats)
+    # Along each eigen-direction the variance is λ / (λ + eps): 1 for the strong directions,
+    # damped for the faint ones (eps keeps noise from being blown up); no correlations.
+    patches = x.unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    eigenvalues = torch.linalg.eigvalsh(patches.double().T @ patches.double() / len(patches))
+    expected = (eigenvalues / (eigenvalues + 5e-4)).flip(0)
+    assert torch.allclose(cov.diagonal(), expected, atol=0.01)
+    assert (cov.diagonal()[:6] > 0.99).all()
+    off = cov - torch.diag(cov.diagonal())
+    assert off.abs().max() < 1e-3
+    assert torch.equal(model.whiten.weight[half:], -model.whiten.weight[:half])
+
+
+def test_recipes_are_complete_and_overridable() -> None:
+    for name, recipe in RECIPES.items():
+        cfg = recipe.config.resolved()
+        assert cfg.recipe == name and cfg.epochs and cfg.lr and cfg.batch_size
+    cfg = recipe_config("fast", epochs=2, lr=0.5)
+    assert cfg.epochs == 2 and cfg.lr == 0.5 and cfg.model == get_recipe("fast").config.model
+    with pytest.raises(CifarlabError, match="unknown recipe 'turbo'"):
+        get_recipe("turbo")
+    with pytest.raises(CifarlabError, match="unknown setting"):
+        recipe_config("fast", warp_speed=9)
+
+
+def test_measured_figures_match_benchmarks_md() -> None:
+    """`cifarlab recipes` shows what BENCHMARKS.md records, not numbers of its own."""
+    text = (REPO / "BENCHMARKS.md").read_text()
+    for name, recipe in RECIPES.items():
+        m = recipe.measured
+        if not m:
+            continue
+        row = re.search(rf"^\| `{re.escape(name)}` \|.*$", text, re.MULTILINE)
+        assert row, f"no row for recipe {name} in BENCHMARKS.md"
+        cells = row.group(0)
+        assert f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" in cells, cells
+        assert f"{m['train_seconds']:.0f} s" in cells, cells
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _small(root: Path, recipe: str, **kw) -> TrainConfig:
+    base = dict(root=str(root), train_size=4000, val_size=1000, device="cpu")
+    return recipe_config(recipe, **{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    "recipe,epochs,floor",
+    [("quick", 3, 0.30), ("fast", 2, 0.30), ("max-cpu", 2, 0.30), ("resnet18", 1, 0.18)],
+)
+def test_every_recipe_learns(
+    cifar10_root: Path, tmp_path: Path, recipe: str, epochs: int, floor: float
+) -> None:
+    kw: dict = {"epochs": epochs}
+    if recipe == "resnet18":  # 11M parameters: a smaller bite on a CPU
+        kw.update(train_size=1500, batch_size=64, lr=0.05)
+    run = train(_small(cifar10_root, recipe, **kw), out=tmp_path / "r", progress=False)
+    rows = _history(run)
+    assert rows[-1]["val_acc"] > floor, rows  # chance is 0.10
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == recipe and config["model"] == get_recipe(recipe).config.model
+
+
+def test_tta_does_not_lower_accuracy(cifar10_root: Path, tmp_path: Path) -> None:
+    run = train(
+        _small(cifar10_root, "quick", train_size=10000, val_size=2000, epochs=4),
+        out=tmp_path / "r",
+        progress=False,
+    )
+    config = json.loads((run / "config.json").read_text())
+    model, _ = load_model(run, config)
+    model = model.to(memory_format=torch.channels_last)
+    ds = load_dataset("cifar10", cifar10_root, val_size=2000)
+    loader = eval_loader(ds.val.images, ds.val.labels, mean=ds.mean, std=ds.std,
+                         channels_last=True)  # fmt: skip
+    acc = {}
+    autocast = autocast_dtype(config["precision"], torch.device("cpu"))  # as evaluate_run does
+    for level in (0, 1, 2):
+        logits, labels = predict_logits(model, loader, tta=level, autocast=autocast)
+        acc[level] = (logits.argmax(1) == labels).float().mean().item()
+    assert acc[0] > 0.4, acc
+    # 2,000 images: one standard error of a paired difference is well under a point
+    assert acc[1] >= acc[0] - 0.01 and acc[2] >= acc[0] - 0.01, acc
+    m = evaluate_run(run, "val", report=False, tta=2)
+    assert m["tta"] == 2 and m["accuracy"] == pytest.approx(acc[2], abs=0.002)
+    assert m["accuracy_without_tta"] == pytest.approx(acc[0], abs=0.002)
+
+
+@pytest.mark.parametrize("labels,classes", [("fine", 100), ("coarse", 20)])
+def test_cifar100_trains_with_a_recipe(tmp_path: Path, labels: str, classes: int) -> None:
+    write_cifar100_learnable(tmp_path / "data", per_class=30, test_per_class=5)
+    cfg = recipe_config(
+        "quick", dataset="cifar100", labels=labels, root=str(tmp_path / "data"),
+        val_size=500, epochs=4, batch_size=64, lr=0.1, device="cpu",
+    )  # fmt: skip
+    run = train(cfg, out=tmp_path / "r", progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["num_classes"] == classes and len(config["class_names"]) == classes
+    assert _history(run)[-1]["val_acc"] > 5 / classes  # chance is 1/classes
+    m = evaluate_run(run, "test", report=False)
+    assert len(m["per_class"]) == classes and m["top5_accuracy"] is not None
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_recipes_lists_every_recipe() -> None:
+    r = _cli("recipes")
+    assert r.returncode == 0, r.stderr
+    for name in RECIPES:
+        assert re.search(rf"^{re.escape(name)}\s", r.stdout, re.MULTILINE), r.stdout
+    r = _cli("recipes", "--show", "fast")
+    assert r.returncode == 0 and '"lookahead_every"' in r.stdout
+    r = _cli("recipes", "--show", "nope")
+    assert r.returncode == 1 and "unknown recipe 'nope'" in r.stderr
+
+
+def test_cli_train_recipe_with_overrides(cifar10_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "r"
+    r = _cli(
+        "train", "--recipe", "quick", "--root", str(cifar10_root), "--train-size", "1000",
+        "--val-size", "500", "--epochs", "1", "--lr", "0.2", "--set", "lookahead_every=0",
+        "--set", 'augment={"translate": 3}', "--no-channels-last", "--out", str(run),
+        "--no-progress",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == "quick" and config["lr"] == 0.2 and config["epochs"] == 1
+    assert config["lookahead_every"] == 0 and config["augment"] == {"translate": 3}
+    assert config["channels_last"] is False
+    assert config["label_smoothing"] == get_recipe("quick").config.label_smoothing
+    r = _cli("train", "--recipe", "quick", "--set", "warp=9", "--root", str(cifar10_root))
+    assert r.returncode == 1 and "--set warp: no such setting" in r.stderr
+    assert "Traceback" not in r.stderr
