@@ -76,6 +76,10 @@ def run_one(recipe: str, seed: int, args: argparse.Namespace) -> dict:
     return row
 
 
+# The targets: (minutes of training, test accuracy with TTA), both limits.
+TARGETS = {"quick": (0.5, 0.70), "fast": (5.0, 0.87), "max-cpu": (18.0, 0.905)}
+
+
 def plot(results: Path, out: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -95,13 +99,26 @@ def plot(results: Path, out: Path) -> None:
         points = ax.scatter(xs, ys, label=name, s=30)
         ax.errorbar(statistics.mean(xs), statistics.mean(ys), fmt="D", markersize=9,
                     color=points.get_facecolor()[0], markeredgecolor="black")  # fmt: skip
+        left = statistics.mean(xs) > 0.6  # label to the left of the point, if there is room
         ax.annotate(f"{name}\n{statistics.mean(ys):.1f}% in {statistics.mean(xs):.1f} min",
                     (statistics.mean(xs), statistics.mean(ys)), textcoords="offset points",
-                    xytext=(10, -22), fontsize=9)  # fmt: skip
+                    xytext=(-12 if left else 12, 0), ha="right" if left else "left",
+                    va="center", fontsize=9, fontweight="bold")  # fmt: skip
+    for name, (minutes, acc) in TARGETS.items():
+        if name in groups:
+            ax.scatter([minutes], [100 * acc], marker="x", color="#c62828", s=60, zorder=3)
+            ax.annotate(f"{name} target:\n≥ {100 * acc:g}% in ≤ {minutes:g} min",
+                        (minutes, 100 * acc), textcoords="offset points", xytext=(8, 0),
+                        ha="left", va="center", fontsize=8, color="#c62828")  # fmt: skip
     ax.set_xscale("log")
+    ticks = [0.25, 0.5, 1, 2, 5, 10, 20, 30, 60]
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    low = min([100 * a for n, (_, a) in TARGETS.items() if n in groups] + [ax.get_ylim()[0]])
+    ax.set_ylim(low - 2, ax.get_ylim()[1] + 1)
     ax.set_xlabel("training time on this CPU (minutes, log scale)")
     ax.set_ylabel(f"{'test' if key.startswith('test') else 'validation'} accuracy with TTA (%)")
-    ax.grid(alpha=0.3, which="both")
+    ax.grid(alpha=0.3)
     ax.legend(title="recipe (dots: seeds, ◆: mean)", loc="lower right")
     ax.set_title("CIFAR-10 (JPEG copy): accuracy against training time, 2-core CPU")
     fig.savefig(out, dpi=110)

@@ -75,6 +75,7 @@ RECIPES: dict[str, Recipe] = {
                 # twice airbench's lr for these few steps (val 0.778 against 0.769)
                 **sgd_hyper(256, 23.0, 0.0306, 0.85),
             ),
+            measured={"test_acc": 0.783, "test_acc_std": 0.003, "train_seconds": 21},
         ),
         Recipe(
             "fast",
@@ -86,6 +87,7 @@ RECIPES: dict[str, Recipe] = {
                 **_FAST_COMMON,
                 **sgd_hyper(256, 11.5, 0.0153, 0.85),
             ),
+            measured={"test_acc": 0.889, "test_acc_std": 0.000, "train_seconds": 220},
         ),
         Recipe(
             "max-cpu",
@@ -97,6 +99,7 @@ RECIPES: dict[str, Recipe] = {
                 **_FAST_COMMON,
                 **sgd_hyper(256, 11.5, 0.0153, 0.85),
             ),
+            measured={"test_acc": 0.912, "test_acc_std": 0.001, "train_seconds": 686},
         ),
         Recipe(
             "resnet18",
