@@ -8,6 +8,7 @@ torch.Size([45000, 32, 32, 3])
 
 from cifarlab.data.dataset import CifarDataset, Split, load_dataset
 from cifarlab.errors import CifarlabError, DataError, DownloadError
+from cifarlab.predict import Prediction, Run, load_run
 
 __version__ = "0.1.0"
 
@@ -16,7 +17,10 @@ __all__ = [
     "CifarlabError",
     "DataError",
     "DownloadError",
+    "Prediction",
+    "Run",
     "Split",
     "__version__",
     "load_dataset",
+    "load_run",
 ]

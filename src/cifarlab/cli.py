@@ -243,6 +243,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
+        "predict",
+        help="predict the class of your own images with a trained run",
+        description="Predict image files (PNG, JPEG, BMP, WebP, GIF, TIFF; any size; folders "
+        "are searched recursively) with a trained run. Each image is brought to 32×32 RGB "
+        "(transparency onto white, shorter side to 32, centre crop), normalized as in "
+        "training, and run with the run's test-time augmentation. A file that cannot be "
+        "read is reported and skipped; the exit code is 1 if any failed.",
+    )
+    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
+    p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--batch-size", type=int, default=256, help="images per batch (default: 256)")
+    p.add_argument(
+        "--resize",
+        choices=["crop", "stretch"],
+        default="crop",
+        help="crop: shorter side to 32, centre square (default); stretch: both sides to 32",
+    )
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export",
+        help="export a trained run to ONNX or TorchScript",
+        description="Export a run's model, with its preprocessing, to one file. Input "
+        "'images': uint8 N×32×32×3 RGB 0..255 (--input uint8, default) or float32 "
+        "N×3×32×32 RGB 0..1 (--input float); outputs 'logits' and 'probabilities'; dynamic "
+        "batch size; class names and preprocessing in the file's metadata.",
+    )
+    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--input", dest="input_kind", choices=["uint8", "float"], default="uint8")
+    p.add_argument(
+        "--out", type=Path, help="file to write (default: RUN/model.onnx or RUN/model.pt)"
+    )
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
         "compare",
         help="one side-by-side report of several evaluated runs",
         description="Compare evaluated runs: accuracy, macro F1, parameters, "
@@ -415,7 +456,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: {recipe.description}")
         print(json.dumps(recipe.config.to_dict(), indent=2))
         return 0
-    print(f"{'recipe':<10} {'model':<11} {'epochs':>6}  {'test accuracy':<16} {'CPU time':>9}  "
+    print(f"{'recipe':<10} {'model':<11} {'epochs':>6}  {'test acc (TTA)':<16} {'CPU time':>9}  "
           "description")  # fmt: skip
     for r in RECIPES.values():
         m = r.measured
@@ -462,6 +503,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"wrote {args.run / f'eval_{args.split}.json'}")
     if "report" in m:
         print(f"report: {m['report']}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from cifarlab.predict import load_run
+
+    if args.top_k < 1:
+        raise CifarlabError(f"--top-k must be at least 1, got {args.top_k}")
+    if args.batch_size < 1:
+        raise CifarlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    run = load_run(args.run, args.checkpoint, device=args.device)
+    results = run.predict_files(args.paths, batch_size=args.batch_size, resize=args.resize)
+    if not results:
+        raise CifarlabError("no image files found in " + ", ".join(map(str, args.paths)))
+    k = min(args.top_k, len(run.class_names))
+    if args.json:
+        print(json.dumps([r.to_dict(k) for r in results], indent=1))
+    else:
+        width = min(60, max(len(str(r.path)) for r in results))
+        cell = max(len(n) for n in run.class_names) + 9
+        print(f"{'file':<{width}}  " + "".join(f"{'top ' + str(i + 1):<{cell}}" for i in range(k)))
+        for r in results:
+            if r.prediction is not None:
+                top = r.prediction.top_k(k)[0]
+                cells = "".join(f"{f'{c} ({p:.1%})':<{cell}}" for c, p in top)
+                print(f"{str(r.path):<{width}}  {cells.rstrip()}")
+    failed = [r for r in results if r.error is not None]
+    for r in failed:
+        print(f"error: {r.error}", file=sys.stderr)
+    if failed:
+        print(f"{len(failed)} of {len(results)} files could not be predicted", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cifarlab.export import export_run
+
+    out = export_run(args.run, args.format, args.out, checkpoint=args.checkpoint,
+                     input_kind=args.input_kind)  # fmt: skip
+    print(f"wrote {out}")
     return 0
 
 

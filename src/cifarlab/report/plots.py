@@ -31,7 +31,7 @@ OVER, UNDER, EXACT = "#e8891c", "#3b75af", "#8c8c8c"
 GRID_COLS = 8
 
 
-def _figure(width: float, height: float) -> Figure:
+def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
@@ -75,7 +75,7 @@ def _plot_series(ax: Any, x: list[int], y: list[float | None], **kwargs: Any) ->
 
 def training_curves(history: list[dict]) -> Figure:
     """Loss and accuracy per epoch, train and validation, side by side."""
-    fig = _figure(11, 4.2)
+    fig = new_figure(11, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
     epochs = [int(row["epoch"]) for row in history]
     for ax, key, title, ylabel in (
@@ -112,7 +112,7 @@ def confusion_heatmap(metrics: dict) -> Figure:
     share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     few = c <= FEW_CLASSES
     side = 0.6 * c + 3 if few else 0.15 * c + 2.5
-    fig = _figure(side + 1.5, side)
+    fig = new_figure(side + 1.5, side)
     ax = fig.subplots()
     # With many classes each confusion is a small share; a square-root scale keeps them visible.
     norm = Normalize(0, 1) if few else PowerNorm(0.5, 0, 1)
@@ -145,7 +145,7 @@ def predicted_vs_true(metrics: dict) -> Figure:
     pred = np.asarray(metrics["predicted_counts"])
     true = np.asarray(metrics["true_counts"])
     few = c <= FEW_CLASSES
-    fig = _figure(max(9.0, 0.75 * c + 2) if few else 0.17 * c + 2, 5.5 if few else 6.5)
+    fig = new_figure(max(9.0, 0.75 * c + 2) if few else 0.17 * c + 2, 5.5 if few else 6.5)
     ax = fig.subplots()
     x = np.arange(c)
     colours = np.where(pred > true, OVER, np.where(pred < true, UNDER, EXACT))
@@ -187,7 +187,7 @@ def _image_grid(
 ) -> Figure:
     """Images in rows of 8, each with a coloured title and a frame of the same colour."""
     rows = max(1, math.ceil(len(picks) / GRID_COLS))
-    fig = _figure(GRID_COLS * 1.8, rows * 2.1 + 0.5)
+    fig = new_figure(GRID_COLS * 1.8, rows * 2.1 + 0.5)
     axes = fig.subplots(rows, GRID_COLS, squeeze=False)
     # Titles must not run into their neighbours: 23 characters fit a column at 9 pt.
     longest = max((len(line) for t in titles for line in t.splitlines()), default=0)
@@ -276,7 +276,7 @@ def f1_bars(runs: list[tuple[str, dict]]) -> Figure:
     few = c <= FEW_CLASSES
     # Many classes: at most ~1900 px wide (a full-HD window); the bars get thinner instead.
     width = max(9.0, 0.5 * c * r**0.5 + 2) if few else min(19.0, 0.12 * c * r**0.5 + 2)
-    fig = _figure(width, 5.5 if few else 6.5)
+    fig = new_figure(width, 5.5 if few else 6.5)
     ax = fig.subplots()
     bar = 0.8 / r
     x = np.arange(c)
@@ -298,7 +298,7 @@ def f1_bars(runs: list[tuple[str, dict]]) -> Figure:
 def val_accuracy_overlay(runs: list[tuple[str, list[dict]]]) -> Figure:
     """Validation accuracy per epoch of several runs on one axis (train accuracy, dashed, for a
     run trained without a validation split)."""
-    fig = _figure(9, 4.8)
+    fig = new_figure(9, 4.8)
     ax = fig.subplots()
     for run_name, history in runs:
         epochs = [int(row["epoch"]) for row in history]

@@ -5,14 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import torch
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cifarlab.report.io import atomic_write  # noqa: E402
+from cifarlab.report.plots import new_figure, save_png
 
 _ROWS_PER_CLASS_LIMIT = 20  # above this many classes, one title per image reads better
 
@@ -26,17 +23,17 @@ def pick_samples(labels: torch.Tensor, per_class: int, seed: int = 0) -> list[li
     return [order[ordered == c][:per_class].tolist() for c in range(num_classes)]
 
 
-def save_sample_grid(
+def sample_grid(
     images: torch.Tensor,
     labels: torch.Tensor,
     class_names: list[str],
-    out: str | os.PathLike,
     *,
     per_class: int = 8,
     seed: int = 0,
     title: str = "",
-) -> Path:
-    """Write a PNG grid of ``per_class`` sample images for every class.
+) -> Figure:
+    """A grid of ``per_class`` sample images for every class (a matplotlib Figure, which a
+    notebook shows inline).
 
     With up to 20 classes each class is a row labelled with its name; with more (CIFAR-100
     fine labels) the images flow in a grid of 10 columns, each titled with its class.
@@ -45,8 +42,8 @@ def save_sample_grid(
     picks += [[] for _ in range(len(class_names) - len(picks))]
     if len(class_names) <= _ROWS_PER_CLASS_LIMIT:
         rows, cols = len(class_names), per_class
-        fig, axes = plt.subplots(rows, cols, figsize=(1.1 * cols + 1.6, 1.1 * rows + 0.6),
-                                 squeeze=False, layout="constrained")  # fmt: skip
+        fig = new_figure(1.1 * cols + 1.6, 1.1 * rows + 0.6)
+        axes = fig.subplots(rows, cols, squeeze=False)
         for r, idx in enumerate(picks):
             for c in range(cols):
                 ax = axes[r][c]
@@ -62,8 +59,8 @@ def save_sample_grid(
         flat = [(i, c) for c, idx in enumerate(picks) for i in idx]
         cols = 10
         rows = max(1, -(-len(flat) // cols))
-        fig, axes = plt.subplots(rows, cols, figsize=(1.45 * cols, 1.55 * rows + 0.6),
-                                 squeeze=False, layout="constrained")  # fmt: skip
+        fig = new_figure(1.45 * cols, 1.55 * rows + 0.6)
+        axes = fig.subplots(rows, cols, squeeze=False)
         for k, ax in enumerate(axes.flat):
             ax.axis("off")
             if k < len(flat):
@@ -72,7 +69,19 @@ def save_sample_grid(
                 ax.set_title(class_names[c].replace("_", " "), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=13)
-    try:
-        return atomic_write(out, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    finally:
-        plt.close(fig)
+    return fig
+
+
+def save_sample_grid(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    class_names: list[str],
+    out: str | os.PathLike,
+    *,
+    per_class: int = 8,
+    seed: int = 0,
+    title: str = "",
+) -> Path:
+    """Write :func:`sample_grid` as a PNG file (atomically)."""
+    fig = sample_grid(images, labels, class_names, per_class=per_class, seed=seed, title=title)
+    return save_png(fig, out)

@@ -1,0 +1,199 @@
+"""Export a trained model to ONNX or TorchScript, preprocessing included.
+
+The exported graph takes raw pixels and does the normalization the run was trained with, so a
+user of the file needs nothing from cifarlab:
+
+- ``input="uint8"`` (default): ``images``, uint8, N×32×32×3 (NHWC, RGB, 0..255) — the layout
+  images are decoded into;
+- ``input="float"``: ``images``, float32, N×3×32×32 (NCHW, RGB, 0..1) — torchvision's
+  ``ToTensor`` convention.
+
+Outputs: ``logits`` (float32, N×classes) and ``probabilities`` (their softmax). The batch
+dimension is dynamic. The class names and the preprocessing are stored in the file: ONNX
+``metadata_props`` (keys ``class_names`` as JSON, ``preprocessing``, ``input_format``,
+``mean``, ``std``, ``model``, ``cifarlab_version``), TorchScript ``_extra_files``
+(``cifarlab.json``). The export is of the single-view model: the run's test-time augmentation,
+if any, is not in the file. Images of other sizes must be brought to 32×32 first (see
+:mod:`cifarlab.predict` for how cifarlab does it).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cifarlab.errors import CifarlabError
+from cifarlab.report.io import atomic_write
+
+FORMATS = ("onnx", "torchscript")
+INPUTS = ("uint8", "float")
+OPSET = 18
+
+
+class Preprocessed(nn.Module):
+    """``model`` behind the run's preprocessing; returns (logits, probabilities)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        mean: Sequence[float] | None,
+        std: Sequence[float] | None,
+        input_kind: str = "uint8",
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.uint8_input = input_kind == "uint8"
+        # (x/255 - mean) / std as one multiply-add on 0..255 values; unit scaling: x/255.
+        m = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
+        s = torch.tensor(std if std is not None else (1.0, 1.0, 1.0), dtype=torch.float32)
+        self.register_buffer("scale", (1.0 / (255.0 * s)).view(1, 3, 1, 1))
+        self.register_buffer("shift", (-m / s).view(1, 3, 1, 1))
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        if self.uint8_input:
+            x = images.permute(0, 3, 1, 2).to(torch.float32)
+        else:
+            x = images * 255.0
+        logits = self.model(x * self.scale + self.shift)
+        return logits, torch.softmax(logits, dim=1)
+
+
+def metadata(
+    config: dict[str, Any], class_names: list[str], input_kind: str, mean: Any, std: Any
+) -> dict[str, str]:
+    from cifarlab import __version__
+
+    if input_kind == "uint8":
+        layout = "uint8 N×32×32×3 (NHWC), RGB, 0..255"
+    else:
+        layout = "float32 N×3×32×32 (NCHW), RGB, 0..1"
+    norm = (
+        f"x/255, minus mean {list(mean)}, divided by std {list(std)} (per channel, in the graph)"
+        if mean is not None
+        else "x/255 (in the graph)"
+    )
+    return {
+        "class_names": json.dumps(class_names),
+        "input_format": layout,
+        "preprocessing": f"input {layout}; resize other images to 32×32 first "
+        f"(cifarlab: shorter side to 32, centre crop); normalization: {norm}",
+        "mean": json.dumps(list(mean) if mean is not None else None),
+        "std": json.dumps(list(std) if std is not None else None),
+        "outputs": "logits (float32 N×classes), probabilities (softmax of logits)",
+        "model": str(config.get("model")),
+        "recipe": str(config.get("recipe")),
+        "dataset": str(config.get("dataset")),
+        "cifarlab_version": __version__,
+    }
+
+
+def _example(input_kind: str, batch: int = 2) -> Tensor:
+    g = torch.Generator().manual_seed(0)
+    if input_kind == "uint8":
+        return torch.randint(0, 256, (batch, 32, 32, 3), dtype=torch.uint8, generator=g)
+    return torch.rand(batch, 3, 32, 32, generator=g)
+
+
+def export_model(
+    model: nn.Module,
+    out: str | os.PathLike,
+    *,
+    fmt: str = "onnx",
+    class_names: list[str],
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+    config: dict[str, Any] | None = None,
+    input_kind: str = "uint8",
+) -> Path:
+    """Write ``model`` (float32, CPU, eval mode) with its preprocessing to ``out``."""
+    if fmt not in FORMATS:
+        raise CifarlabError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if input_kind not in INPUTS:
+        raise CifarlabError(f"--input must be one of {', '.join(INPUTS)}, got {input_kind!r}")
+    wrapped = Preprocessed(model.float().cpu().eval(), mean, std, input_kind).eval()
+    meta = metadata(config or {}, class_names, input_kind, mean, std)
+    example = _example(input_kind)
+    if fmt == "onnx":
+        return atomic_write(out, lambda tmp: _write_onnx(wrapped, example, meta, tmp))
+    return atomic_write(out, lambda tmp: _write_torchscript(wrapped, example, meta, tmp))
+
+
+def _write_onnx(wrapped: nn.Module, example: Tensor, meta: dict[str, str], path: Path) -> None:
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 - torch.onnx's exporter needs it
+    except ImportError:
+        raise CifarlabError(
+            "ONNX export needs the onnx and onnxscript packages: pip install 'cifarlab[export]' "
+            "(or use --format torchscript)"
+        ) from None
+
+    batch = torch.export.Dim("batch", min=1, max=1 << 16)
+    quiet = logging.getLogger("torch.onnx")  # e.g. "torchvision is not installed" notes
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        program = _export(wrapped, example, batch)
+    finally:
+        quiet.setLevel(level)
+    proto = program.model_proto
+    proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    for key, value in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(proto)
+    onnx.save_model(proto, str(path))
+
+
+def _export(wrapped: nn.Module, example: Tensor, batch: Any) -> Any:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            wrapped,
+            (example,),
+            dynamo=True,
+            input_names=["images"],
+            output_names=["logits", "probabilities"],
+            dynamic_shapes={"images": {0: batch}},
+            opset_version=OPSET,
+            external_data=False,
+            verbose=False,
+        )
+
+
+def _write_torchscript(
+    wrapped: nn.Module, example: Tensor, meta: dict[str, str], path: Path
+) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        scripted = torch.jit.trace(wrapped, (example,), check_trace=False)
+        torch.jit.save(scripted, str(path), _extra_files={"cifarlab.json": json.dumps(meta)})
+
+
+def export_run(
+    run_dir: str | os.PathLike,
+    fmt: str = "onnx",
+    out: str | os.PathLike | None = None,
+    *,
+    checkpoint: str = "best",
+    input_kind: str = "uint8",
+) -> Path:
+    """Export a run's ``checkpoint`` to ``out`` (default ``runs/NAME/model.onnx`` or
+    ``model.pt``)."""
+    from cifarlab.predict import load_run
+
+    run = load_run(run_dir, checkpoint, device="cpu")
+    if out is None:
+        out = run.path / ("model.onnx" if fmt == "onnx" else "model.pt")
+    return export_model(
+        run.model, out, fmt=fmt, class_names=run.class_names, mean=run.mean, std=run.std,
+        config=run.config, input_kind=input_kind,
+    )  # fmt: skip

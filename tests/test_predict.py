@@ -1,0 +1,272 @@
+"""Using a trained run: images of every common kind, Run.predict, `cifarlab predict`, and
+export to ONNX (run in onnxruntime) and TorchScript, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cifarlab import load_dataset, load_run
+from cifarlab.errors import CifarlabError
+from cifarlab.export import Preprocessed, export_model
+from cifarlab.models import create_model, model_names
+from cifarlab.predict import ImageError, as_uint8_batch, load_image, resize_to_32
+from cifarlab.train import TrainConfig, train
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> None:
+    warnings.simplefilter("ignore")
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quick run on a subset of the real data (module-wide: several tests use it)."""
+    from conftest import shared_data
+
+    root = shared_data()
+    if root is None:
+        pytest.skip("the full CIFAR-10 copy is not here: set CIFARLAB_DATA")
+    out = tmp_path_factory.mktemp("run") / "quick"
+    from cifarlab.train.recipes import recipe_config
+
+    cfg = recipe_config("quick", root=str(root), train_size=10000, val_size=1000, epochs=3,
+                        device="cpu")  # fmt: skip
+    return train(cfg, out=out, progress=False)
+
+
+@pytest.fixture(scope="module")
+def test_images() -> tuple[np.ndarray, np.ndarray]:
+    from conftest import shared_data
+
+    root = shared_data()
+    if root is None:
+        pytest.skip("the full CIFAR-10 copy is not here: set CIFARLAB_DATA")
+    ds = load_dataset("cifar10", root, val_size=0)
+    return ds.test.images[:200].numpy(), ds.test.labels[:200].numpy()
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_every_image_kind_becomes_rgb(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    rgba = np.dstack([rgb, np.full((48, 40), 255, np.uint8)])
+    rgba[:, :10, 3] = 0  # a transparent strip: must come out white
+    files = {
+        "a.png": Image.fromarray(rgb),
+        "b.jpg": Image.fromarray(rgb),
+        "c.bmp": Image.fromarray(rgb),
+        "d.webp": Image.fromarray(rgb),
+        "e.png": Image.fromarray(rgba, "RGBA"),
+        "f.png": Image.fromarray(rgb[:, :, 0], "L"),
+        "g.gif": Image.fromarray(rgb).convert("P"),
+        "h.tiff": Image.fromarray(rgb),
+        "i.png": Image.fromarray(rgb[:, :, 0].astype(np.uint16) * 257),  # 16-bit grayscale
+    }
+    for name, im in files.items():
+        im.save(tmp_path / name)
+    for name in files:
+        im = load_image(tmp_path / name)
+        assert im.mode == "RGB" and im.size == (40, 48), name
+    assert (np.asarray(load_image(tmp_path / "e.png"))[:, :10] == 255).all()
+    gray = np.asarray(load_image(tmp_path / "f.png"))
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 0] == rgb[:, :, 0]).all()
+    sixteen = np.asarray(load_image(tmp_path / "i.png"))[..., 0].astype(int)
+    assert np.abs(sixteen - rgb[:, :, 0].astype(int) * 255 // rgb[:, :, 0].max()).max() <= 1
+
+
+def test_animated_gif_gives_its_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (20, 20), c) for c in ((255, 0, 0), (0, 0, 255))]
+    frames[0].save(tmp_path / "anim.gif", save_all=True, append_images=frames[1:], duration=100)
+    arr = np.asarray(load_image(tmp_path / "anim.gif"))
+    assert arr[..., 0].mean() > 200 and arr[..., 2].mean() < 50
+
+
+def test_bad_files_name_themselves(tmp_path: Path) -> None:
+    (tmp_path / "text.png").write_text("not an image")
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(tmp_path / "ok.jpg", quality=95)
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 3])
+    for name, message in (("text.png", "not an image"),
+                          ("cut.jpg", "cannot read the image: truncated or corrupt"),
+                          ("missing.png", "no such file")):  # fmt: skip
+        with pytest.raises(ImageError, match=f"{name}: {message}"):
+            load_image(tmp_path / name)
+
+
+def test_resize_crop_keeps_the_centre_and_stretch_the_whole() -> None:
+    arr = np.zeros((64, 128, 3), np.uint8)
+    arr[:, 24:104] = 255  # a white centre wider than the centre square, black sides
+    crop = np.asarray(resize_to_32(Image.fromarray(arr), "crop"))
+    stretch = np.asarray(resize_to_32(Image.fromarray(arr), "stretch"))
+    assert crop.shape == stretch.shape == (32, 32, 3)
+    assert crop.min() > 240  # only the white centre is left
+    assert stretch[:, :4].max() < 20 and stretch[:, 10:22].min() > 240  # sides kept, squashed
+    same = Image.fromarray(np.full((32, 32, 3), 7, np.uint8))
+    assert np.array_equal(np.asarray(resize_to_32(same)), np.asarray(same))
+
+
+def test_every_input_type_gives_the_same_batch() -> None:
+    rng = np.random.default_rng(1)
+    arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    want = as_uint8_batch(arr)
+    float_chw = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    for x in (Image.fromarray(arr), arr[None], torch.from_numpy(arr), [arr], float_chw,
+              float_chw[None]):  # fmt: skip
+        assert np.array_equal(as_uint8_batch(x), want)
+    assert as_uint8_batch([arr, Image.fromarray(arr)]).shape == (2, 32, 32, 3)
+    with pytest.raises(CifarlabError, match="must be uint8"):
+        as_uint8_batch(arr.astype(np.float32))
+    with pytest.raises(CifarlabError, match="no images"):
+        as_uint8_batch([])
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def test_run_predict_agrees_with_evaluation(
+    trained_run: Path, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    images, labels = test_images
+    run = load_run(trained_run)
+    pred = run.predict(images)
+    assert pred.probs.shape == (200, 10) and np.allclose(pred.probs.sum(1), 1, atol=1e-5)
+    assert (pred.indices == labels).mean() > 0.45  # trained, not chance (0.10)
+    assert pred.labels[0] == run.class_names[pred.indices[0]]
+    top = pred.top_k(3)[0]
+    assert [c for c, _ in top][0] == pred.labels[0] and top[0][1] >= top[1][1] >= top[2][1]
+    one = run.predict(Image.fromarray(images[5]))
+    assert np.allclose(one.probs[0], pred.probs[5], atol=1e-5)
+
+
+def test_cli_predict_table_json_and_errors(
+    trained_run: Path, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    images, _ = test_images
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(images[0]).resize((320, 240)).save(folder / "big.jpg")
+    Image.fromarray(images[1]).save(folder / "sub" / "small.png")
+    (folder / "notes.txt").write_text("ignored: not an image suffix")
+    (tmp_path / "fake.png").write_text("not an image")
+    ok = _cli("predict", str(trained_run), str(folder), "--top-k", "2")
+    assert ok.returncode == 0, ok.stderr
+    assert "big.jpg" in ok.stdout and "small.png" in ok.stdout and "top 2" in ok.stdout
+    assert "notes.txt" not in ok.stdout
+
+    r = _cli("predict", str(trained_run), str(folder), str(tmp_path / "fake.png"),
+             str(tmp_path / "gone.png"), "--json")  # fmt: skip
+    assert r.returncode == 1
+    rows = json.loads(r.stdout)
+    assert [Path(row["file"]).name for row in rows] == ["big.jpg", "small.png", "fake.png",
+                                                        "gone.png"]  # fmt: skip
+    assert len(rows[0]["top_k"]) == 3 and rows[0]["label"] == rows[0]["top_k"][0]["class"]
+    assert "not an image" in rows[2]["error"] and "no such file" in rows[3]["error"]
+    assert "fake.png: not an image" in r.stderr and "gone.png: no such file" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = _cli("predict", str(tmp_path / "norun"), str(folder))
+    assert r.returncode == 1 and "no such run folder" in r.stderr
+
+
+# --------------------------------------------------------------------------- export
+
+
+def _settle_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """Give BatchNorm real running statistics, so the comparison is not of a trivial net."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x)
+    model.eval()
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_export_matches_pytorch_for_every_model(
+    name: str, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    import onnx
+    import onnxruntime as ort
+
+    images, _ = test_images
+    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+    torch.manual_seed(0)
+    model = create_model(name, 10)
+    wrapped = Preprocessed(model, mean, std)
+    x8 = torch.from_numpy(images[:64])
+    _settle_batchnorm(model, (x8.permute(0, 3, 1, 2).float() * wrapped.scale + wrapped.shift))
+    with torch.no_grad():
+        want = wrapped(x8)[0].numpy()
+    names = [f"c{i}" for i in range(10)]
+    path = export_model(model, tmp_path / "m.onnx", fmt="onnx", class_names=names, mean=mean,
+                        std=std, config={"model": name})  # fmt: skip
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits, probs = session.run(None, {"images": images[:64]})
+    assert np.abs(logits - want).max() < 1e-4
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    for n in (1, 7):  # dynamic batch
+        assert session.run(None, {"images": images[:n]})[0].shape == (n, 10)
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert json.loads(meta["class_names"]) == names and "NHWC" in meta["input_format"]
+
+    ts = export_model(model, tmp_path / "m.pt", fmt="torchscript", class_names=names,
+                      mean=mean, std=std)  # fmt: skip
+    extra = {"cifarlab.json": ""}
+    loaded = torch.jit.load(str(ts), _extra_files=extra)
+    with torch.no_grad():
+        got = loaded(x8)[0].numpy()
+        assert loaded(x8[:3])[0].shape == (3, 10)
+    assert np.abs(got - want).max() < 1e-4
+    assert json.loads(json.loads(extra["cifarlab.json"])["class_names"]) == names
+
+
+def test_cli_export_float_input_and_errors(
+    trained_run: Path, tmp_path: Path, test_images: tuple[np.ndarray, np.ndarray]
+) -> None:
+    import onnxruntime as ort
+
+    images, _ = test_images
+    out = tmp_path / "float.onnx"
+    r = _cli("export", str(trained_run), "--input", "float", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    x = (images[:16].transpose(0, 3, 1, 2) / 255).astype(np.float32)
+    logits = session.run(None, {"images": x})[0]
+    run = load_run(trained_run)
+    with torch.no_grad():
+        want = run.model.float()(run.preprocess(images[:16]).contiguous()).numpy()
+    assert np.abs(logits - want).max() < 1e-4
+    r = _cli("export", str(trained_run), "--format", "torchscript")
+    assert r.returncode == 0 and (trained_run / "model.pt").is_file()
+    r = _cli("export", str(tmp_path / "none"))
+    assert r.returncode == 1 and "no such run folder" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_export_of_a_cifar100_run_names_100_classes(tmp_path: Path) -> None:
+    from fakedata import write_cifar100_python
+
+    write_cifar100_python(tmp_path / "data", train=300, test=100)
+    cfg = TrainConfig(model="simple_cnn", dataset="cifar100", root=str(tmp_path / "data"),
+                      val_size=100, epochs=1, device="cpu")  # fmt: skip
+    run = train(cfg, out=tmp_path / "r", progress=False)
+    r = _cli("export", str(run))
+    assert r.returncode == 0, r.stderr
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
+    assert len(json.loads(meta["class_names"])) == 100
