@@ -104,3 +104,20 @@ def test_normalization_uses_mean_and_std() -> None:
     images = torch.full((4, 32, 32, 3), 255, dtype=torch.uint8)
     x, _ = next(iter(BatchLoader(images, torch.zeros(4), 4, mean=(0.5,) * 3, std=(0.25,) * 3)))
     assert torch.allclose(x, torch.full_like(x, 2.0))
+
+
+def test_ranks_split_each_global_batch_of_one_process() -> None:
+    """Step k of W ranks sees exactly the images of step k of one process (same batch size)."""
+    images, labels = _data(103)
+    one = BatchLoader(images, labels, 16, shuffle=True, seed=2)
+    for world in (2, 3):
+        ranks = [BatchLoader(images, labels, 16, shuffle=True, seed=2, rank=r, world_size=world)
+                 for r in range(world)]  # fmt: skip
+        assert all(len(r) == len(one) == 7 for r in ranks)  # 6 full batches + 7 left over
+        for step, single in enumerate(one.batch_indices(4)):
+            parts = [r.batch_indices(4)[step] for r in ranks]
+            assert torch.equal(torch.cat(parts), single)
+            assert max(map(len, parts)) - min(map(len, parts)) <= 1
+    # a last batch smaller than the world cannot feed every rank: all ranks drop it
+    few = [BatchLoader(images, labels, 50, rank=r, world_size=4) for r in range(4)]
+    assert all(len(r) == 2 and len(r.batch_indices(0)) == 2 for r in few)  # 103 = 2·50 + 3

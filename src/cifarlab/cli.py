@@ -442,8 +442,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = train(extend, resume=args.resume, progress=not args.no_progress)
     else:
         run = train(train_config_from_args(args), out=args.out, progress=not args.no_progress)
-    print(f"run saved in {run}  (next: cifarlab evaluate {run})")
+    if _rank() == 0:
+        print(f"run saved in {run}  (next: cifarlab evaluate {run})")
     return 0
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 otherwise): only rank 0 talks to the user."""
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -581,6 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     warnings.showwarning = _show_warning
+    if _rank() > 0:
+        warnings.simplefilter("ignore")  # rank 0 has said it already
     from cifarlab.train.engine import TrainingInterrupted
 
     try:

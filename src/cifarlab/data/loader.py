@@ -2,8 +2,10 @@
 permutation cut into batches, augmented and normalized as tensor ops.
 
 No worker processes and no per-image Python: gathering a batch is one ``index_select``.
-Ready for data-parallel training: with ``world_size > 1`` every rank draws the same global
-permutation and takes its own shard, so the ranks together see each image once per epoch.
+Ready for data-parallel training: with ``world_size > 1`` ``batch_size`` is the global batch;
+every rank draws the same global permutation, cuts the same global batches and takes its own
+part of each, so the ranks together see each image once per epoch, step by step the same images
+as one process would.
 """
 
 from __future__ import annotations
@@ -87,14 +89,22 @@ class BatchLoader:
 
     # ------------------------------------------------------------------ sizes
 
+    def _global_steps(self) -> int:
+        """Steps per epoch: global batches of ``batch_size``; in a distributed run a last
+        partial batch too small to give every rank an image is dropped."""
+        n, b = len(self.labels), self.batch_size
+        full, rest = divmod(n, b)
+        if rest and not self.drop_last and rest >= self.world_size:
+            return full + 1
+        return full
+
     @property
     def num_samples(self) -> int:
         """Images this rank sees per epoch."""
-        return len(self.labels) // self.world_size if self.world_size > 1 else len(self.labels)
+        return sum(len(idx) for idx in self.batch_indices(0))
 
     def __len__(self) -> int:
-        n = self.num_samples
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+        return self._global_steps()
 
     # ------------------------------------------------------------------ epochs
 
@@ -108,18 +118,28 @@ class BatchLoader:
         self.epoch = int(state["epoch"])
         self.seed = int(state.get("seed", self.seed))
 
-    def epoch_indices(self, epoch: int) -> Tensor:
-        """This rank's image indices for ``epoch``, in order."""
+    def batch_indices(self, epoch: int) -> list[Tensor]:
+        """This rank's image indices for each step of ``epoch``.
+
+        Every rank draws the same global permutation and cuts it into the same global batches
+        of ``batch_size``; with ``world_size`` W, rank r takes the r-th of W near-equal parts of
+        each (``batch_size // W`` or one more). So a step of W processes sees exactly the images
+        that one process with the same batch size sees, and the number of steps is the same.
+        """
         n = len(self.labels)
         if self.shuffle:
             order = torch.randperm(n, generator=_generator(torch.device("cpu"), self.seed, epoch))
         else:
             order = torch.arange(n)
+        batches = list(order.split(self.batch_size))[: self._global_steps()]
         if self.world_size > 1:
-            # Same global permutation on every rank; trim to a multiple of world_size so the
-            # shards are equal, then deal them out.
-            order = order[: n - n % self.world_size][self.rank :: self.world_size]
-        return order.to(self.device)
+            batches = [torch.tensor_split(b, self.world_size)[self.rank] for b in batches]
+        return [b.to(self.device) for b in batches]
+
+    def epoch_indices(self, epoch: int) -> Tensor:
+        """This rank's image indices for ``epoch``, in order."""
+        batches = self.batch_indices(epoch)
+        return torch.cat(batches) if batches else torch.zeros(0, dtype=torch.int64)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         # Advance the counter now, not at the first batch (a generator body runs lazily), so
@@ -129,13 +149,9 @@ class BatchLoader:
         return self._batches(epoch)
 
     def _batches(self, epoch: int) -> Iterator[tuple[Tensor, Tensor]]:
-        order = self.epoch_indices(epoch)
         gen = _generator(self.device, self.seed, epoch, self.rank, 1)
         cut = self.augment.cutout
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            if self.drop_last and len(idx) < self.batch_size:
-                break
+        for idx in self.batch_indices(epoch):
             x = self.images.index_select(0, idx)
             x = self._geometric(x, idx, epoch, gen)
             x = normalize(

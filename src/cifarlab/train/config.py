@@ -48,6 +48,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device runs it fast)
     channels_last: bool = False  # NHWC memory format for model and batches
     compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # distributed on CUDA: synchronize BatchNorm statistics across GPUs
     tta: int = 0  # test-time augmentation: 0 none, 1 + mirror, 2 + mirror and 1-px shifts
     threads: int | None = None  # CPU threads (None: PyTorch's default)
     seed: int = 0

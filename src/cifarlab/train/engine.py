@@ -8,6 +8,7 @@ Rank-aware from the start: every rank trains on its own shard of each epoch (the
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import math
 import os
@@ -21,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from cifarlab.data.augment import Augment, normalize
@@ -31,6 +34,7 @@ from cifarlab.evaluate.inference import eval_loader, loss_and_accuracy, predict_
 from cifarlab.models import count_parameters, create_model
 from cifarlab.report.io import atomic_write
 from cifarlab.train import device as devices
+from cifarlab.train import distributed
 from cifarlab.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from cifarlab.train.config import TrainConfig
 from cifarlab.train.optim import Lookahead, build_optimizer, lr_factor, set_lr
@@ -95,16 +99,26 @@ class _Totals:
         )
 
 
+# DDP's option to broadcast rank 0's buffers at every forward: renamed in recent PyTorch.
+_SYNC_BUFFERS = (
+    {"forward_sync_buffers": True}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": True}
+)
+
+
 class Trainer:
     """Holds the model, optimizer, loaders and run folder of one training run."""
 
     WHITEN_SAMPLE = 5000  # training images whose patches set a whitening stem
 
-    def __init__(self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True) -> None:
+    def __init__(
+        self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True, device: str | None = None
+    ) -> None:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.rank, self.world = devices.rank(), devices.world_size()
         self.main = self.rank == 0
-        self.device = devices.resolve_device(cfg.device)
+        self.device = devices.resolve_device(device or cfg.device)
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         seed_everything(cfg.seed)
@@ -148,10 +162,15 @@ class Trainer:
                 channels_last=cfg.channels_last,
             )
         self.model = create_model(cfg.model, self.data.num_classes, **cfg.model_args)
+        if cfg.sync_bn:
+            if self.device.type != "cuda":
+                raise CifarlabError("sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm)")
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model = self.model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.forward = torch.compile(self.model) if cfg.compile else self.model
+        self._ddp_key: tuple[int, ...] | None = None  # the trainable set DDP was built for
         self.optimizer = build_optimizer(cfg, self.model)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.total_steps = cfg.epochs * len(self.loader)
@@ -227,6 +246,23 @@ class Trainer:
                 f"Resume with: cifarlab train --resume {self.run_dir}"
             ) from None
 
+    def _wrap_for_ddp(self) -> None:
+        """In a distributed run, (re)build the DistributedDataParallel wrapper whenever the set
+        of trainable parameters changes (the whitening bias freezes after a few epochs): DDP
+        fixes the gradients it all-reduces when it is built. Building it broadcasts rank 0's
+        weights and buffers, so every rank starts from the same state."""
+        if not distributed.is_distributed():
+            return
+        key = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
+        if key == self._ddp_key:
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # broadcast_buffers: rank 0's BatchNorm running statistics go to every rank at each
+        # forward, so all ranks hold the same buffers and any rank's checkpoint is the same.
+        ddp = DistributedDataParallel(self.model, device_ids=ids, **_SYNC_BUFFERS)
+        self.forward = torch.compile(ddp) if self.cfg.compile else ddp
+        self._ddp_key = key
+
     def _after_step(self, global_step: int) -> None:
         """Lookahead: every ``lookahead_every`` steps once ``lookahead_start`` of training is
         done, pull the weights towards their running average."""
@@ -247,6 +283,7 @@ class Trainer:
         whiten = getattr(model, "whiten", None)
         if whiten is not None and whiten.bias is not None and cfg.whiten_bias_epochs is not None:
             whiten.bias.requires_grad_(self.epoch < cfg.whiten_bias_epochs)
+        self._wrap_for_ddp()
         self.loader.set_epoch(self.epoch)
         batches = iter(self.loader)
         for _ in range(self.step):  # resuming mid-epoch: replay the same batches, unused
@@ -290,12 +327,14 @@ class Trainer:
                     )
         if self.lookahead is not None:
             self.lookahead.update(model, 1.0)  # end the epoch on the averaged weights
+        distributed.sync_buffers(model)
         bar.close()
         self.totals.seconds = start_seconds + time.perf_counter() - t0
         self._check_finite()
 
     def _check_finite(self) -> None:
-        if not torch.isfinite(self.totals.loss):
+        bad = not bool(torch.isfinite(self.totals.loss))
+        if distributed.any_rank(bad, self.device):  # all ranks stop together
             raise TrainingError(
                 f"the training loss became NaN/inf at epoch {self.epoch + 1}, step {self.step}: "
                 f"training stopped (try a lower --lr than {self.cfg.lr})"
@@ -303,18 +342,24 @@ class Trainer:
 
     def _end_epoch(self) -> dict[str, Any]:
         t = self.totals
+        loss, correct, seen = distributed.all_sum(
+            [t.loss.item(), t.correct.item(), float(t.seen)], self.device
+        )
         row: dict[str, Any] = {
             "epoch": self.epoch + 1,
-            "train_loss": t.loss.item() / max(t.seen, 1),
-            "train_acc": t.correct.item() / max(t.seen, 1),
+            "train_loss": loss / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
             "val_loss": None,
             "val_acc": None,
             "lr": self.optimizer.param_groups[0]["lr"],
             "epoch_seconds": t.seconds,
-            "images_per_s": t.seen * self.world / max(t.seconds, 1e-9),
+            "images_per_s": seen / max(t.seconds, 1e-9),
         }
-        if self.val_loader is not None:
-            logits, labels = predict_logits(self.forward, self.val_loader, autocast=self.autocast)
+        if self.val_loader is not None and self.main:
+            # Rank 0 alone validates, on the bare model (a DDP forward would wait for the
+            # other ranks); they go on and meet it at the next step's all-reduce.
+            model = self.model if distributed.is_distributed() else self.forward
+            logits, labels = predict_logits(model, self.val_loader, autocast=self.autocast)
             row["val_loss"], row["val_acc"] = loss_and_accuracy(logits, labels)
         self.elapsed += t.seconds
         row["elapsed_seconds"] = self.elapsed
@@ -374,7 +419,12 @@ def train(
     progress: bool = True,
 ) -> Path:
     """Train ``config`` into a run folder (``out``, default ``runs/<model>-<dataset>-<time>``),
-    or continue the interrupted run in ``resume``. Returns the run folder."""
+    or continue the interrupted run in ``resume``. Returns the run folder.
+
+    Launched by ``torchrun`` (several processes), every process calls this: they join one
+    process group, each trains on its part of every global batch, and rank 0 alone prints and
+    writes the run folder.
+    """
     if resume is not None:
         run_dir = Path(resume)
         state = load_checkpoint(run_dir / LAST)
@@ -385,6 +435,8 @@ def train(
         if config is None:
             raise CifarlabError("train() needs a config or resume=")
         cfg = config.resolved()
+        if out is None and distributed.launched_by_torchrun():
+            raise CifarlabError("under torchrun, name the run folder with --out")
         run_dir = Path(out) if out is not None else default_run_dir(cfg)
         if (run_dir / "config.json").exists():
             raise CifarlabError(
@@ -392,16 +444,45 @@ def train(
                 "or choose another --out"
             )
         state = None
-    trainer = Trainer(cfg, run_dir, progress=progress)
+    joined = distributed.launched_by_torchrun() and not distributed.is_distributed()
+    device = distributed.setup(cfg.device)
+    try:
+        distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
+        return _train(cfg, run_dir, state, progress, device)
+    except distributed.Stopped:
+        raise TrainingError(
+            f"rank {devices.rank()}: stopped by torchrun (another training process failed, or "
+            f"the job was cancelled); the last checkpoint is {run_dir / LAST} (resume with: "
+            f"cifarlab train --resume {run_dir})"
+        ) from None
+    except (RuntimeError, ConnectionError) as e:
+        if not (distributed.is_distributed() and distributed.is_peer_error(e)):
+            raise
+        raise TrainingError(
+            f"rank {devices.rank()}: lost contact with the other training processes "
+            f"({distributed.short(e)}); the last checkpoint is {run_dir / LAST} "
+            f"(resume with: cifarlab train --resume {run_dir})"
+        ) from None
+    finally:
+        if joined:
+            distributed.teardown()
+
+
+def _train(
+    cfg: TrainConfig, run_dir: Path, state: dict | None, progress: bool, device: str
+) -> Path:
+    trainer = Trainer(cfg, run_dir, progress=progress, device=device)
     if trainer.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if state is not None:
         trainer.restore(state)
-        _trim_metrics(run_dir / "metrics.jsonl", trainer.epoch)
+        if trainer.main:
+            _trim_metrics(run_dir / "metrics.jsonl", trainer.epoch)
         if trainer.main and trainer.epoch >= cfg.epochs:
             print(f"{run_dir} has finished all {cfg.epochs} epochs; nothing to resume")
         elif trainer.main:
-            print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}")
+            print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}"
+                  f"{f' on {trainer.world} processes' if trainer.world > 1 else ''}")  # fmt: skip
     else:
         trainer.init_whitening()
     extra = {
@@ -415,10 +496,10 @@ def train(
     if trainer.main:
         _write_config(run_dir, cfg, extra)
     trainer.fit()
+    digests = distributed.weight_digests(trainer.model)
     if trainer.main:
-        _write_config(
-            run_dir,
-            cfg,
-            {**extra, "train_seconds": trainer.elapsed, "best_val_acc": trainer.best_val},
-        )
+        final = {**extra, "train_seconds": trainer.elapsed, "best_val_acc": trainer.best_val}
+        if trainer.world > 1:
+            final["rank_weight_digests"] = digests  # equal on every rank, or DDP went wrong
+        _write_config(run_dir, cfg, final)
     return run_dir
