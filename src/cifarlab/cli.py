@@ -596,7 +596,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except TrainingInterrupted as e:
-        print(str(e), file=sys.stderr)
+        if _rank() == 0:  # every rank stops at the same step; one says so
+            print(str(e), file=sys.stderr)
         return 130
     except CifarlabError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import signal
 from datetime import timedelta
 
 import torch
@@ -50,22 +49,7 @@ def setup(device: str) -> str:
         device = "cpu"
     backend = "nccl" if use_cuda else "gloo"
     dist.init_process_group(backend=backend, timeout=TIMEOUT)
-    stop_on_sigterm()
     return device
-
-
-class Stopped(BaseException):
-    """torchrun stopped this process (SIGTERM): another rank failed or the job was cancelled.
-    A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it."""
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise Stopped()
-
-
-def stop_on_sigterm() -> None:
-    """Turn torchrun's SIGTERM into :class:`Stopped`, so the process can say why it ends."""
-    signal.signal(signal.SIGTERM, _stop)
 
 
 def teardown() -> None:
@@ -112,9 +96,10 @@ def is_peer_error(error: BaseException) -> bool:
 
 
 def short(error: BaseException) -> str:
-    """The first line of an error, without the C++ source location gloo puts in front."""
+    """The first sentence of an error, without the C++ source location gloo puts in front."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return text.split("] ", 1)[-1][:200]
+    text = text.split("] ", 1)[-1]
+    return text.split(". ", 1)[0][:200]
 
 
 def weight_digests(model: torch.nn.Module) -> list[str]:

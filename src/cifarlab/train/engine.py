@@ -14,6 +14,8 @@ import math
 import os
 import random
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +50,10 @@ class TrainingError(CifarlabError):
 
 class TrainingInterrupted(CifarlabError):
     """Ctrl-C: a checkpoint was saved; the message says how to resume."""
+
+
+class _StopRequested(Exception):
+    """Raised at a step boundary after Ctrl-C, to leave the loop."""
 
 
 def seed_everything(seed: int) -> None:
@@ -232,6 +238,7 @@ class Trainer:
 
     def fit(self) -> None:
         cfg = self.cfg
+        previous = self._catch_signals()
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch()
@@ -239,12 +246,49 @@ class Trainer:
                 if self.main:
                     _append_jsonl(self.run_dir / "metrics.jsonl", row)
                     print(_summary_line(row, cfg.epochs), flush=True)
-        except KeyboardInterrupt:
-            self.save(LAST)
-            raise TrainingInterrupted(
-                f"interrupted at epoch {self.epoch + 1}, step {self.step}; checkpoint saved. "
-                f"Resume with: cifarlab train --resume {self.run_dir}"
-            ) from None
+                if self._stop_requested():  # Ctrl-C during validation: last.pt is saved
+                    raise _StopRequested
+        except _StopRequested:
+            self.save(LAST)  # at a step boundary: the state resumes exactly
+            raise self._interrupted() from None
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, wherever the loop was
+            raise self._interrupted(saved=False) from None
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+    def _interrupted(self, saved: bool = True) -> TrainingInterrupted:
+        if not saved:
+            return TrainingInterrupted(
+                f"interrupted at epoch {self.epoch + 1}, step {self.step}; the last checkpoint "
+                f"is {self.run_dir / LAST}. Resume with: cifarlab train --resume {self.run_dir}"
+            )
+        return TrainingInterrupted(
+            f"interrupted at epoch {self.epoch + 1}, step {self.step}; checkpoint saved. "
+            f"Resume with: cifarlab train --resume {self.run_dir}"
+        )
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """Ctrl-C (SIGINT) and, under torchrun, SIGTERM (how torchrun stops its processes)
+        ask the loop to stop at the next step boundary, where the state can be saved and
+        resumed exactly; a second Ctrl-C stops at once."""
+        self._signal: int | None = None
+
+        def request(signum: int, frame: object) -> None:
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if self.world > 1 else [])
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in signals:
+                previous[signum] = signal.signal(signum, request)
+        return previous
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop: all ranks stop at the same step."""
+        return distributed.any_rank(getattr(self, "_signal", None) is not None, self.device)
 
     def _wrap_for_ddp(self) -> None:
         """In a distributed run, (re)build the DistributedDataParallel wrapper whenever the set
@@ -314,6 +358,10 @@ class Trainer:
             self.step += 1
             self._after_step(steps_before + self.step)
             bar.update(1)
+            if self._stop_requested():
+                bar.close()
+                self.totals.seconds = start_seconds + time.perf_counter() - t0
+                raise _StopRequested
             if self.step % 25 == 0 or self.step == len(self.loader):
                 self.totals.seconds = start_seconds + time.perf_counter() - t0
                 self._check_finite()
@@ -449,12 +497,6 @@ def train(
     try:
         distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
         return _train(cfg, run_dir, state, progress, device)
-    except distributed.Stopped:
-        raise TrainingError(
-            f"rank {devices.rank()}: stopped by torchrun (another training process failed, or "
-            f"the job was cancelled); the last checkpoint is {run_dir / LAST} (resume with: "
-            f"cifarlab train --resume {run_dir})"
-        ) from None
     except (RuntimeError, ConnectionError) as e:
         if not (distributed.is_distributed() and distributed.is_peer_error(e)):
             raise
