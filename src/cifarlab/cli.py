@@ -49,6 +49,17 @@ def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> Non
         )
 
 
+def _add_run_argument(p: argparse.ArgumentParser) -> None:
+    """The trained run a command works on, and which of its checkpoints."""
+    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last"],
+        help="best on validation (default) or last",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cifarlab",
@@ -222,14 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
         "matrix, predicted vs true counts; writes eval_SPLIT.json and "
         "report.html into the run folder.",
     )
-    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+    _add_run_argument(p)
     p.add_argument("--split", default="test", choices=["test", "val"], help="default: test")
-    p.add_argument(
-        "--checkpoint",
-        default="best",
-        choices=["best", "last"],
-        help="best on validation (default) or last",
-    )
     p.add_argument("--root", type=Path, help="data folder, if not the one the run used")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument(
@@ -251,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
         "training, and run with the run's test-time augmentation. A file that cannot be "
         "read is reported and skipped; the exit code is 1 if any failed.",
     )
-    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+    _add_run_argument(p)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
     p.add_argument("--top-k", type=int, default=3, help="classes to show per image (default: 3)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -262,7 +267,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="crop",
         help="crop: shorter side to 32, centre square (default); stretch: both sides to 32",
     )
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
     p.set_defaults(func=cmd_predict)
 
@@ -274,13 +278,20 @@ def build_parser() -> argparse.ArgumentParser:
         "N×3×32×32 RGB 0..1 (--input float); outputs 'logits' and 'probabilities'; dynamic "
         "batch size; class names and preprocessing in the file's metadata.",
     )
-    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
-    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
-    p.add_argument("--input", dest="input_kind", choices=["uint8", "float"], default="uint8")
+    _add_run_argument(p)
+    p.add_argument(
+        "--format", choices=["onnx", "torchscript"], default="onnx", help="default: onnx"
+    )
+    p.add_argument(
+        "--input",
+        dest="input_kind",
+        choices=["uint8", "float"],
+        default="uint8",
+        help="uint8: N×32×32×3 pixels 0..255 (default); float: N×3×32×32 in 0..1",
+    )
     p.add_argument(
         "--out", type=Path, help="file to write (default: RUN/model.onnx or RUN/model.pt)"
     )
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser(
