@@ -91,3 +91,35 @@ def test_shared_cifar10_copy(cifar10_root: Path) -> None:
     held = _load("cifar10", cifar10_root)  # default: 5,000 held out
     assert len(held.train) == 45000 and held.val.labels.bincount().tolist() == [500] * 10
     assert os.environ["CIFARLAB_CACHE"]  # the session cache kept the parse
+
+
+_RACE = """
+import sys, warnings
+import numpy as np
+from pathlib import Path
+from cifarlab.data import cache
+entry = Path(sys.argv[1])
+arrays = {"train_x": np.full((8, 32, 32, 3), 7, np.uint8), "train_y": np.arange(8)}
+with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    for _ in range(150):
+        cache.save(entry, arrays, {"fingerprint": "f"})
+        got = cache.load(entry, "f")
+        assert got is not None and int(got[0]["train_x"][3, 1, 1, 2]) == 7
+"""
+
+
+def test_processes_writing_one_cache_entry_at_once_do_not_trip(tmp_path: Path) -> None:
+    """torchrun's ranks (or two shells) may parse the same data at the same moment: every
+    write must succeed quietly and leave a whole entry, never a half-removed one."""
+    import subprocess
+    import sys
+
+    entry = tmp_path / "parsed" / "cifar10-python-x"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _RACE, str(entry)], stderr=subprocess.PIPE)
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(errors)
+    assert sorted(x.name for x in entry.parent.iterdir()) == [entry.name]  # no leftovers

@@ -7,6 +7,7 @@ fingerprint differs and the entry is rebuilt.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -60,7 +61,12 @@ def load(entry: Path, expected_fingerprint: str) -> tuple[dict[str, np.ndarray],
 
 
 def save(entry: Path, arrays: dict[str, np.ndarray | None], meta: dict[str, Any]) -> None:
-    """Write an entry atomically (temp folder, then rename); a failure only warns."""
+    """Write an entry atomically (temp folder, then rename); a failure only warns.
+
+    Several processes may parse the same data at once (torchrun's ranks, two shells): an entry
+    is never deleted in place, only renamed aside first, and when another process has just
+    written an entry for the same source files, that one is kept and ours dropped.
+    """
     tmp = None
     try:
         entry.parent.mkdir(parents=True, exist_ok=True)
@@ -70,10 +76,34 @@ def save(entry: Path, arrays: dict[str, np.ndarray | None], meta: dict[str, Any]
             np.save(tmp / f"{k}.npy", arrays[k])
         meta = {**meta, "version": CACHE_VERSION, "arrays": present}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if entry.exists():
-            shutil.rmtree(entry)
-        os.replace(tmp, entry)
+        for _ in range(5):
+            if _holds(entry, meta["fingerprint"]):
+                return  # another process got there first with the same data
+            if entry.exists():
+                aside = Path(tempfile.mkdtemp(prefix=".old-", dir=entry.parent))
+                try:
+                    os.replace(entry, aside)  # an empty folder may be replaced by a folder
+                except FileNotFoundError:
+                    pass  # another process moved it first
+                shutil.rmtree(aside, ignore_errors=True)
+            try:
+                os.replace(tmp, entry)
+                tmp = None
+                return
+            except OSError as e:  # another process put its entry there in between
+                if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        raise OSError(f"{entry.name} kept changing under concurrent writers")
     except OSError as e:
         warnings.warn(f"could not write the data cache in {entry.parent} ({e})", stacklevel=2)
+    finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _holds(entry: Path, fingerprint: str) -> bool:
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fingerprint
