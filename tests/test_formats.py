@@ -168,6 +168,43 @@ def test_wrong_shape_and_label_range(tmp_path: Path) -> None:
         _quiet_load("cifar10", tmp_path, val_size=0)
 
 
+@pytest.mark.parametrize(
+    "batch,message",
+    [
+        ({"data": np.zeros((20, 3072), np.uint8), "labels": ["a"] * 20},
+         r"data_batch_1: 'labels' must be a list of class numbers"),
+        ({"data": np.zeros((20, 3072), np.uint8), "labels": {"a": 1}},
+         r"data_batch_1: 'labels' must be a list of class numbers"),
+        ({"data": [["x"] * 3072] * 20, "labels": [0] * 20},
+         r"data_batch_1: 'data' holds <U1 values, expected integers 0\.\.255"),
+        ({"data": np.full((20, 3072), np.nan), "labels": [0] * 20},
+         r"data_batch_1: 'data' holds NaN or infinite values"),
+    ],
+    ids=["str-labels", "dict-labels", "str-pixels", "nan-pixels"],
+)  # fmt: skip
+def test_malformed_batch_contents_name_the_file(tmp_path: Path, batch: dict, message: str) -> None:
+    write_cifar10_python(tmp_path, str_keys=True)
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f)
+    with pytest.raises(DataError, match=message):
+        _quiet_load("cifar10", tmp_path, val_size=0)
+
+
+def test_binary_names_file_that_is_not_text(tmp_path: Path) -> None:
+    write_cifar10_binary(tmp_path)
+    (tmp_path / "cifar-10-batches-bin" / "batches.meta.txt").write_bytes(b"\xff\xfe\x00bad\n" * 10)
+    with pytest.raises(DataError, match=r"batches\.meta\.txt: not a text file of class names"):
+        _quiet_load("cifar10", tmp_path, val_size=0)
+
+
+def test_a_class_missing_from_a_split_warns(tmp_path: Path) -> None:
+    write_image_folder(tmp_path)
+    for f in (tmp_path / "test" / "cat").iterdir():
+        f.unlink()
+    with pytest.warns(UserWarning, match=r"test has no images of class 'cat'"):
+        load_dataset("cifar10", tmp_path, val_size=0)
+
+
 def test_missing_data_says_how_to_point_at_a_copy(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"CIFAR-10 not found in .*CIFARLAB_DATA"):
         load_dataset("cifar10", tmp_path)

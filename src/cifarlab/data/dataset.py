@@ -187,6 +187,9 @@ def _validate(raw: RawData, info: DatasetInfo, where: Path) -> list[str]:
                     f"expected 0..{k - 1}"
                 )
         counts = np.bincount(y, minlength=info.num_classes)
+        if missing := [raw.class_names[k] for k in np.flatnonzero(counts == 0)]:
+            listed = ", ".join(repr(m) for m in missing[:5]) + (", ..." if len(missing) > 5 else "")
+            notes.append(f"{where}: {split} has no images of class {listed}")
         full = info.train_size if split == "train" else info.test_size
         if len(y) == full and not (counts == full // info.num_classes).all():
             notes.append(

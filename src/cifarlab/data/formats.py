@@ -102,10 +102,17 @@ def _get(d: dict[str, Any], key: str, path: Path) -> Any:
 
 def _pixels(data: Any, path: Path) -> np.ndarray:
     """(N, 3072) planes R, G, B row-major -> (N, 32, 32, 3)."""
-    arr = np.asarray(data)
+    try:
+        arr = np.asarray(data)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: 'data' is not an array of pixels ({e})") from None
     if arr.ndim != 2 or arr.shape[1] != 3072:
         raise DataError(f"{path}: 'data' has shape {arr.shape}, expected (N, 3072)")
     if arr.dtype != np.uint8:
+        if arr.dtype.kind not in "iuf":
+            raise DataError(f"{path}: 'data' holds {arr.dtype} values, expected integers 0..255")
+        if arr.size and not np.isfinite(arr).all():
+            raise DataError(f"{path}: 'data' holds NaN or infinite values")
         if arr.size and (arr.min() < 0 or arr.max() > 255):
             raise DataError(f"{path}: 'data' values outside 0..255")
         arr = arr.astype(np.uint8)
@@ -113,7 +120,13 @@ def _pixels(data: Any, path: Path) -> np.ndarray:
 
 
 def _labels(values: Any, n: int, key: str, path: Path) -> np.ndarray:
-    arr = np.asarray(values, dtype=np.int64).reshape(-1)
+    try:
+        arr = np.asarray(values)
+        if arr.dtype.kind not in "iub" or isinstance(values, dict):
+            raise TypeError(f"{type(values).__name__} of {arr.dtype}")
+        arr = arr.astype(np.int64).reshape(-1)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: {key!r} must be a list of class numbers ({e})") from None
     if arr.shape[0] != n:
         raise DataError(f"{path}: {arr.shape[0]} {key} for {n} images")
     return arr
@@ -181,7 +194,13 @@ def _read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]
 def _read_names(path: Path) -> list[str]:
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a text file of class names (not UTF-8)") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror})") from None
+    return [line.strip() for line in text.splitlines() if line.strip()]
 
 
 def read_binary(folder: Path, info: DatasetInfo) -> RawData:
