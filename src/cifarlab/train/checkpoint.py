@@ -20,6 +20,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
+        if (path.parent / "config.json").is_file() and not any(path.parent.glob("*.pt")):
+            raise CifarlabError(
+                f"{path}: no checkpoint there: that run stopped before it saved one; "
+                f"train it again with --out {path.parent}"
+            )
         raise CifarlabError(f"{path}: no checkpoint there")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -486,7 +486,7 @@ def train(
         if out is None and distributed.launched_by_torchrun():
             raise CifarlabError("under torchrun, name the run folder with --out")
         run_dir = Path(out) if out is not None else default_run_dir(cfg)
-        if (run_dir / "config.json").exists():
+        if (run_dir / "config.json").exists() and any(run_dir.glob("*.pt")):
             raise CifarlabError(
                 f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
                 "or choose another --out"
@@ -526,6 +526,8 @@ def _train(
             print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}"
                   f"{f' on {trainer.world} processes' if trainer.world > 1 else ''}")  # fmt: skip
     else:
+        if trainer.main:  # a folder left by an attempt that stopped before its first checkpoint
+            _trim_metrics(run_dir / "metrics.jsonl", 0)
         trainer.init_whitening()
     extra = {
         "num_classes": trainer.data.num_classes,
