@@ -231,3 +231,25 @@ def test_cli_train_recipe_with_overrides(cifar10_root: Path, tmp_path: Path) -> 
     r = _cli("train", "--recipe", "quick", "--set", "warp=9", "--root", str(cifar10_root))
     assert r.returncode == 1 and "--set warp: no such setting" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "setting,message",
+    [
+        ("epochs=abc", "setting epochs must be an integer, got 'abc'"),
+        ("seed=1.5", "setting seed must be an integer, got 1.5"),
+        ("lr=abc", "setting lr must be a number, got 'abc'"),
+        ("channels_last=1", "setting channels_last must be true or false"),
+        ("augment=[1]", "setting augment must be a JSON object"),
+        ("augment={bad", "setting augment must be a JSON object"),
+        ("momentum=1.5", "--momentum must be in [0, 1)"),
+        ("lr_start=-1", "lr_start and lr_end must be ≥ 0"),
+    ],
+)
+def test_set_values_of_the_wrong_type_are_clear_errors(setting: str, message: str) -> None:
+    from cifarlab.cli import build_parser, train_config_from_args
+
+    args = build_parser().parse_args(["train", "--recipe", "quick", "--set", setting])
+    with pytest.raises(CifarlabError) as e:
+        train_config_from_args(args).resolved()
+    assert message in str(e.value)

@@ -14,6 +14,7 @@ OPTIMIZERS = ("adam", "sgd")
 NORMALIZE = ("unit", "standard")
 SCHEDULES = ("constant", "triangle", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
+_WANT = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
 
 @dataclass
@@ -59,8 +60,31 @@ class TrainConfig:
 
     _BASE = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "normalize": "unit"}
 
+    def check_types(self) -> None:
+        """Every field holds a value of its declared type (``--set`` values come from JSON)."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kinds = [k.strip() for k in str(f.type).split("|")]
+            if value is None and "None" in kinds:
+                continue
+            base = kinds[0]
+            ok = {
+                "int": isinstance(value, int) and not isinstance(value, bool),
+                "float": isinstance(value, int | float) and not isinstance(value, bool),
+                "str": isinstance(value, str),
+                "bool": isinstance(value, bool),
+            }.get(base, isinstance(value, dict))
+            if not ok:
+                want = _WANT.get(base, 'a JSON object like {"key": 1}')
+                raise CifarlabError(
+                    f"setting {f.name} must be {want}, got {value!r} ({type(value).__name__})"
+                )
+            if base == "float":
+                setattr(self, f.name, float(value))
+
     def resolved(self) -> TrainConfig:
         """A copy with every ``None`` filled from the model's defaults, validated."""
+        self.check_types()
         entry = get_entry(self.model)
         values = asdict(self)
         for key, base in self._BASE.items():
@@ -93,6 +117,9 @@ class TrainConfig:
             (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
             (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
+            (self.lr_start >= 0 and self.lr_end >= 0, "lr_start and lr_end must be ≥ 0"),
+            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"--weight-decay must be ≥ 0, got {self.weight_decay}"),
             (self.bias_lr_scale > 0, f"--bias-lr-scale must be > 0, got {self.bias_lr_scale}"),
             (self.lookahead_every >= 0, "--lookahead-every must be ≥ 0"),
             (0 <= self.lookahead_start < 1, "--lookahead-start must be in [0, 1)"),
