@@ -208,3 +208,23 @@ def test_figures_are_standalone() -> None:
     with pytest.raises(ValueError, match="other classes"):
         big = synthetic_run(100, n=200)["metrics"]
         plots.f1_bars([("a", m), ("b", big)])
+
+
+def test_atomic_write_names_the_target_and_leaves_nothing(tmp_path: Path) -> None:
+    from cifarlab.errors import CifarlabError
+    from cifarlab.report.io import atomic_write
+
+    (tmp_path / "adir").mkdir()
+    with pytest.raises(CifarlabError, match=r"cannot write .*adir: it is a folder"):
+        atomic_write(tmp_path / "adir", lambda tmp: tmp.write_text("x"))
+
+    def fails(tmp: Path) -> None:
+        tmp.write_text("half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match=r"cannot write .*out\.json: No space left"):
+        atomic_write(tmp_path / "out.json", fails)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir"]  # no temp file, no target
+    assert (
+        atomic_write(tmp_path / "new" / "ok.txt", lambda t: t.write_text("ok")).read_text() == "ok"
+    )

@@ -541,7 +541,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     k = min(args.top_k, len(run.class_names))
     if args.json:
         print(json.dumps([r.to_dict(k) for r in results], indent=1))
-    else:
+    elif any(r.prediction is not None for r in results):
         width = min(60, max(len(str(r.path)) for r in results))
         cell = max(len(n) for n in run.class_names) + 9
         print(f"{'file':<{width}}  " + "".join(f"{'top ' + str(i + 1):<{cell}}" for i in range(k)))

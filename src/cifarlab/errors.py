@@ -15,3 +15,8 @@ class DataError(CifarlabError):
 
 class DownloadError(CifarlabError):
     """A download failed (network, HTTP status, checksum)."""
+
+
+class WriteError(CifarlabError, OSError):
+    """An output file cannot be written (its folder is read-only, the name is a folder...).
+    Also an :class:`OSError`, so code that handles file-system failures still catches it."""

@@ -53,11 +53,27 @@ def to_rgb(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit grayscale: scale to 8 bits
+    if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: to 8 bits
         arr = np.asarray(im, dtype=np.float64)
-        hi = arr.max() or 1.0
-        return Image.fromarray((arr * (255.0 / hi)).astype(np.uint8)).convert("RGB")
+        return Image.fromarray(_gray_to_uint8(arr, im.mode)).convert("RGB")
     return im.convert("RGB")
+
+
+def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """16-bit pixels map 0..65535 to 0..255 (as an 8-bit save of the same picture would);
+    a float image in 0..1 maps to 0..255; values beyond 16 bits are scaled by their maximum."""
+    hi = float(arr.max()) if arr.size else 0.0
+    if mode.startswith("I;16") or (mode == "I" and 255 < hi <= 65535):
+        scale = 255.0 / 65535.0
+    elif mode == "F" and hi <= 1.0:
+        scale = 255.0
+    elif hi <= 255:
+        scale = 1.0
+    elif hi <= 65535:
+        scale = 255.0 / 65535.0
+    else:
+        scale = 255.0 / hi
+    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
 
 
 def resize_to_32(im: Image.Image, method: str = DEFAULT_RESIZE) -> Image.Image:
@@ -96,6 +112,8 @@ def load_image(path: str | os.PathLike) -> Image.Image:
             return to_rgb(im)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: refused, too many pixels to open safely ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: cannot read the image: truncated or corrupt ({e})") from None
 

@@ -7,21 +7,30 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from cifarlab.errors import CifarlabError, WriteError
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Call ``write(tmp_path)`` then rename the temp file to ``path``; nothing half-written is
     left behind if ``write`` fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise WriteError(f"cannot write {path}: it is a folder; name a file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise WriteError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         write(Path(tmp))
         # mkstemp makes the file private (0600); give it the usual permissions (0666 - umask)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not isinstance(e, CifarlabError):
+            raise WriteError(f"cannot write {path}: {e.strerror or e}") from e
         raise
     return path
 
