@@ -34,13 +34,19 @@ def isolated_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-@pytest.fixture
-def cifar10_root(monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> Path:
+def require_shared_data() -> Path:
+    """The full CIFAR-10 copy; without it the test is skipped, or fails under CI."""
     root = shared_data()
     if root is None:
         message = "the full CIFAR-10 copy is not here: set CIFARLAB_DATA"
         if os.environ.get("CI"):
             pytest.fail(message)  # CI must run these tests, not skip them
         pytest.skip(message)
+    return root
+
+
+@pytest.fixture
+def cifar10_root(monkeypatch: pytest.MonkeyPatch, shared_cache: Path) -> Path:
+    root = require_shared_data()
     monkeypatch.setenv("CIFARLAB_CACHE", str(shared_cache))
     return root

@@ -36,11 +36,9 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A quick run on a subset of the real data (module-wide: several tests use it)."""
-    from conftest import shared_data
+    from conftest import require_shared_data
 
-    root = shared_data()
-    if root is None:
-        pytest.skip("the full CIFAR-10 copy is not here: set CIFARLAB_DATA")
+    root = require_shared_data()
     out = tmp_path_factory.mktemp("run") / "quick"
     from cifarlab.train.recipes import recipe_config
 
@@ -51,11 +49,9 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def test_images() -> tuple[np.ndarray, np.ndarray]:
-    from conftest import shared_data
+    from conftest import require_shared_data
 
-    root = shared_data()
-    if root is None:
-        pytest.skip("the full CIFAR-10 copy is not here: set CIFARLAB_DATA")
+    root = require_shared_data()
     ds = load_dataset("cifar10", root, val_size=0)
     return ds.test.images[:200].numpy(), ds.test.labels[:200].numpy()
 
@@ -135,8 +131,9 @@ def test_every_input_type_gives_the_same_batch() -> None:
     arr = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     want = as_uint8_batch(arr)
     float_chw = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
+    uint8_chw = torch.from_numpy(arr).permute(2, 0, 1)  # as torchvision.io.read_image gives
     for x in (Image.fromarray(arr), arr[None], torch.from_numpy(arr), [arr], float_chw,
-              float_chw[None]):  # fmt: skip
+              float_chw[None], uint8_chw, uint8_chw[None]):  # fmt: skip
         assert np.array_equal(as_uint8_batch(x), want)
     assert as_uint8_batch([arr, Image.fromarray(arr)]).shape == (2, 32, 32, 3)
     with pytest.raises(CifarlabError, match="must be uint8"):

@@ -134,7 +134,7 @@ def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 def as_uint8_batch(images: Any, method: str = DEFAULT_RESIZE) -> np.ndarray:
     """N×32×32×3 uint8 from a PIL image, an HWC uint8 array (or N×H×W×C), a tensor (uint8
-    HWC/NHWC, or float CHW/NCHW in 0..1), or a list of any of these."""
+    HWC/NHWC or CHW/NCHW, or float CHW/NCHW in 0..1), or a list of any of these."""
     if isinstance(images, (Image.Image, np.ndarray, torch.Tensor)):
         items: Sequence[Any] = _split_batch(images)
     else:
@@ -163,6 +163,8 @@ def _one(x: Any, method: str) -> np.ndarray:
                 if t.ndim != 3 or t.shape[0] not in (1, 3):
                     raise CifarlabError(f"a float tensor image must be C×H×W, got {tuple(t.shape)}")
                 t = (t.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0)
+            elif t.ndim == 3 and t.shape[0] in (1, 3, 4) and t.shape[2] not in (1, 3, 4):
+                t = t.permute(1, 2, 0)  # uint8 C×H×W, as torchvision.io.read_image gives
             x = t.numpy()
         arr = np.asarray(x)
         if arr.ndim == 2:
