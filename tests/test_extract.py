@@ -142,3 +142,12 @@ def test_missing_archive(tmp_path: Path, target: Path) -> None:
 def test_target_is_created(tmp_path: Path) -> None:
     archive = make_good(tmp_path / "good.tar.gz")
     assert safe_extract(archive, tmp_path / "new" / "dir") == ["README", "pkg"]
+
+
+def test_refused_archive_leaves_no_new_folder(tmp_path: Path) -> None:
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        add_file(tar, "../evil", b"pwned")
+    with pytest.raises(DataError):
+        safe_extract(archive, tmp_path / "new" / "target")
+    assert not (tmp_path / "new").exists()  # the folders it made for the target are gone

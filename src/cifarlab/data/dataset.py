@@ -122,8 +122,7 @@ def _extract_archive(source: Source, info: DatasetInfo) -> Source:
     target = cache.cache_dir() / "extracted" / f"{info.name}-{fp}"
     folder = target / info.archives[source.archive_format or "python"].folder
     if not folder.is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        safe_extract(source.path, target)
+        safe_extract(source.path, target)  # a refused archive leaves no folder behind
     for candidate in (folder, *[p for p in target.iterdir() if p.is_dir()]):
         if _is_python_dir(candidate, info):
             return Source("python", candidate)

@@ -268,7 +268,7 @@ def download_dataset(
     folder, without downloading anything if it is already there and complete. ``kw`` goes
     to :func:`download_file` (retries, backoff, timeout).
     """
-    from cifarlab.data.extract import safe_extract
+    from cifarlab.data.extract import new_folder, safe_extract
 
     info = get_info(name)
     if fmt not in info.archives:
@@ -282,7 +282,7 @@ def download_dataset(
         return folder
     base = base_url or os.environ.get(MIRROR_ENV) or None
     url = f"{base.rstrip('/')}/{archive.filename}" if base else archive.url
-    root.mkdir(parents=True, exist_ok=True)
-    path = download_file(url, root / archive.filename, archive.md5, progress=progress, **kw)
+    with new_folder(root):  # a failed download leaves no empty folder behind
+        path = download_file(url, root / archive.filename, archive.md5, progress=progress, **kw)
     safe_extract(path, root)
     return folder

@@ -9,17 +9,41 @@ half-written dataset folder behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from cifarlab.errors import DataError
 
 # What reading a damaged .tar / .tar.gz can raise, depending on where the damage is.
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+
+
+@contextlib.contextmanager
+def new_folder(path: Path) -> Iterator[None]:
+    """Create ``path`` (and its parents) for the block; if the block fails, remove the folders
+    it created as long as they are still empty, so a failure leaves no empty folders behind."""
+    path = Path(path)
+    created = []
+    p = path
+    while not p.exists():
+        created.append(p)
+        p = p.parent
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in created:  # deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                break  # not empty (or gone): keep it and its parents
+        raise
 
 
 def safe_extract(archive: Path, target: Path) -> list[str]:
@@ -32,7 +56,11 @@ def safe_extract(archive: Path, target: Path) -> list[str]:
     archive, target = Path(archive), Path(target)
     if not archive.is_file():
         raise DataError(f"cannot extract {archive}: no such file")
-    target.mkdir(parents=True, exist_ok=True)
+    with new_folder(target):
+        return _extract(archive, target)
+
+
+def _extract(archive: Path, target: Path) -> list[str]:
     try:
         tar = tarfile.open(archive, "r:*")
     except _READ_ERRORS as e:
