@@ -231,3 +231,14 @@ def test_cli_errors(tmp_path: Path) -> None:
     assert r.returncode == 1 and "--epochs must be ≥ 1" in r.stderr
     r = subprocess.run(_cli("compare", str(tmp_path)), capture_output=True, text=True)
     assert r.returncode == 1 and "not a run folder" in r.stderr
+
+
+def test_run_folder_with_a_foreign_config_is_a_clear_error(tmp_path: Path) -> None:
+    from cifarlab.evaluate.run import read_run
+
+    (tmp_path / "config.json").write_text('{"model": "simple_cnn"}')
+    with pytest.raises(CifarlabError, match=r"config\.json: missing num_classes, class_names"):
+        read_run(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(CifarlabError, match=r"config\.json: expected a JSON object"):
+        read_run(tmp_path)

@@ -31,6 +31,13 @@ def read_run(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any], list[dic
         raise CifarlabError(f"{run}: not a run folder (no config.json)") from None
     except json.JSONDecodeError as e:
         raise CifarlabError(f"{run / 'config.json'}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CifarlabError(f"{run / 'config.json'}: expected a JSON object")
+    missing = [k for k in ("model", "num_classes", "class_names") if k not in config]
+    if missing:
+        raise CifarlabError(
+            f"{run / 'config.json'}: missing {', '.join(missing)} (not written by cifarlab train?)"
+        )
     history = []
     if (run / "metrics.jsonl").is_file():
         for n, line in enumerate((run / "metrics.jsonl").read_text().splitlines(), 1):
