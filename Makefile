@@ -3,8 +3,10 @@
 
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# The CPU build of PyTorch; GPU users: make TORCH="torch" (or any CUDA wheel spec).
+# PyTorch (the CPU build here, from a local wheel); GPU users: make TORCH="torch" (or any
+# CUDA wheel spec). TORCH_INDEX: a wheel index for it, e.g. https://download.pytorch.org/whl/cpu
 TORCH ?= torch==2.13.0
+TORCH_INDEX ?=
 STAMP := $(VENV)/.installed-$(shell echo '$(TORCH)' | tr -c 'a-zA-Z0-9.\n' _)
 
 .PHONY: run test lint install clean
@@ -14,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH)"
+	$(PY) -m pip install --quiet "$(TORCH)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 

@@ -91,6 +91,19 @@ def test_image_folder(tmp_path: Path) -> None:
     assert ds.meta["kind"] == "images" and ds.class_names == list(CIFAR10_CLASSES)
 
 
+def test_image_folder_of_jpegs(tmp_path: Path) -> None:
+    expected = write_image_folder(tmp_path / "imgs", ext=".jpg")
+    ds = _quiet_load("cifar10", tmp_path / "imgs", val_size=0)
+    np.testing.assert_array_equal(ds.train.labels.numpy(), expected["train_y"])
+    # JPEG is lossy: the pixels are what Pillow decodes from each file, in the same order
+    from PIL import Image
+
+    files = sorted((tmp_path / "imgs" / "train" / "airplane").iterdir())
+    decoded = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    assert tuple(ds.train.images.shape) == (30, 32, 32, 3)
+    np.testing.assert_array_equal(ds.train.images.numpy()[:3], decoded)
+
+
 def test_image_folder_rejects_wrong_size(tmp_path: Path) -> None:
     write_image_folder(tmp_path)
     from PIL import Image
