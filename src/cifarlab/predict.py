@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,8 +91,8 @@ def resize_to_32(im: Image.Image, method: str = DEFAULT_RESIZE) -> Image.Image:
         scale = SIZE / min(w, h)
         target = (max(SIZE, round(w * scale)), max(SIZE, round(h * scale)))
     # Lanczos kept the most accuracy on 4× enlarged test images (0.884; box 0.882, bicubic
-    # 0.879, bilinear 0.862; BENCHMARKS.md). reducing_gap: a big photo is first shrunk by a whole factor with
-    # a box filter (fast), leaving at least 3× for Lanczos.
+    # 0.879, bilinear 0.862; BENCHMARKS.md). reducing_gap: a big photo is first shrunk by a
+    # whole factor with a box filter (fast), leaving at least 3× for Lanczos.
     im = im.resize(target, RESAMPLE, reducing_gap=3.0)
     if method == "crop":
         left, top = (im.width - SIZE) // 2, (im.height - SIZE) // 2
@@ -107,9 +108,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     if path.is_dir():
         raise ImageError(f"{path}: is a folder")
     try:
-        with Image.open(path) as im:
-            im.load()
-            return to_rgb(im)
+        with warnings.catch_warnings():
+            # 89-179 megapixels: Pillow only warns (without naming the file); such a photo
+            # is fine to shrink. Above that it raises DecompressionBombError, reported below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.load()
+                return to_rgb(im)
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
     except Image.DecompressionBombError as e:
