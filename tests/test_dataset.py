@@ -123,3 +123,20 @@ def test_processes_writing_one_cache_entry_at_once_do_not_trip(tmp_path: Path) -
     errors = [p.communicate(timeout=120)[1].decode() for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(errors)
     assert sorted(x.name for x in entry.parent.iterdir()) == [entry.name]  # no leftovers
+
+
+def test_a_damaged_cache_entry_is_rewritten(tmp_path: Path) -> None:
+    from cifarlab.data import cache
+
+    entry = tmp_path / "parsed" / "e"
+    arrays = {"train_x": np.full((8, 32, 32, 3), 7, np.uint8), "train_y": np.arange(8)}
+    cache.save(entry, arrays, {"fingerprint": "f"})
+    data = (entry / "train_x.npy").read_bytes()
+    (entry / "train_x.npy").write_bytes(data[: len(data) // 2])  # same meta, truncated array
+    assert cache.load(entry, "f") is None
+    cache.save(entry, arrays, {"fingerprint": "f"})
+    got = cache.load(entry, "f")
+    assert got is not None and int(got[0]["train_x"][7, 31, 31, 2]) == 7
+    cache.save(entry, {**arrays, "train_y": np.arange(8) + 1}, {"fingerprint": "g"})  # stale
+    assert cache.load(entry, "f") is None and cache.load(entry, "g") is not None
+    assert sorted(p.name for p in entry.parent.iterdir()) == ["e"]

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: loads re-validated (missing-class warning)
 ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y", "train_coarse", "test_coarse")
 
 
@@ -77,33 +77,25 @@ def save(entry: Path, arrays: dict[str, np.ndarray | None], meta: dict[str, Any]
         meta = {**meta, "version": CACHE_VERSION, "arrays": present}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         for _ in range(5):
-            if _holds(entry, meta["fingerprint"]):
-                return  # another process got there first with the same data
-            if entry.exists():
-                aside = Path(tempfile.mkdtemp(prefix=".old-", dir=entry.parent))
-                try:
-                    os.replace(entry, aside)  # an empty folder may be replaced by a folder
-                except FileNotFoundError:
-                    pass  # another process moved it first
-                shutil.rmtree(aside, ignore_errors=True)
             try:
-                os.replace(tmp, entry)
+                os.replace(tmp, entry)  # succeeds when there is no entry (or an empty folder)
                 tmp = None
                 return
-            except OSError as e:  # another process put its entry there in between
+            except OSError as e:
                 if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
                     raise
+            if load(entry, meta["fingerprint"]) is not None:
+                return  # a whole entry for the same files, written by another process: keep it
+            # a stale or damaged entry: move it aside (atomically), delete it, try again
+            aside = Path(tempfile.mkdtemp(prefix=".old-", dir=entry.parent))
+            try:
+                os.replace(entry, aside)  # an empty folder may be replaced by a folder
+            except FileNotFoundError:
+                pass  # another process moved it first
+            shutil.rmtree(aside, ignore_errors=True)
         raise OSError(f"{entry.name} kept changing under concurrent writers")
     except OSError as e:
         warnings.warn(f"could not write the data cache in {entry.parent} ({e})", stacklevel=2)
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _holds(entry: Path, fingerprint: str) -> bool:
-    try:
-        meta = json.loads((entry / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return meta.get("version") == CACHE_VERSION and meta.get("fingerprint") == fingerprint
