@@ -122,7 +122,8 @@ def _pixels(data: Any, path: Path) -> np.ndarray:
 def _labels(values: Any, n: int, key: str, path: Path) -> np.ndarray:
     try:
         arr = np.asarray(values)
-        if arr.dtype.kind not in "iub" or isinstance(values, dict):
+        whole_floats = arr.dtype.kind == "f" and np.isfinite(arr).all() and (arr % 1 == 0).all()
+        if (arr.dtype.kind not in "iub" and not whole_floats) or isinstance(values, dict):
             raise TypeError(f"{type(values).__name__} of {arr.dtype}")
         arr = arr.astype(np.int64).reshape(-1)
     except (TypeError, ValueError) as e:
