@@ -242,3 +242,29 @@ def test_run_folder_with_a_foreign_config_is_a_clear_error(tmp_path: Path) -> No
     (tmp_path / "config.json").write_text("[1, 2]")
     with pytest.raises(CifarlabError, match=r"config\.json: expected a JSON object"):
         read_run(tmp_path)
+
+
+def test_a_folder_being_trained_is_not_trained_into_again(
+    cifar10_root: Path, tmp_path: Path
+) -> None:
+    """Another process holding the run folder (here: in its first epoch, no checkpoint yet)
+    makes a second train into it fail clearly; once that process is gone, the folder is free."""
+    run = tmp_path / "r"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from cifarlab.train.engine import _run_lock\n"
+         "with _run_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
+         str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(
+            CifarlabError, match=rf"is being trained right now \(process {holder.pid} "
+        ):
+            train(_small(cifar10_root, train_size=300), out=run, progress=False)
+    finally:
+        holder.kill()
+        holder.wait()
+    train(_small(cifar10_root, train_size=300), out=run, progress=False)
+    assert (run / "best.pt").is_file()

@@ -15,8 +15,10 @@ import os
 import random
 import shutil
 import signal
+import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -510,7 +512,45 @@ def train(
             distributed.teardown()
 
 
+@contextlib.contextmanager
+def _run_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the run folder while training into it, so that a second
+    ``cifarlab train --out`` (or ``--resume``) of the same folder is refused instead of mixing
+    two runs' files. The lock dies with the process; the ``.lock`` file itself stays."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; go on without
+        yield
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "another process"
+            raise CifarlabError(
+                f"{run_dir} is being trained right now ({holder}): wait for it to finish, "
+                "or choose another --out"
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _train(
+    cfg: TrainConfig, run_dir: Path, state: dict | None, progress: bool, device: str
+) -> Path:
+    with _run_lock(run_dir) if devices.rank() == 0 else contextlib.nullcontext():
+        return _train_locked(cfg, run_dir, state, progress, device)
+
+
+def _train_locked(
     cfg: TrainConfig, run_dir: Path, state: dict | None, progress: bool, device: str
 ) -> Path:
     trainer = Trainer(cfg, run_dir, progress=progress, device=device)
