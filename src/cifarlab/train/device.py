@@ -48,7 +48,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        # native bf16 from Ampere (compute capability 8) on; older GPUs would only emulate it
+        return torch.bfloat16 if torch.cuda.get_device_capability(device)[0] >= 8 else None
     if device.type == "cpu":
         return torch.bfloat16 if cpu_has_fast_bf16() else None
     return None
