@@ -181,13 +181,21 @@ def test_wrong_shape_and_label_range(tmp_path: Path) -> None:
         _quiet_load("cifar10", tmp_path, val_size=0)
 
 
-def test_whole_number_float_labels_are_read(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "relabel",
+    [
+        lambda y: np.asarray(y, np.float64),  # whole-number floats
+        lambda y: list(np.asarray(y, np.int64)),  # a list of numpy scalars (pickled as such)
+    ],
+    ids=["floats", "numpy-scalars"],
+)
+def test_relabelled_batches_are_read(tmp_path: Path, relabel) -> None:  # noqa: ANN001
     expected = write_cifar10_python(tmp_path, str_keys=True)
     batch = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     with open(batch, "rb") as f:
         d = pickle.load(f)
     with open(batch, "wb") as f:
-        pickle.dump({**d, "labels": np.asarray(d["labels"], np.float64)}, f)
+        pickle.dump({**d, "labels": relabel(d["labels"])}, f)
     ds = _quiet_load("cifar10", tmp_path, val_size=0)
     np.testing.assert_array_equal(ds.train.labels.numpy(), expected["train_y"])
 

@@ -48,11 +48,22 @@ def _numpy_reconstruct() -> Any:
     return _reconstruct
 
 
+def _numpy_scalar() -> Any:
+    """numpy's scalar rebuilder (a dtype and raw bytes): labels saved as ``list(array)``."""
+    try:  # numpy >= 2
+        from numpy._core.multiarray import scalar
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
 # Everything a CIFAR pickle may name. Files written by numpy 1.x say numpy.core, by 2.x
 # numpy._core; _codecs.encode appears when Python 3 writes bytes at protocol 2.
 _ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
     ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
     ("numpy._core.multiarray", "_reconstruct"): _numpy_reconstruct,
+    ("numpy.core.multiarray", "scalar"): _numpy_scalar,
+    ("numpy._core.multiarray", "scalar"): _numpy_scalar,
     ("numpy", "ndarray"): lambda: np.ndarray,
     ("numpy", "dtype"): lambda: np.dtype,
     ("_codecs", "encode"): lambda: codecs.encode,
