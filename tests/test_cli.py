@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -23,11 +24,50 @@ def run(
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("cmd", [[], ["download"], ["data"], ["data", "info"], ["data", "show"]])
+COMMANDS = [[], ["download"], ["data"], ["data", "info"], ["data", "show"], ["models"],
+            ["recipes"], ["train"], ["evaluate"], ["compare"], ["predict"], ["export"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "cifarlab")
 def test_help_everywhere(cmd: list[str]) -> None:
     r = run(*cmd, "--help")
     assert r.returncode == 0, r.stderr
-    assert "usage: cifarlab" in r.stdout
+    assert r.stdout.startswith(f"usage: cifarlab {' '.join(cmd)}".rstrip())
+
+
+def test_every_command_has_help() -> None:
+    """COMMANDS above names every sub-command the parser has."""
+    from cifarlab.cli import build_parser
+
+    def names(parser: argparse.ArgumentParser, prefix: list[str]) -> list[list[str]]:
+        out = [prefix]
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out += names(sub, [*prefix, name])
+        return out
+
+    assert sorted(names(build_parser(), [])) == sorted(COMMANDS)
+
+
+def test_models_lists_every_model_with_its_parameters() -> None:
+    from cifarlab.models import count_parameters, create_model, model_names
+
+    r = run("models")
+    assert r.returncode == 0, r.stderr
+    for name in model_names():
+        line = next(x for x in r.stdout.splitlines() if x.split()[:1] == [name])
+        assert f"{count_parameters(create_model(name)):,}" in line
+    assert "12,230,010" in r.stdout and "167,562" in r.stdout
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    """`cifarlab models | head -1`: the reader goes away; no traceback, no error line."""
+    proc = subprocess.Popen([sys.executable, "-m", "cifarlab", "models"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc.stdout.close()  # before the interpreter has started: its first write breaks the pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and err == "", err
 
 
 def test_data_info_counts(tmp_path: Path) -> None:

@@ -160,7 +160,8 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(
     assert (
         "checkpoint saved. Resume with: cifarlab train --resume" in err and "Traceback" not in err
     )
-    assert load_checkpoint(run / "last.pt")["epoch"] < 3
+    cut = load_checkpoint(run / "last.pt")
+    assert cut["epoch"] < 3 and cut["step"] > 0  # stopped mid-epoch (step counts within one)
 
     resumed = subprocess.run(
         _cli("train", "--resume", str(run), "--no-progress"),
@@ -268,3 +269,59 @@ def test_a_folder_being_trained_is_not_trained_into_again(
         holder.wait()
     train(_small(cifar10_root, train_size=300), out=run, progress=False)
     assert (run / "best.pt").is_file()
+
+
+def test_resume_takes_a_new_data_root_and_device_but_keeps_the_rest(tmp_path: Path) -> None:
+    """Data that moved is found again with --root; --device is honoured, not ignored; options
+    that would change the run are refused in one line."""
+    from fakedata import write_cifar10_python
+
+    write_cifar10_python(tmp_path / "data", per_batch=40, test=40)
+    run = tmp_path / "r"
+    first = subprocess.run(
+        _cli("train", "--model", "simple_cnn", "--root", str(tmp_path / "data"), "--val-size",
+             "20", "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(run)),
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "data").rename(tmp_path / "moved")
+
+    def resume(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            _cli("train", "--resume", str(run), "--no-progress", *extra),
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    r = resume("--epochs", "2")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert str(tmp_path / "data") in r.stderr  # the folder it looked in
+    r = resume("--epochs", "2", "--lr", "0.1", "--set", "seed=1")
+    assert r.returncode == 1 and "--lr, --set cannot change" in r.stderr, r.stderr
+    if not torch.cuda.is_available():
+        r = resume("--epochs", "2", "--device", "cuda")
+        assert r.returncode == 1 and "no CUDA GPU" in r.stderr, r.stderr
+    r = resume("--epochs", "2", "--root", str(tmp_path / "moved"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert [row["epoch"] for row in _history(run)] == [1, 2]
+    config = json.loads((run / "config.json").read_text())
+    assert config["root"] == str(tmp_path / "moved") and config["epochs"] == 2
+
+
+def test_a_torn_metrics_line_does_not_stop_a_resume(cifar10_root: Path, tmp_path: Path) -> None:
+    run = train(_small(cifar10_root, train_size=300, epochs=1), out=tmp_path / "r",
+                progress=False)  # fmt: skip
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 2, "train_lo')  # as a crash in the middle of a write leaves it
+    train(TrainConfig(epochs=2), resume=run, progress=False)
+    assert [row["epoch"] for row in _history(run)] == [1, 2]
+
+
+def test_compare_refuses_a_damaged_evaluation(cifar10_root: Path, tmp_path: Path) -> None:
+    run = train(_small(cifar10_root, train_size=300), out=tmp_path / "r", progress=False)
+    for text in ("{not json", '{"accuracy": 0.5}'):
+        (run / "eval_test.json").write_text(text)
+        r = subprocess.run(_cli("compare", str(run), str(run), "--out", str(tmp_path / "c.html")),
+                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "eval_test.json: not an evaluation written by cifarlab" in r.stderr
+    assert not (tmp_path / "c.html").exists()

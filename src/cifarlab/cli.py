@@ -219,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         type=Path,
         metavar="RUN",
-        help="continue the interrupted run in RUN (other options are ignored, "
-        "except --epochs, which may extend it)",
+        help="continue the interrupted run in RUN with its own settings; --epochs may "
+        "extend it, --device, --root and --threads may differ",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_train)
@@ -442,20 +442,45 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from cifarlab.train import TrainConfig, train
+    from cifarlab.train import train
 
     if args.download:
         from cifarlab.data.dataset import load_dataset
 
         load_dataset(args.dataset, args.root, download=True, val_size=0)
     if args.resume is not None:
-        extend = TrainConfig(epochs=args.epochs) if args.epochs else None
-        run = train(extend, resume=args.resume, progress=not args.no_progress)
+        run = train(resume=args.resume, changes=_resume_changes(args),
+                    progress=not args.no_progress)  # fmt: skip
     else:
         run = train(train_config_from_args(args), out=args.out, progress=not args.no_progress)
     if _rank() == 0:
         print(f"run saved in {run}  (next: cifarlab evaluate {run})")
     return 0
+
+
+# Options of `train` whose argparse default is not None: given only if they differ from it.
+_TRAIN_DEFAULTS = {"dataset": "cifar10", "labels": "fine", "val_size": 5000}
+
+
+def _resume_changes(args: argparse.Namespace) -> dict:
+    """What `train --resume RUN ...` asks to change; the library refuses what may not."""
+    from cifarlab.train.engine import RESUME_CHANGES
+
+    given = {
+        k: getattr(args, k)
+        for k in (*_TRAIN_FIELDS, "recipe", "out", "translate", "flip", "cutout")
+        if getattr(args, k) is not None and getattr(args, k) != _TRAIN_DEFAULTS.get(k)
+    }
+    if args.root is not None:
+        given["root"] = str(args.root)
+    fixed = sorted(set(given) - set(RESUME_CHANGES)) + ["--set"] * bool(args.settings)
+    if fixed:
+        names = ", ".join(f"--{k.replace('_', '-')}" if k != "--set" else k for k in fixed)
+        raise CifarlabError(
+            f"--resume continues a run with its own settings: {names} cannot change "
+            "(--epochs, --device, --root and --threads can); start a new run with --out"
+        )
+    return given
 
 
 def _rank() -> int:
@@ -582,7 +607,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
                 f"{run}: not evaluated on {args.split} yet "
                 f"(run: cifarlab evaluate {run} --split {args.split})"
             )
-        runs.append((run.name, config, json.loads(path.read_text()), history))
+        try:
+            m = json.loads(path.read_text())
+            m["accuracy"], m["macro_avg"]["f1"], m["per_class"]  # noqa: B018
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise CifarlabError(
+                f"{path}: not an evaluation written by cifarlab (run: cifarlab evaluate {run} "
+                f"--split {args.split})"
+            ) from None
+        runs.append((run.name, config, m, history))
     out = write_comparison(args.out, runs)
     for name, config, m, _ in runs:
         print(
@@ -613,6 +646,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CifarlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `cifarlab models | head`: the reader left; so do we, quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except OSError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -8,6 +8,7 @@ Rank-aware from the start: every rank trains on its own shard of each epoch (the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import json
 import math
@@ -427,8 +428,12 @@ class Trainer:
 
 
 def _append_jsonl(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    """Add a line to ``metrics.jsonl`` by rewriting it whole (a few dozen lines) under a
+    temporary name: a crash never leaves half a line behind."""
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(old + json.dumps(row) + "\n"))
 
 
 def _summary_line(row: dict, epochs: int) -> str:
@@ -455,10 +460,20 @@ def _trim_metrics(path: Path, epochs_done: int) -> None:
     """Drop lines for epochs after the checkpoint (written after it, before a crash)."""
     if not path.is_file():
         return
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if r["epoch"] <= epochs_done]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            rows.append(None)  # not ours (or cut off by an older version): dropped below
+    kept = [r for r in rows if isinstance(r, dict) and r.get("epoch", math.inf) <= epochs_done]
     if len(kept) != len(rows):
         atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+
+
+# What may differ when a run is resumed: nothing that changes what is computed per step (the
+# data root may move, the device may be another; more epochs stretch the schedule).
+RESUME_CHANGES = ("epochs", "device", "root", "threads")
 
 
 def train(
@@ -467,9 +482,14 @@ def train(
     out: str | os.PathLike | None = None,
     resume: str | os.PathLike | None = None,
     progress: bool = True,
+    changes: dict[str, Any] | None = None,
 ) -> Path:
     """Train ``config`` into a run folder (``out``, default ``runs/<model>-<dataset>-<time>``),
     or continue the interrupted run in ``resume``. Returns the run folder.
+
+    A resumed run keeps its settings, except those in ``changes`` (only the fields of
+    ``RESUME_CHANGES``: more ``epochs``, another ``device``, data ``root`` or ``threads``);
+    ``config.epochs``, if given with ``resume``, extends the run as well.
 
     Launched by ``torchrun`` (several processes), every process calls this: they join one
     process group, each trains on its part of every global batch, and rank 0 alone prints and
@@ -479,8 +499,18 @@ def train(
         run_dir = Path(resume)
         state = load_checkpoint(run_dir / LAST)
         cfg = TrainConfig.from_dict(state["config"])
+        changes = {k: v for k, v in (changes or {}).items() if v is not None}
         if config is not None and config.epochs:
-            cfg.epochs = config.epochs  # resuming may extend a run
+            changes.setdefault("epochs", config.epochs)  # resuming may extend a run
+        fixed = sorted(set(changes) - set(RESUME_CHANGES))
+        if fixed:
+            raise CifarlabError(
+                f"a resumed run keeps its settings: {', '.join(fixed)} cannot change "
+                f"(only {', '.join(RESUME_CHANGES)} can); start a new run with --out instead"
+            )
+        cfg = dataclasses.replace(cfg, **changes)
+        cfg.check_types()
+        cfg.validate()
     else:
         if config is None:
             raise CifarlabError("train() needs a config or resume=")
