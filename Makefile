@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-RUN ?= runs/fast
+RUN ?= runs/$(RECIPE)
 RECIPE ?= fast
 
 # The main job: get CIFAR-10 (download, or $$CIFARLAB_DATA), train the `fast` recipe (a few

@@ -115,6 +115,8 @@ def test_data_show_cifar100_fine(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args,message", [
     (["data", "info", "--root", "/nonexistent/cifar"], "/nonexistent/cifar: no such folder"),
     (["data", "show", "--per-class", "0"], "--per-class must be at least 1"),
+    (["data", "show", "--per-class", "51", "--val-size", "0"],
+     "--per-class must be at most 50 for 10 classes"),
     (["data", "show", "--out", "x.jpg"], "--out must name a .png file"),
     (["data", "info", "--labels", "coarse"], "CIFAR-10 has no coarse labels"),
 ])  # fmt: skip

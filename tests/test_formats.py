@@ -242,6 +242,26 @@ def test_missing_data_says_how_to_point_at_a_copy(tmp_path: Path) -> None:
         load_dataset("cifar10", tmp_path)
 
 
+def test_files_with_the_official_sums_load_silently(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The comparison itself: files whose md5 sums are the listed ones count as official (the
+    list is pointed at these small files' sums; the real files are not here)."""
+    import hashlib
+
+    from cifarlab.data.sources import CIFAR10
+
+    folder = write_cifar10_python(tmp_path)["folder"]
+    sums = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    assert set(sums) == set(CIFAR10.python_md5)
+    for name, md5 in sums.items():
+        monkeypatch.setitem(CIFAR10.python_md5, name, md5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no checksum warning
+        ds = load_dataset("cifar10", tmp_path, val_size=0)
+    assert ds.meta["checksum"]["status"] == "official"
+
+
 def test_differing_checksums_warn_once(tmp_path: Path) -> None:
     write_cifar10_python(tmp_path)
     with pytest.warns(UserWarning, match="md5 sums differ from the official CIFAR-10") as rec:

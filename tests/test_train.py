@@ -325,3 +325,11 @@ def test_compare_refuses_a_damaged_evaluation(cifar10_root: Path, tmp_path: Path
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert "eval_test.json: not an evaluation written by cifarlab" in r.stderr
     assert not (tmp_path / "c.html").exists()
+
+
+def test_a_run_that_fails_at_once_leaves_no_folder(tmp_path: Path) -> None:
+    r = subprocess.run(_cli("train", "--root", str(tmp_path / "no-data"), "--out",
+                            str(tmp_path / "runs" / "r"), "--no-progress"),
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 1 and "no-data" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs" / "r").exists()

@@ -118,7 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["train", "val", "test"],
         help="which split to sample (default: train)",
     )
-    p.add_argument("--per-class", type=int, default=8, help="images per class (default: 8)")
+    p.add_argument(
+        "--per-class",
+        type=int,
+        default=8,
+        help="images per class, up to 50 (10 for CIFAR-100 fine labels; default: 8)",
+    )
     p.add_argument("--seed", type=int, default=0, help="which samples (default: 0)")
     p.add_argument(
         "--out",
@@ -359,6 +364,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+# The sample grid's limits: beyond them the PNG is too large to look at (CIFAR-100 at 10 per
+# class is already 100 rows, 15,500 pixels tall) and slow to draw.
+MAX_PER_CLASS, MAX_THUMBNAILS = 50, 1000
+
+
 def cmd_data_show(args: argparse.Namespace) -> int:
     from cifarlab.report.samples import save_sample_grid
 
@@ -367,6 +377,12 @@ def cmd_data_show(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() != ".png":
         raise CifarlabError(f"--out must name a .png file, got {args.out}")
     ds = _load(args)
+    most = max(1, min(MAX_PER_CLASS, MAX_THUMBNAILS // len(ds.class_names)))
+    if args.per_class > most:
+        raise CifarlabError(
+            f"--per-class must be at most {most} for {len(ds.class_names)} classes (a bigger "
+            f"grid is too large to look at), got {args.per_class}"
+        )
     split = ds.split(args.split)
     if len(split) == 0:
         raise CifarlabError(f"the {args.split} split is empty (is --val-size 0?)")

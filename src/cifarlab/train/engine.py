@@ -546,12 +546,15 @@ def train(
 def _run_lock(run_dir: Path) -> Iterator[None]:
     """Hold an exclusive lock on the run folder while training into it, so that a second
     ``cifarlab train --out`` (or ``--resume``) of the same folder is refused instead of mixing
-    two runs' files. The lock dies with the process; the ``.lock`` file itself stays."""
+    two runs' files. The lock dies with the process; the ``.lock`` file itself stays, unless
+    the folder was made here and nothing else was written into it (a run that failed at once
+    leaves no empty folder behind)."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; go on without
         yield
         return
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / ".lock", "a+") as f:
         try:
@@ -570,6 +573,8 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
         try:
             yield
         finally:
+            if created and os.listdir(run_dir) == [".lock"]:  # failed before writing anything
+                shutil.rmtree(run_dir, ignore_errors=True)
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
