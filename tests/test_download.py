@@ -13,6 +13,7 @@ import sys
 import tarfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -362,3 +363,40 @@ def test_cli_offline_download_fails_fast_with_hint(tmp_path: Path) -> None:
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "cannot download http://nonexistent.invalid/cifar-10-python.tar.gz" in r.stderr
     assert "CIFARLAB_DATA" in r.stderr
+
+
+@pytest.mark.parametrize("dataset,fmt", [("cifar10", "python"), ("cifar100", "binary")])
+def test_cli_download_then_load(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture,
+    dataset: str, fmt: str,
+) -> None:  # fmt: skip
+    """The whole path a new user takes: `cifarlab download` fetches an archive in the official
+    layout from a (local) server, checks its md5, unpacks it; `load_dataset` then reads it.
+    The small archive's md5 stands in for the official one, which only the real file has."""
+    import dataclasses
+
+    from cifarlab import load_dataset
+    from cifarlab.cli import main
+    from fakedata import make_tar_gz, write_cifar10_python, write_cifar100_binary
+
+    info = get_info(dataset)
+    archive = info.archives[fmt]
+    made = tmp_path / "made"
+    write = write_cifar10_python if dataset == "cifar10" else write_cifar100_binary
+    expected = write(made)
+    data = make_tar_gz(made / archive.folder, tmp_path / archive.filename).read_bytes()
+    server.files[f"/m/{archive.filename}"] = data
+    monkeypatch.setitem(info.archives, fmt, dataclasses.replace(archive, md5=md5(data)))
+    root = tmp_path / "data"
+    args = ["download", "--dataset", dataset, "--format", fmt, "--root", str(root),
+            "--url", server.url("/m/")]  # fmt: skip
+    assert main(args) == 0
+    assert str(root / archive.folder) in capsys.readouterr().out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "md5 sums differ": these are not the official files
+        ds = load_dataset(dataset, root, val_size=0)
+    assert ds.meta["checksum"]["status"] == ("differs" if fmt == "python" else "unverified")
+    assert ds.train.images.shape[1:] == (32, 32, 3)
+    assert ds.train.labels.tolist() == expected["train_y"].tolist()
+    assert main(args) == 0  # already there: nothing fetched again
+    assert len(server.requests) == 1

@@ -333,3 +333,23 @@ def test_a_run_that_fails_at_once_leaves_no_folder(tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 1 and "no-data" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs" / "r").exists()
+
+
+class _RunsACommand:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - what a booby-trapped checkpoint carries
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_carries_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    torch.save({"model": {}, "extra": _RunsACommand(marker)}, tmp_path / "best.pt")
+    with pytest.raises(CifarlabError, match=r"best\.pt: refused to load: it asks for \w+\.system"):
+        load_checkpoint(tmp_path / "best.pt")
+    assert not marker.exists()
+    (tmp_path / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CifarlabError, match=r"last\.pt: not a readable checkpoint \(") as e:
+        load_checkpoint(tmp_path / "last.pt")
+    assert "weights_only" not in str(e.value) and "\n" not in str(e.value)

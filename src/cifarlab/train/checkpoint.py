@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +31,25 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any failure means an unusable file
-        raise CifarlabError(
-            f"{path}: not a readable checkpoint ({type(e).__name__}: {e})"
-        ) from None
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        if isinstance(e, pickle.UnpicklingError) and found:  # weights_only refused a global
+            raise CifarlabError(
+                f"{path}: refused to load: it asks for {found.group(1)}, which no cifarlab "
+                "checkpoint needs (the file comes from elsewhere or was altered; nothing in it "
+                "was run)"
+            ) from None
+        raise CifarlabError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CifarlabError(f"{path}: not a cifarlab checkpoint (no model weights)")
     return state
+
+
+def _reason(error: BaseException) -> str:
+    """What went wrong, in a line: without torch's advice to load with weights_only=False."""
+    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
+    boiler = ("Weights only load failed", "Please file an issue", "Check the documentation")
+    useful = [x for x in lines if not x.startswith(boiler)]
+    return f"{type(error).__name__}: {(useful or [''])[0][:200]}".rstrip(": ")
 
 
 def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
