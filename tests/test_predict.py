@@ -275,3 +275,16 @@ def test_export_of_a_cifar100_run_names_100_classes(tmp_path: Path) -> None:
 
     meta = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
     assert len(json.loads(meta["class_names"])) == 100
+
+
+def test_transparent_pixels_of_palette_and_gray_images_come_out_white(tmp_path: Path) -> None:
+    """Palette images (GIF, PNG-8) and grayscale PNGs mark one value transparent (tRNS)."""
+    pal = Image.new("P", (16, 16), 0)
+    pal.putpalette([0, 0, 0, 200, 30, 30] + [0] * 762)
+    pal.paste(1, (0, 0, 8, 16))  # left half red, right half colour 0: transparent
+    gray = Image.fromarray(np.where(np.arange(16) < 8, 40, 0).astype(np.uint8)[None].repeat(16, 0))
+    for name, im in (("p.png", pal), ("p.gif", pal), ("g.png", gray)):
+        im.save(tmp_path / name, transparency=0)
+        arr = np.asarray(load_image(tmp_path / name))
+        assert (arr[:, 8:] == 255).all(), name  # the transparent half: white, not black
+        assert (arr[:, :8] != 255).any(), name

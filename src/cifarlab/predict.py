@@ -50,7 +50,8 @@ def to_rgb(im: Image.Image) -> Image.Image:
     im = ImageOps.exif_transpose(im) or im
     if im.mode == "P":
         im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "RGB" and "transparency" in im.info):
+    keyed = im.mode in ("RGB", "L") and "transparency" in im.info  # one colour marked (tRNS)
+    if im.mode in ("RGBA", "LA", "PA") or keyed:
         rgba = im.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
