@@ -229,3 +229,21 @@ def test_atomic_write_names_the_target_and_leaves_nothing(tmp_path: Path) -> Non
     assert (
         atomic_write(tmp_path / "new" / "ok.txt", lambda t: t.write_text("ok")).read_text() == "ok"
     )
+
+
+def test_a_val_report_does_not_overwrite_the_test_report(tmp_path: Path) -> None:
+    written = {}
+    for split, seed in (("test", 0), ("val", 1)):
+        run = synthetic_run(10, seed=seed)
+        metrics = {**run["metrics"], "split": split}
+        written[split] = write_report(
+            tmp_path, run["config"], run["history"], metrics, run["images"], run["probs"],
+            labels=run["labels"],
+        )  # fmt: skip
+    assert written["test"].name == "report.html" and written["val"].name == "report_val.html"
+    assert "test split" in written["test"].read_text() and "val split" in written["val"].read_text()
+    for name in FIGURES:
+        assert (tmp_path / name).is_file() and (tmp_path / f"val_{name}").is_file()
+        assert (tmp_path / name).read_bytes() != (tmp_path / f"val_{name}").read_bytes() or (
+            name == "training_curves.png"
+        )

@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate a trained run on the test (or val) split: accuracy, "
         "top-5, log-loss, per-class precision/recall/F1, confusion "
         "matrix, predicted vs true counts; writes eval_SPLIT.json and "
-        "report.html into the run folder.",
+        "report.html (report_val.html for --split val) into the run folder.",
     )
     _add_run_argument(p)
     p.add_argument("--split", default="test", choices=["test", "val"], help="default: test")

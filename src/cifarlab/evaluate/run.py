@@ -71,7 +71,8 @@ def evaluate_run(
     report: bool = True,
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` of a run on ``split``; writes ``eval_<split>.json``,
-    ``predictions_<split>.npz`` and (``report=True``) ``report.html`` into the run folder.
+    ``predictions_<split>.npz`` and (``report=True``) ``report.html`` (``report_val.html``
+    for val) into the run folder.
 
     ``tta`` is the test-time augmentation level (default: the run's own ``tta`` setting); with
     TTA the accuracy without it is reported too, as ``accuracy_without_tta``."""

@@ -195,7 +195,9 @@ def write_report(
     *,
     labels: np.ndarray | None = None,
 ) -> Path:
-    """Write the figures of one evaluated run as PNGs and ``run_dir/report.html``.
+    """Write the figures of one evaluated run as PNGs and ``run_dir/report.html`` (for the
+    test split; another split's report is ``report_<split>.html`` and its PNGs are prefixed
+    ``<split>_``, so that evaluating on val never overwrites the test report).
 
     ``images`` (N×32×32×3 uint8), ``preds_probs`` (N×C) and ``labels`` (N) are the evaluated
     split, in the order that produced ``metrics``. The metrics hold no per-image labels, so
@@ -233,12 +235,13 @@ def write_report(
         ("mistakes.png", "mistakes", "Most confident mistakes",
          lambda: plots.confident_mistakes(images, labels, preds, top_prob, names)),
     ]  # fmt: skip
+    split = metrics.get("split", "test")
+    prefix = "" if split == "test" else f"{split}_"
     embedded = {}
     for filename, sid, heading, draw in figures:
-        path = plots.save_png(draw(), run_dir / filename)
+        path = plots.save_png(draw(), run_dir / f"{prefix}{filename}")
         embedded[sid] = _img(path.read_bytes(), heading)
 
-    split = metrics.get("split", "test")
     recipe = f" (recipe {config['recipe']})" if config.get("recipe") else ""
     title = f"{config.get('model', '?')}{recipe} on {_dataset_label(config)}: {split} split"
     tta = metrics.get("tta") or 0
@@ -275,7 +278,8 @@ def write_report(
         _section("predictions", "Sample predictions", embedded["predictions"]),
         _section("mistakes", "Most confident mistakes", embedded["mistakes"]),
     ]
-    return _write_text(run_dir / "report.html", _page(title, "\n".join(body)))
+    name = "report.html" if split == "test" else f"report_{split}.html"
+    return _write_text(run_dir / name, _page(title, "\n".join(body)))
 
 
 def _verdict(rows: list[dict]) -> str:
