@@ -66,6 +66,18 @@ def test_cifar100_python_fine_and_coarse(tmp_path: Path, str_keys: bool) -> None
     coarse = _quiet_load("cifar100", tmp_path, val_size=0, labels="coarse")
     _check(coarse, expected, labels="coarse")
     assert coarse.class_names == list(CIFAR100_COARSE_CLASSES) and coarse.num_classes == 20
+    # Both label sets and both name lists travel with either choice, split by split.
+    for ds in (fine, _quiet_load("cifar100", tmp_path, val_size=40, labels="coarse")):
+        assert ds.fine_names == list(CIFAR100_FINE_CLASSES)
+        assert ds.coarse_names == list(CIFAR100_COARSE_CLASSES)
+        for split in (ds.train, ds.val, ds.test):
+            part = "test" if split.name == "test" else "train"
+            idx = split.indices.numpy()
+            np.testing.assert_array_equal(split.fine_labels, expected[f"{part}_y"][idx])
+            np.testing.assert_array_equal(split.coarse_labels, expected[f"{part}_coarse"][idx])
+    plain = _quiet_load("cifar10", write_cifar10_python(tmp_path / "c10")["folder"].parent,
+                        val_size=0)  # fmt: skip
+    assert plain.fine_names is None and plain.train.coarse_labels is None
 
 
 def test_cifar10_binary(tmp_path: Path) -> None:

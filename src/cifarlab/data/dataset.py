@@ -258,8 +258,11 @@ class Split:
 
     name: str
     images: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor  # the chosen label set (CIFAR-100: fine or coarse)
     indices: torch.Tensor  # positions in the original train or test arrays
+    # CIFAR-100 only: both label sets, whichever was chosen as ``labels``
+    fine_labels: torch.Tensor | None = None
+    coarse_labels: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -300,6 +303,9 @@ class CifarDataset:
     val: Split
     test: Split
     meta: dict = field(default_factory=dict)
+    # CIFAR-100 only: both sets of names (``class_names`` is one of them)
+    fine_names: list[str] | None = None
+    coarse_names: list[str] | None = None
 
     @property
     def name(self) -> str:
@@ -380,19 +386,30 @@ def load_dataset(
     keep[val_idx] = False
     train_idx = np.flatnonzero(keep)
 
-    def make(split: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None) -> Split:
-        tx, ty = torch.from_numpy(x), torch.from_numpy(np.asarray(y, dtype=np.int64))
-        if idx is None:
-            return Split(split, tx, ty, torch.arange(len(ty)))
-        i = torch.from_numpy(idx)
-        return Split(split, tx[i], ty[i], i)
+    both = raw.train_coarse is not None and raw.test_coarse is not None
 
+    def make(split: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None,
+             fine: np.ndarray, coarse: np.ndarray | None) -> Split:  # fmt: skip
+        i = torch.arange(len(y)) if idx is None else torch.from_numpy(idx)
+
+        def take(a: np.ndarray | None, dtype: type = np.int64) -> torch.Tensor | None:
+            if a is None:
+                return None
+            t = torch.from_numpy(np.asarray(a, dtype=dtype))
+            return t if idx is None else t[i]
+
+        return Split(split, take(x, np.uint8), take(y), i,
+                     take(fine) if both else None, take(coarse) if both else None)  # fmt: skip
+
+    kept = train_idx if val_size else None
     return CifarDataset(
         info=info,
         labels_kind=labels,
         class_names=list(names),
-        train=make("train", raw.train_x, train_y, train_idx if val_size else None),
-        val=make("val", raw.train_x, train_y, val_idx),
-        test=make("test", raw.test_x, test_y, None),
+        train=make("train", raw.train_x, train_y, kept, raw.train_y, raw.train_coarse),
+        val=make("val", raw.train_x, train_y, val_idx, raw.train_y, raw.train_coarse),
+        test=make("test", raw.test_x, test_y, None, raw.test_y, raw.test_coarse),
         meta=meta,
+        fine_names=list(raw.class_names) if both else None,
+        coarse_names=list(raw.coarse_names or []) if both else None,
     )
