@@ -171,3 +171,33 @@ def test_killing_one_rank_ends_the_job(cifar10_root: Path, tmp_path: Path) -> No
     state = load_checkpoint(run / "last.pt")  # intact: written atomically
     assert state["epoch"] >= 1 and isinstance(state["model"], dict)
     assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_ctrl_c_mid_epoch_saves_the_whole_jobs_sums(cifar10_root: Path, tmp_path: Path) -> None:
+    """Ctrl-C in a terminal reaches torchrun and every rank; they stop at the same step and
+    the checkpoint's running sums of the epoch count every rank's images, so a resume on any
+    number of processes reports the epoch's loss and accuracy over all of them."""
+    run = tmp_path / "run"
+    args = _common(cifar10_root, "--model", "simple_cnn", "--epochs", "3", "--out", str(run))
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "cifarlab", "train", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), start_new_session=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no epoch finished in time"
+            time.sleep(0.05)
+        time.sleep(0.3)  # into epoch 2
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    state = load_checkpoint(run / "last.pt")
+    assert state["epoch"] == 1 and 0 < state["step"] < 31, (state["step"], err[-2000:])
+    assert state["totals"]["seen"] == 64 * state["step"]  # both ranks' halves of each batch
+    resumed = _single("--resume", str(run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    row = _history(run)[1]
+    assert row["epoch"] == 2 and 0.1 < row["train_acc"] < 1 and row["train_loss"] < 2.3

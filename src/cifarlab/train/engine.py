@@ -213,13 +213,25 @@ class Trainer:
             self.lookahead.load_state_dict(state["lookahead"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_val = float(state["best_val_acc"])
-        self.totals = _Totals.from_state(state["totals"], self.device)
+        # The saved sums are the whole job's: rank 0 carries them on, the others start at 0.
+        saved = state["totals"] if self.main else {**state["totals"], "loss": 0.0,
+                                                    "correct": 0.0, "seen": 0}  # fmt: skip
+        self.totals = _Totals.from_state(saved, self.device)
         self.elapsed = float(state["elapsed"])
         torch.set_rng_state(state["torch_rng"])
 
     def save(self, name: str) -> None:
+        """Rank 0 writes the checkpoint. Every rank calls this at the same step: the epoch's
+        running sums are added up over the ranks first, so that a run resumed mid-epoch on
+        any number of processes goes on from the whole job's sums, not rank 0's share."""
+        t = self.totals
+        loss, correct, seen = distributed.all_sum(
+            [t.loss.item(), t.correct.item(), float(t.seen)], self.device
+        )
         if self.main:
-            save_checkpoint(self.run_dir / name, self.state())
+            state = self.state()
+            state["totals"].update(loss=loss, correct=correct, seen=int(seen))
+            save_checkpoint(self.run_dir / name, state)
 
     # ------------------------------------------------------------------ loop
 
