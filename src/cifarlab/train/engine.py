@@ -98,6 +98,13 @@ class _Totals:
             "seconds": self.seconds,
         }
 
+    def summed(self, device: torch.device) -> tuple[float, float, int]:
+        """Loss, correct and seen summed over every rank (a collective: all ranks call it)."""
+        loss, correct, seen = distributed.all_sum(
+            [self.loss.item(), self.correct.item(), float(self.seen)], device
+        )
+        return loss, correct, int(seen)
+
     @classmethod
     def from_state(cls, s: dict, device: torch.device) -> _Totals:
         return cls(
@@ -224,13 +231,10 @@ class Trainer:
         """Rank 0 writes the checkpoint. Every rank calls this at the same step: the epoch's
         running sums are added up over the ranks first, so that a run resumed mid-epoch on
         any number of processes goes on from the whole job's sums, not rank 0's share."""
-        t = self.totals
-        loss, correct, seen = distributed.all_sum(
-            [t.loss.item(), t.correct.item(), float(t.seen)], self.device
-        )
+        loss, correct, seen = self.totals.summed(self.device)
         if self.main:
             state = self.state()
-            state["totals"].update(loss=loss, correct=correct, seen=int(seen))
+            state["totals"].update(loss=loss, correct=correct, seen=seen)
             save_checkpoint(self.run_dir / name, state)
 
     # ------------------------------------------------------------------ loop
@@ -405,9 +409,7 @@ class Trainer:
 
     def _end_epoch(self) -> dict[str, Any]:
         t = self.totals
-        loss, correct, seen = distributed.all_sum(
-            [t.loss.item(), t.correct.item(), float(t.seen)], self.device
-        )
+        loss, correct, seen = t.summed(self.device)
         row: dict[str, Any] = {
             "epoch": self.epoch + 1,
             "train_loss": loss / max(seen, 1),
