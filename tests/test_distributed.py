@@ -141,19 +141,27 @@ def _rank_of(pid: int) -> int | None:
     return None
 
 
+def _start_after_one_epoch(run: Path, args: list[str], **popen) -> subprocess.Popen:
+    """A 2-process torchrun training into ``run``, returned once its first epoch is written."""
+    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "cifarlab", "train", *args]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(), **popen)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            err = proc.communicate()[1][-3000:]
+            pytest.fail(f"no epoch finished (exit {proc.returncode}): {err}")
+        time.sleep(0.05)
+    return proc
+
+
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="needs Linux /proc")
 def test_killing_one_rank_ends_the_job(cifar10_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     args = _common(cifar10_root, "--model", "simple_cnn", "--epochs", "50", "--out", str(run))
-    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "cifarlab", "train", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env())  # fmt: skip
+    proc = _start_after_one_epoch(run, args)
     try:
-        deadline = time.monotonic() + 180
-        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(0.1)
         workers = {_rank_of(p): p for p in _children(proc.pid)}
         assert set(workers) >= {0, 1}, workers
         os.kill(workers[1], signal.SIGKILL)
@@ -179,15 +187,8 @@ def test_ctrl_c_mid_epoch_saves_the_whole_jobs_sums(cifar10_root: Path, tmp_path
     number of processes reports the epoch's loss and accuracy over all of them."""
     run = tmp_path / "run"
     args = _common(cifar10_root, "--model", "simple_cnn", "--epochs", "3", "--out", str(run))
-    cmd = [*TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "cifarlab", "train", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=_env(), start_new_session=True)  # fmt: skip
+    proc = _start_after_one_epoch(run, args, start_new_session=True)
     try:
-        deadline = time.monotonic() + 180
-        while not ((run / "metrics.jsonl").is_file() and (run / "metrics.jsonl").read_text()):
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(0.05)
         time.sleep(0.3)  # into epoch 2
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does
         _, err = proc.communicate(timeout=120)
