@@ -20,18 +20,24 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]"
 	rm -f $(VENV)/.installed-* && touch $@
 
-RUN ?= runs/$(RECIPE)
-RECIPE ?= fast
+# `make run` trains to a time budget (BUDGET=5m by default: the same promise on any machine);
+# `make run RECIPE=fast` trains a named recipe instead (the same epochs on every machine).
+BUDGET ?= 5m
+RECIPE ?=
+RUN ?= runs/$(if $(RECIPE),$(RECIPE),budget-$(BUDGET))
 
-# The main job: get CIFAR-10 (download, or $$CIFARLAB_DATA), train the `fast` recipe (a few
-# minutes on a 2-core CPU), evaluate it on the test split and write the report.
+# The main job: get CIFAR-10 (download, or $$CIFARLAB_DATA), train for $(BUDGET) (cifarlab
+# measures this machine and picks the network and its length), evaluate it on the test split
+# and write the report.
 run: $(STAMP)
 	$(VENV)/bin/cifarlab data show --download --out runs/samples.png
 	@if [ -f $(RUN)/last.pt ]; then \
 	  echo "$(RUN) exists: finishing it if it was interrupted (make run RUN=runs/other for a new run)"; \
 	  $(VENV)/bin/cifarlab train --resume $(RUN); \
-	else \
+	elif [ -n "$(RECIPE)" ]; then \
 	  $(VENV)/bin/cifarlab train --recipe $(RECIPE) --out $(RUN); \
+	else \
+	  $(VENV)/bin/cifarlab train --budget $(BUDGET) --out $(RUN); \
 	fi
 	$(VENV)/bin/cifarlab evaluate $(RUN)
 	@echo "open $(RUN)/report.html in a browser"

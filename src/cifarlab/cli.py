@@ -153,6 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_recipes)
 
     p = sub.add_parser(
+        "doctor",
+        help="this machine: CPU, measured training speeds, what each recipe and budget takes",
+        description="Describe this machine (CPU model, family/model, the flags that matter, "
+        "threads, torch), time each FastNet's training step in float32 and bf16 (channels-"
+        "last; cached in the cache directory, --fresh to measure again), show which precision "
+        "`auto` picks, the expected training time of each recipe here, and what --budget "
+        "would train for a few budgets.",
+    )
+    p.add_argument("--fresh", action="store_true", help="measure again, ignoring the cache")
+    p.add_argument(
+        "--batch-sizes", type=int, nargs="+", default=[256], metavar="N", help="default: 256"
+    )
+    p.add_argument("--matmul", action="store_true", help="also measure torch.mm's peak FLOP/s")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser(
         "train",
         help="train a model into a run folder",
         description="Train a model. Start from a recipe (--recipe NAME, see `cifarlab "
@@ -162,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--set FIELD=VALUE reaches any field of the configuration.",
     )
     p.add_argument("--recipe", help="start from this recipe (quick, fast, max-cpu, resnet18)")
+    p.add_argument(
+        "--budget",
+        metavar="TIME",
+        help="train for this long (90s, 5m, 1h; data loading and measuring included): "
+        "cifarlab times this machine, then picks the network, precision and number of steps "
+        "with the best expected accuracy; --model limits the choice to one network",
+    )
     p.add_argument("--model", help="model name (see `cifarlab models`; default: simple_cnn)")
     _add_data_options(p)
     p.add_argument("--epochs", type=int, help="epochs to train")
@@ -189,8 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--precision",
         choices=["fp32", "bf16", "auto"],
-        help="auto: bfloat16 autocast where the device runs it fast (CUDA, CPUs with "
-        "AVX512-BF16/AMX), float32 elsewhere",
+        help="auto: on a CPU, time this model's training step in float32 and bf16 here "
+        "(cached per machine) and take the faster; on CUDA bf16 from compute capability 8",
     )
     p.add_argument(
         "--channels-last",
@@ -465,8 +489,18 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         load_dataset(args.dataset, args.root, download=True, val_size=0)
     if args.resume is not None:
+        if args.budget is not None:
+            raise CifarlabError("--budget starts a new run; --resume keeps the run's own budget")
         run = train(resume=args.resume, changes=_resume_changes(args),
                     progress=not args.no_progress)  # fmt: skip
+    elif args.budget is not None:
+        run = train(
+            _budget_config(args),
+            out=args.out,
+            progress=not args.no_progress,
+            budget=args.budget,
+            budget_model=args.model,
+        )
     else:
         run = train(train_config_from_args(args), out=args.out, progress=not args.no_progress)
     if _rank() == 0:
@@ -499,6 +533,29 @@ def _resume_changes(args: argparse.Namespace) -> dict:
     return given
 
 
+# What --budget leaves to the user: the data and the run, not the training recipe.
+_BUDGET_FIELDS = ("dataset", "labels", "seed", "device", "threads", "train_size", "val_size")
+
+
+def _budget_config(args: argparse.Namespace):  # noqa: ANN202
+    from cifarlab.train import TrainConfig
+
+    recipe_options = [
+        k for k in (*_TRAIN_FIELDS, "recipe", "translate", "flip", "cutout")
+        if k not in (*_BUDGET_FIELDS, "model") and getattr(args, k) is not None
+    ] + ["set"] * bool(args.settings)  # fmt: skip
+    if recipe_options:
+        names = ", ".join(f"--{k.replace('_', '-')}" for k in recipe_options)
+        raise CifarlabError(
+            f"--budget chooses the recipe itself: {names} cannot be combined with it "
+            "(use --recipe or --model with --epochs for a fixed set-up)"
+        )
+    fields = {k: getattr(args, k) for k in _BUDGET_FIELDS if getattr(args, k) is not None}
+    if args.root is not None:
+        fields["root"] = str(args.root)
+    return TrainConfig(**fields)
+
+
 def _rank() -> int:
     """This process's rank under torchrun (0 otherwise): only rank 0 talks to the user."""
     import os
@@ -524,8 +581,24 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         secs = f"{m['train_seconds']:.0f} s" if m else "–"
         print(f"{r.name:<10} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
               f"{r.description}")  # fmt: skip
-    print("\nmeasured on a 2-core CPU, CIFAR-10 (JPEG copy); details and commands in "
-          "BENCHMARKS.md")  # fmt: skip
+    machines = sorted({r.measured["machine"] for r in RECIPES.values() if r.measured})
+    print(f"\nmeasured on {'; '.join(machines)}; CIFAR-10 (JPEG copy); details and commands in "
+          "BENCHMARKS.md. Times differ on other CPUs: `cifarlab doctor` estimates them here, "
+          "and `cifarlab train --budget 5m` fits a run to a time.")  # fmt: skip
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from cifarlab.train.doctor import doctor
+
+    if any(b < 1 for b in args.batch_sizes):
+        raise CifarlabError("--batch-sizes must be ≥ 1")
+    report = doctor(fresh=args.fresh, batch_sizes=tuple(args.batch_sizes), matmul=args.matmul,
+                    log=None if args.json else print)  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=1, default=str))
     return 0
 
 

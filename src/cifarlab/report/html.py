@@ -120,9 +120,15 @@ def _config_value(value: Any) -> str:
     return str(value)
 
 
+# Measurement records kept in config.json, shown in prose above the table, not in it.
+_NOT_IN_TABLE = ("budget_plan", "precision_choice", "budget_replans")
+
+
 def _config_table(config: dict) -> str:
     rows = "".join(
-        f"<tr><td>{_esc(k)}</td><td>{_esc(_config_value(v))}</td></tr>" for k, v in config.items()
+        f"<tr><td>{_esc(k)}</td><td>{_esc(_config_value(v))}</td></tr>"
+        for k, v in config.items()
+        if k not in _NOT_IN_TABLE
     )
     return f'<table class="kv"><tbody>{rows}</tbody></table>'
 
@@ -264,6 +270,7 @@ def write_report(
         f"<h1>{_esc(title)}</h1>",
         f'<p class="sub">run folder {_esc(run_dir.name)}, {n:,} {_esc(split)} images, '
         f"{len(names)} classes, {len(history)} epochs recorded</p>",
+        _trained_on(config),
         _section("summary", "Headline numbers", cards),
         _section("config", "Configuration", _config_table(config)),
         _section("curves", "Training curves", embedded["curves"]),
@@ -362,3 +369,18 @@ def write_comparison(out: str | Path, runs: list[tuple[str, dict, dict, list[dic
         _section("curves", "Validation accuracy", curves),
     ])  # fmt: skip
     return _write_text(out, _page(title, body))
+
+
+def _trained_on(config: dict) -> str:
+    """Where and how the run was trained: the machine, the precision, and for a --budget run
+    what the budget chose and why."""
+    parts = []
+    if config.get("machine"):
+        precision = config.get("precision_used") or config.get("precision")
+        parts.append(f"trained on {config['machine']}, in {precision}")
+    plan = config.get("budget_plan")
+    if isinstance(plan, dict) and plan.get("reason"):
+        used = config.get("budget_used_seconds")
+        used_text = f" (used {_duration(used)})" if isinstance(used, int | float) else ""
+        parts.append(f"chosen for a time budget{used_text}: {plan['reason']}")
+    return "".join(f'<p class="sub">{_esc(p)}</p>' for p in parts)

@@ -29,6 +29,10 @@ class TrainConfig:
     labels: str = "fine"  # CIFAR-100: fine (100) or coarse (20)
     root: str | None = None  # data folder; None: $CIFARLAB_DATA, then the user cache
     epochs: int | None = None
+    # Total training steps (the schedule's length); None: epochs × steps per epoch. Set by
+    # --budget, where the last epoch may stop part-way.
+    steps: int | None = None
+    budget: float | None = None  # seconds of training wall time this run may take (--budget)
     batch_size: int | None = None
     lr: float | None = None  # PyTorch's lr, for the mean loss of a batch
     optimizer: str | None = None  # adam | sgd (Nesterov momentum)
@@ -106,6 +110,8 @@ class TrainConfig:
                 self.batch_size is not None and self.batch_size >= 1,
                 f"--batch-size must be ≥ 1, got {self.batch_size}",
             ),
+            (self.steps is None or self.steps >= 1, f"steps must be ≥ 1, got {self.steps}"),
+            (self.budget is None or self.budget > 0, f"--budget must be > 0, got {self.budget}"),
             (self.lr is not None and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (self.normalize in NORMALIZE, f"--normalize must be one of {', '.join(NORMALIZE)}"),

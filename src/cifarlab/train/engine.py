@@ -38,8 +38,9 @@ from cifarlab.errors import CifarlabError
 from cifarlab.evaluate.inference import eval_loader, loss_and_accuracy, predict_logits
 from cifarlab.models import count_parameters, create_model
 from cifarlab.report.io import atomic_write
+from cifarlab.train import budget as budgets
 from cifarlab.train import device as devices
-from cifarlab.train import distributed
+from cifarlab.train import distributed, probe
 from cifarlab.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
 from cifarlab.train.config import TrainConfig
 from cifarlab.train.optim import Lookahead, build_optimizer, lr_factor, set_lr
@@ -65,8 +66,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def default_run_dir(cfg: TrainConfig) -> Path:
-    return Path("runs") / f"{cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+def default_run_dir(cfg: TrainConfig, name: str | None = None) -> Path:
+    return Path("runs") / f"{name or cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _check_new_run_dir(run_dir: Path) -> None:
+    if (run_dir / "config.json").exists() and any(run_dir.glob("*.pt")):
+        raise CifarlabError(
+            f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
+            "or choose another --out"
+        )
 
 
 def load_data(cfg: TrainConfig) -> CifarDataset:
@@ -127,9 +136,18 @@ class Trainer:
     """Holds the model, optimizer, loaders and run folder of one training run."""
 
     WHITEN_SAMPLE = 5000  # training images whose patches set a whitening stem
+    WARMUP_STEPS = 3  # a session's first steps, left out of its measured pace
 
     def __init__(
-        self, cfg: TrainConfig, run_dir: Path, *, progress: bool = True, device: str | None = None
+        self,
+        cfg: TrainConfig,
+        run_dir: Path,
+        *,
+        progress: bool = True,
+        device: str | None = None,
+        precision_used: str | None = None,
+        budget: budgets.Budget | None = None,
+        data: CifarDataset | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
         self.rank, self.world = devices.rank(), devices.world_size()
@@ -143,8 +161,8 @@ class Trainer:
         # the mlp's step went from 28 ms to 85 ms after ~600 steps without this. Zero instead
         # of a number below 1e-38 changes no result that matters.
         torch.set_flush_denormal(True)
-        self.autocast = devices.autocast_dtype(cfg.precision, self.device)
-        self.data = load_data(cfg)
+        self.budget = budget
+        self.data = data if data is not None else load_data(cfg)
         train = self.data.train
         images, labels = train.images, train.labels
         if cfg.train_size is not None and cfg.train_size < len(labels):
@@ -177,6 +195,8 @@ class Trainer:
                 std=self.std,
                 channels_last=cfg.channels_last,
             )
+        self.precision_used, self.precision_choice = self._choose_precision(precision_used)
+        self.autocast = torch.bfloat16 if self.precision_used == "bf16" else None
         self.model = create_model(cfg.model, self.data.num_classes, **cfg.model_args)
         if cfg.sync_bn:
             if self.device.type != "cuda":
@@ -189,11 +209,42 @@ class Trainer:
         self._ddp_key: tuple[int, ...] | None = None  # the trainable set DDP was built for
         self.optimizer = build_optimizer(cfg, self.model)
         self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
-        self.total_steps = cfg.epochs * len(self.loader)
+        if cfg.steps is not None:  # a step count (from --budget): the last epoch may be partial
+            cfg.epochs = math.ceil(cfg.steps / len(self.loader))
+        self.total_steps = cfg.steps or cfg.epochs * len(self.loader)
+        self.replans: list[list[int]] = []  # [at step, old total, new total] (--budget)
+        # Pace of this session (--budget): steps and validation seconds since the mark, set
+        # after the first steps (which build oneDNN's kernels and run slow).
+        self._session_steps, self._mark, self._mark_steps, self._val_since_mark = 0, None, 0, 0.0
+        self._val_seconds: float | None = None
         self.lookahead: Lookahead | None = None
         self.epoch, self.step, self.best_val = 0, 0, -math.inf
         self.totals = _Totals.zeros(self.device)
         self.elapsed = 0.0  # training seconds over all sessions of this run
+
+    def _choose_precision(self, saved: str | None) -> tuple[str, probe.PrecisionChoice | None]:
+        """fp32 or bf16. ``auto`` is decided by timing this model's training step here (or the
+        decision a resumed run made); under torchrun rank 0 measures and tells the others."""
+        cfg = self.cfg
+        if cfg.precision != "auto":
+            return cfg.precision, None
+        if saved in ("fp32", "bf16"):
+            return saved, None
+        choice = None
+        bf16 = 0.0
+        if self.main:
+            choice = probe.choose_precision(
+                cfg.model,
+                num_classes=self.data.num_classes,
+                model_args=cfg.model_args,
+                batch_size=cfg.batch_size,
+                channels_last=cfg.channels_last,
+                device=self.device,
+            )
+            bf16 = 1.0 if choice.precision == "bf16" else 0.0
+            print(f"precision auto → {choice.precision}: {choice.reason}", flush=True)
+        (bf16,) = distributed.all_sum([bf16], self.device)
+        return ("bf16" if bf16 > 0 else "fp32"), choice
 
     # ------------------------------------------------------------------ state
 
@@ -207,6 +258,10 @@ class Trainer:
             "best_val_acc": self.best_val,
             "totals": self.totals.to_state(),
             "elapsed": self.elapsed,
+            "precision_used": self.precision_used,
+            "device_type": self.device.type,
+            "budget_used": self.budget.used() if self.budget else None,
+            "replans": self.replans,
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
             "class_names": self.data.class_names,
@@ -225,6 +280,7 @@ class Trainer:
                                                     "correct": 0.0, "seen": 0}  # fmt: skip
         self.totals = _Totals.from_state(saved, self.device)
         self.elapsed = float(state["elapsed"])
+        self.replans = list(state.get("replans") or [])
         torch.set_rng_state(state["torch_rng"])
 
     def save(self, name: str) -> None:
@@ -351,8 +407,9 @@ class Trainer:
         batches = iter(self.loader)
         for _ in range(self.step):  # resuming mid-epoch: replay the same batches, unused
             next(batches)
+        steps_here = min(len(self.loader), self.total_steps - self.epoch * len(self.loader))
         bar = tqdm(
-            total=len(self.loader),
+            total=steps_here,
             initial=self.step,
             disable=not (self.progress and self.main),
             desc=f"epoch {self.epoch + 1}/{cfg.epochs}",
@@ -377,6 +434,12 @@ class Trainer:
             self.step += 1
             self._after_step(steps_before + self.step)
             bar.update(1)
+            self._session_steps += 1
+            if self._session_steps == self.WARMUP_STEPS:
+                self._mark, self._mark_steps = time.perf_counter(), self._session_steps
+            if self.budget is not None and self.step % self._replan_every() == 0:
+                self._replan(steps_before + self.step)
+                bar.total = min(len(self.loader), self.total_steps - steps_before)
             if self._stop_requested():
                 bar.close()
                 self.totals.seconds = start_seconds + time.perf_counter() - t0
@@ -392,12 +455,39 @@ class Trainer:
                         img_s=f"{t.seen / max(t.seconds, 1e-9):,.0f}",
                         refresh=False,
                     )
+            if steps_before + self.step >= self.total_steps:
+                break  # the last, partial epoch of a step-counted run
         if self.lookahead is not None:
             self.lookahead.update(model, 1.0)  # end the epoch on the averaged weights
         distributed.sync_buffers(model)
         bar.close()
         self.totals.seconds = start_seconds + time.perf_counter() - t0
         self._check_finite()
+
+    def _replan_every(self) -> int:
+        """How often a budgeted run checks its pace: about 20 times over the run."""
+        return max(self.total_steps // 20, 5)
+
+    def _replan(self, done: int) -> None:
+        """Under a budget: from the speed measured so far in this session, set the total
+        number of steps so that training (and its validation passes) ends on time. The
+        schedule (learning rate, lookahead) follows the new total from here on."""
+        steps = self._session_steps - self._mark_steps
+        if self.budget is None or self._mark is None or steps < 3:
+            return
+        step_s = (time.perf_counter() - self._mark - self._val_since_mark) / steps
+        per_epoch = len(self.loader)
+        val_s = self._val_seconds
+        if val_s is None:
+            val_s = len(self.data.val) * step_s / self.cfg.batch_size / budgets.EVAL_SPEEDUP
+        more = self.budget.remaining_steps(step_s, val_s, done, per_epoch)
+        new_total = max(done + more, done, 1)
+        if abs(new_total - self.total_steps) <= max(0.01 * self.total_steps, 1):
+            return
+        self.replans.append([done, self.total_steps, new_total])
+        self.total_steps = new_total
+        self.cfg.steps = new_total
+        self.cfg.epochs = math.ceil(new_total / per_epoch)
 
     def _check_finite(self) -> None:
         bad = not bool(torch.isfinite(self.totals.loss))
@@ -424,7 +514,11 @@ class Trainer:
             # Rank 0 alone validates, on the bare model (a DDP forward would wait for the
             # other ranks); they go on and meet it at the next step's all-reduce.
             model = self.model if distributed.is_distributed() else self.forward
+            t0 = time.perf_counter()
             logits, labels = predict_logits(model, self.val_loader, autocast=self.autocast)
+            self._val_seconds = time.perf_counter() - t0
+            if self._mark is not None:
+                self._val_since_mark += self._val_seconds
             row["val_loss"], row["val_acc"] = loss_and_accuracy(logits, labels)
         self.elapsed += t.seconds
         row["elapsed_seconds"] = self.elapsed
@@ -470,6 +564,14 @@ def _write_config(run_dir: Path, cfg: TrainConfig, extra: dict[str, Any]) -> Non
     )
 
 
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _trim_metrics(path: Path, epochs_done: int) -> None:
     """Drop lines for epochs after the checkpoint (written after it, before a crash)."""
     if not path.is_file():
@@ -497,6 +599,8 @@ def train(
     resume: str | os.PathLike | None = None,
     progress: bool = True,
     changes: dict[str, Any] | None = None,
+    budget: str | float | None = None,
+    budget_model: str | None = None,
 ) -> Path:
     """Train ``config`` into a run folder (``out``, default ``runs/<model>-<dataset>-<time>``),
     or continue the interrupted run in ``resume``. Returns the run folder.
@@ -505,11 +609,22 @@ def train(
     ``RESUME_CHANGES``: more ``epochs``, another ``device``, data ``root`` or ``threads``);
     ``config.epochs``, if given with ``resume``, extends the run as well.
 
+    ``budget`` (``"90s"``, ``"5m"``, ``"1h"`` or seconds) trains to a time budget instead: the
+    network, precision and number of steps are chosen by measuring this machine (see
+    :mod:`cifarlab.train.budget`); ``config`` then only supplies the data and run settings
+    (dataset, labels, root, seed, device, threads, train_size, val_size) and ``budget_model``
+    may restrict the choice to one network. The whole call — data loading and the probe
+    included — ends within the budget.
+
     Launched by ``torchrun`` (several processes), every process calls this: they join one
     process group, each trains on its part of every global batch, and rank 0 alone prints and
     writes the run folder.
     """
+    clock = time.perf_counter()  # a budget counts from here
+    plan = None
     if resume is not None:
+        if budget is not None:
+            raise CifarlabError("--budget starts a new run; a resumed run keeps its own budget")
         run_dir = Path(resume)
         state = load_checkpoint(run_dir / LAST)
         cfg = TrainConfig.from_dict(state["config"])
@@ -522,27 +637,33 @@ def train(
                 f"a resumed run keeps its settings: {', '.join(fixed)} cannot change "
                 f"(only {', '.join(RESUME_CHANGES)} can); start a new run with --out instead"
             )
+        if cfg.budget is not None and "epochs" in changes:
+            raise CifarlabError(
+                "a run trained to a --budget keeps its length: --epochs cannot extend it"
+            )
         cfg = dataclasses.replace(cfg, **changes)
         cfg.check_types()
         cfg.validate()
     else:
-        if config is None:
+        if config is None and budget is None:
             raise CifarlabError("train() needs a config or resume=")
-        cfg = config.resolved()
         if out is None and distributed.launched_by_torchrun():
             raise CifarlabError("under torchrun, name the run folder with --out")
-        run_dir = Path(out) if out is not None else default_run_dir(cfg)
-        if (run_dir / "config.json").exists() and any(run_dir.glob("*.pt")):
-            raise CifarlabError(
-                f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
-                "or choose another --out"
-            )
+        if budget is not None:
+            base = config or TrainConfig()
+            run_dir = Path(out) if out is not None else default_run_dir(base, "budget")
+            _check_new_run_dir(run_dir)
+            cfg, plan = _plan_budget(base, budget, budget_model, clock, progress)
+        else:
+            cfg = config.resolved()
+            run_dir = Path(out) if out is not None else default_run_dir(cfg)
+            _check_new_run_dir(run_dir)
         state = None
     joined = distributed.launched_by_torchrun() and not distributed.is_distributed()
     device = distributed.setup(cfg.device)
     try:
         distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
-        return _train(cfg, run_dir, state, progress, device)
+        return _train(cfg, run_dir, state, progress, device, plan, clock)
     except (RuntimeError, ConnectionError) as e:
         if not (distributed.is_distributed() and distributed.is_peer_error(e)):
             raise
@@ -592,17 +713,90 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _plan_budget(
+    base: TrainConfig, budget: str | float, only: str | None, clock: float, progress: bool
+) -> tuple[TrainConfig, budgets.Plan]:
+    """The config a budgeted run trains: the chosen candidate's recipe, its step count and
+    precision, with the data and run settings of ``base``."""
+    from cifarlab.train.recipes import recipe_config
+
+    seconds = budgets.parse_duration(budget)
+    if distributed.launched_by_torchrun():
+        raise CifarlabError("--budget measures one process on this machine: it does not run "
+                            "under torchrun; give --recipe or --epochs there")  # fmt: skip
+    base.check_types()
+    data = load_data(base)
+    num_train = len(data.train)
+    if base.train_size is not None:
+        num_train = min(num_train, base.train_size)
+    dev = devices.resolve_device(base.device)
+    if base.threads:
+        torch.set_num_threads(base.threads)
+    say = print if devices.is_main() else None
+    if say:
+        print(f"measuring this machine for --budget {budgets.format_duration(seconds)} "
+              f"({probe.describe_machine()})", flush=True)  # fmt: skip
+    plan = budgets.plan(
+        seconds,
+        num_train=num_train,
+        val_size=len(data.val),
+        num_classes=data.num_classes,
+        dataset=base.dataset,
+        device=dev,
+        spent=time.perf_counter() - clock,
+        only=only,
+        log=say,
+    )
+    c = plan.chosen
+    keep = ("dataset", "labels", "root", "seed", "device", "threads", "train_size", "val_size",
+            "eval_batch_size")  # fmt: skip
+    cfg = recipe_config(
+        c.recipe,
+        **{k: getattr(base, k) for k in keep},
+        batch_size=c.batch_size,
+        precision=c.precision,
+        steps=c.steps,
+        epochs=max(1, math.ceil(c.epochs - 1e-9)),
+        budget=seconds,
+    ).resolved()
+    if say:
+        print(plan.reason(), flush=True)
+    plan.data = data  # type: ignore[attr-defined]  # loaded once: the trainer reuses it
+    return cfg, plan
+
+
 def _train(
-    cfg: TrainConfig, run_dir: Path, state: dict | None, progress: bool, device: str
+    cfg: TrainConfig,
+    run_dir: Path,
+    state: dict | None,
+    progress: bool,
+    device: str,
+    plan: budgets.Plan | None = None,
+    clock: float | None = None,
 ) -> Path:
     with _run_lock(run_dir) if devices.rank() == 0 else contextlib.nullcontext():
-        return _train_locked(cfg, run_dir, state, progress, device)
+        return _train_locked(cfg, run_dir, state, progress, device, plan, clock)
 
 
 def _train_locked(
-    cfg: TrainConfig, run_dir: Path, state: dict | None, progress: bool, device: str
+    cfg: TrainConfig,
+    run_dir: Path,
+    state: dict | None,
+    progress: bool,
+    device: str,
+    plan: budgets.Plan | None,
+    clock: float | None,
 ) -> Path:
-    trainer = Trainer(cfg, run_dir, progress=progress, device=device)
+    budget = None
+    if cfg.budget is not None:
+        budget = budgets.Budget(cfg.budget, float((state or {}).get("budget_used") or 0.0))
+        budget.session_start = clock if clock is not None else budget.session_start
+    saved_precision = None
+    if state is not None and state.get("device_type") == devices.resolve_device(device).type:
+        saved_precision = state.get("precision_used")
+    trainer = Trainer(cfg, run_dir, progress=progress, device=device,
+                      precision_used=saved_precision, budget=budget,
+                      data=getattr(plan, "data", None))  # fmt: skip
     if trainer.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if state is not None:
@@ -625,13 +819,26 @@ def _train_locked(
         "device_used": str(trainer.device),
         "train_images": trainer.num_train,
         "world_size": trainer.world,
+        "precision_used": trainer.precision_used,
+        "machine": probe.describe_machine(),
     }
+    if trainer.precision_choice is not None:
+        extra["precision_choice"] = trainer.precision_choice.to_dict()
+    if plan is not None:
+        extra["budget_plan"] = plan.to_dict()
+    elif cfg.budget is not None:  # resumed: keep what the first session chose
+        old = _read_config(run_dir)
+        if "budget_plan" in old:
+            extra["budget_plan"] = old["budget_plan"]
     if trainer.main:
         _write_config(run_dir, cfg, extra)
     trainer.fit()
     digests = distributed.weight_digests(trainer.model)
     if trainer.main:
         final = {**extra, "train_seconds": trainer.elapsed, "best_val_acc": trainer.best_val}
+        if budget is not None:
+            final.update(budget_used_seconds=budget.used(), budget_replans=trainer.replans,
+                         steps_trained=trainer.total_steps)  # fmt: skip
         if trainer.world > 1:
             final["rank_weight_digests"] = digests  # equal on every rank, or DDP went wrong
         _write_config(run_dir, cfg, final)

@@ -38,9 +38,12 @@ class Recipe:
     name: str
     description: str
     config: TrainConfig
-    # What was measured (BENCHMARKS.md): test accuracy mean/std over seeds, training seconds.
+    # What was measured (BENCHMARKS.md): test accuracy mean/std over seeds, training seconds,
+    # and the machine that measured them (times hold on that CPU only; see `cifarlab doctor`).
     measured: dict[str, Any] = field(default_factory=dict)
 
+
+XEON = "2 cores of an Intel Xeon (Sapphire Rapids: AVX512-BF16, AMX)"
 
 # Shared by the FastNet recipes: what the published fast recipes do, re-tuned for a CPU.
 _FAST_COMMON: dict[str, Any] = {
@@ -75,7 +78,12 @@ RECIPES: dict[str, Recipe] = {
                 # twice airbench's lr for these few steps (val 0.778 against 0.769)
                 **sgd_hyper(256, 23.0, 0.0306, 0.85),
             ),
-            measured={"test_acc": 0.783, "test_acc_std": 0.003, "train_seconds": 21},
+            measured={
+                "test_acc": 0.783,
+                "test_acc_std": 0.003,
+                "train_seconds": 21,
+                "machine": XEON,
+            },
         ),
         Recipe(
             "fast",
@@ -87,7 +95,12 @@ RECIPES: dict[str, Recipe] = {
                 **_FAST_COMMON,
                 **sgd_hyper(256, 11.5, 0.0153, 0.85),
             ),
-            measured={"test_acc": 0.889, "test_acc_std": 0.000, "train_seconds": 220},
+            measured={
+                "test_acc": 0.889,
+                "test_acc_std": 0.000,
+                "train_seconds": 220,
+                "machine": XEON,
+            },
         ),
         Recipe(
             "max-cpu",
@@ -99,7 +112,12 @@ RECIPES: dict[str, Recipe] = {
                 **_FAST_COMMON,
                 **sgd_hyper(256, 11.5, 0.0153, 0.85),
             ),
-            measured={"test_acc": 0.912, "test_acc_std": 0.001, "train_seconds": 686},
+            measured={
+                "test_acc": 0.912,
+                "test_acc_std": 0.001,
+                "train_seconds": 686,
+                "machine": XEON,
+            },
         ),
         Recipe(
             "resnet18",

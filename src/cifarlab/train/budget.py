@@ -1,0 +1,314 @@
+"""Training to a time budget: ``cifarlab train --budget 5m``.
+
+The choice splits into what does not depend on the machine and what does:
+
+- **accuracy against epochs** of each candidate network (with its recipe's hyperparameters) was
+  measured once on the validation split and is kept in ``curves.json`` beside this file,
+  written by ``benchmarks/epoch_curves.py`` (every point names the machine and date it came
+  from; accuracy per epoch is the same on any machine, up to bf16 rounding);
+- **seconds per epoch** on this machine come from :mod:`cifarlab.train.probe`: the candidates'
+  real training step timed in float32 and bf16 for a second or two (cached afterwards).
+
+:func:`plan` turns the budget into, for every candidate, the number of steps that fit (after
+the time already spent loading data and probing, the whitening set-up, and a validation pass
+per epoch), reads the expected accuracy off its curve at that many epochs, and picks the best.
+The trainer then keeps the finish on time: it re-plans the remaining steps from the measured
+speed as training goes (:meth:`Budget.remaining_steps`), so a busier or slower machine than
+the probe saw still ends within the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cifarlab.errors import CifarlabError
+from cifarlab.train import probe
+
+CURVES_FILE = Path(__file__).with_name("curves.json")
+# Aim at this share of the budget: the rest absorbs the machine's noise.
+TARGET = 0.96
+# A validation pass (forward only, batch 1000) runs about this many times faster per image
+# than a training step (forward + backward + update): measured 3.2-3.6x on the FastNets here.
+EVAL_SPEEDUP = 3.0
+CURVE_TRAIN_IMAGES = 45000  # the curves' training split (50,000 less the 5,000 held out)
+SETUP_SECONDS = 1.0  # whitening set-up, first checkpoint, config writes
+_UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``90s``, ``5m``, ``1h``, ``1h30m``, ``2.5m`` or a number of seconds → seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        s = str(text).strip().lower().replace(" ", "")
+        parts = re.fullmatch(r"((\d+(\.\d+)?)(h|min|m|sec|s)?)+", s)
+        if not parts:
+            raise CifarlabError(f"--budget {text!r}: give a duration like 90s, 5m, 1h or 1h30m")
+        seconds = 0.0
+        for number, _, unit in re.findall(r"(\d+(\.\d+)?)(h|min|m|sec|s)?", s):
+            seconds += float(number) * _UNITS[unit or "s"]
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise CifarlabError(f"--budget {text!r}: the duration must be more than 0 s")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@cache
+def curves() -> dict[str, Any]:
+    """The measured accuracy-vs-epochs curves (``curves.json``)."""
+    return json.loads(CURVES_FILE.read_text())
+
+
+def expected_accuracy(points: list[list], epochs: float) -> float | None:
+    """Validation accuracy expected after ``epochs`` (may be fractional), interpolated linearly
+    in log(epochs) between measured points; flat beyond the last one (no extrapolation
+    upwards); None below the first (no evidence there)."""
+    pts = sorted((float(p[0]), float(p[1])) for p in points)
+    if epochs < pts[0][0] - 1e-9:
+        return None
+    if epochs >= pts[-1][0]:
+        return pts[-1][1]
+    for (e0, a0), (e1, a1) in zip(pts, pts[1:], strict=False):
+        if e0 <= epochs <= e1:
+            w = (math.log(epochs) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            return a0 + w * (a1 - a0)
+    return pts[-1][1]
+
+
+@dataclass
+class Option:
+    """One candidate network under this budget."""
+
+    name: str
+    recipe: str
+    model: str
+    batch_size: int
+    precision: str = "fp32"
+    images_per_s: float = 0.0
+    speeds: dict[str, float] = field(default_factory=dict)  # precision → images/s
+    steps: int = 0
+    epochs: float = 0.0
+    expected_acc: float | None = None
+    seconds: float = 0.0  # predicted training + validation seconds
+    min_budget: float = 0.0  # the shortest budget in which it reaches its first curve point
+    note: str = ""
+
+
+@dataclass
+class Plan:
+    budget: float
+    chosen: Option
+    options: list[Option]
+    setup_seconds: float  # spent before planning ended (data load, probe)
+    probe_seconds: float
+    machine: str
+    dataset: str
+    num_train: int = 45000
+
+    def reason(self) -> str:
+        c = self.chosen
+        acc = f"{100 * c.expected_acc:.1f}%" if c.expected_acc is not None else "?"
+        others = [
+            f"{o.name} {100 * o.expected_acc:.1f}% ({o.epochs:.1f} epochs)"
+            for o in self.options
+            if o is not c and o.expected_acc is not None
+        ]
+        too_slow = [o.name for o in self.options if o.expected_acc is None]
+        text = (
+            f"budget {format_duration(self.budget)}: {c.name} for {c.steps} steps "
+            f"({c.epochs:.2f} epochs of batch {c.batch_size}, {c.precision}, "
+            f"{c.images_per_s:,.0f} images/s here), expected validation accuracy ≈ {acc}"
+        )
+        if others:
+            text += "; in the same time " + ", ".join(others)
+        if too_slow:
+            text += f"; {', '.join(too_slow)} would not reach its first measured point"
+        if self.num_train != CURVE_TRAIN_IMAGES:
+            text += (
+                f" (the curves were measured on {CURVE_TRAIN_IMAGES:,} training images; "
+                f"this run has {self.num_train:,}, so the accuracy is only indicative)"
+            )
+        if self.dataset != "cifar10":
+            text += " (accuracies from the CIFAR-10 curves: on CIFAR-100 only the ranking holds)"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["reason"] = self.reason()
+        return d
+
+
+def _steps_that_fit(avail: float, step_s: float, val_s: float, steps_per_epoch: int) -> int:
+    """The most steps S with S·step_s + (epochs S spans)·val_s ≤ avail."""
+    steps = max(int(avail / step_s), 0)
+    for _ in range(4):
+        epochs = math.ceil(steps / steps_per_epoch) if steps else 0
+        steps = max(int((avail - epochs * val_s) / step_s), 0)
+    while steps > 0 and steps * step_s + math.ceil(steps / steps_per_epoch) * val_s > avail:
+        steps -= 1
+    return steps
+
+
+def plan(
+    budget: float,
+    *,
+    num_train: int,
+    val_size: int,
+    num_classes: int = 10,
+    dataset: str = "cifar10",
+    device: torch.device | str = "cpu",
+    spent: float = 0.0,
+    only: str | None = None,
+    use_cache: bool = True,
+    log: Any = None,
+) -> Plan:
+    """Choose the network, precision and number of steps for ``budget`` seconds of training,
+    of which ``spent`` are already gone (data loading); probing counts too.
+
+    ``only`` restricts the choice to one candidate (``--model``). Raises a one-line
+    :class:`CifarlabError` saying the minimum when no candidate fits.
+    """
+    device = torch.device(device)
+    t_start = time.perf_counter()
+    data = curves()["candidates"]
+    names = list(data)
+    if only is not None:
+        matches = [n for n in names if n == only or data[n]["model"] == only]
+        if not matches:
+            raise CifarlabError(
+                f"--budget chooses among {', '.join(names)}: --model {only} has no measured "
+                "accuracy curve (use --epochs to train it for a fixed length)"
+            )
+        names = matches
+    options: list[Option] = []
+    probe_seconds = 0.0
+    for name in names:  # smallest first: a bigger network is never faster
+        c = data[name]
+        opt = Option(name, c["recipe"], c["model"], int(c["batch_size"]))
+        first = min(float(p[0]) for p in c["points"])
+        if options:  # bounded by the faster, smaller network: skip probing a hopeless one
+            fastest = max(o.images_per_s for o in options)
+            used = spent + (time.perf_counter() - t_start) + SETUP_SECONDS
+            at_least = (used + first * num_train / fastest) / TARGET
+            if at_least > budget:
+                opt.min_budget = at_least
+                opt.note = (
+                    f"not measured: slower than {options[-1].name}, it needs more than "
+                    f"{format_duration(at_least)} for {first:g} epoch(s)"
+                )
+                options.append(opt)
+                break
+        if device.type == "cpu":
+            precisions: tuple[str, ...] = ("fp32", "bf16")
+        else:
+            precisions = (probe.choose_precision(c["model"], device=device).precision,)
+        t0 = time.perf_counter()
+        speeds = probe.measure(
+            c["model"],
+            num_classes=num_classes,
+            batch_sizes=(opt.batch_size,),
+            precisions=precisions,
+            device=device,
+            use_cache=use_cache,
+        )
+        probe_seconds += time.perf_counter() - t0
+        opt.speeds = {s.precision: round(s.images_per_s, 1) for s in speeds}
+        if device.type == "cpu":
+            best = probe.pick_precision(opt.speeds["fp32"], opt.speeds["bf16"])
+        else:
+            best = precisions[0]
+        opt.precision, opt.images_per_s = best, opt.speeds[best]
+        step_s = opt.batch_size / opt.images_per_s
+        val_s = val_size / (opt.images_per_s * EVAL_SPEEDUP)
+        steps_per_epoch = math.ceil(num_train / opt.batch_size)
+        used = spent + (time.perf_counter() - t_start) + SETUP_SECONDS
+        opt.steps = _steps_that_fit(budget * TARGET - used, step_s, val_s, steps_per_epoch)
+        opt.epochs = opt.steps * opt.batch_size / num_train
+        opt.expected_acc = expected_accuracy(c["points"], opt.epochs) if opt.steps else None
+        need = math.ceil(first * steps_per_epoch)
+        opt.min_budget = (used + need * step_s + math.ceil(first) * val_s) / TARGET
+        opt.seconds = opt.steps * step_s + math.ceil(opt.steps / steps_per_epoch) * val_s
+        if opt.expected_acc is None:
+            opt.note = f"needs {format_duration(opt.min_budget)} for {first:g} epoch(s)"
+        options.append(opt)
+        if log:
+            log(
+                f"  probe {name}: "
+                + ", ".join(f"{p} {v:,.0f} images/s" for p, v in opt.speeds.items())
+                + (" (cached)" if all(s.cached for s in speeds) else "")
+            )
+        if opt.expected_acc is None:
+            break  # the next, bigger networks are slower still
+    feasible = [o for o in options if o.expected_acc is not None]
+    if not feasible:
+        smallest = options[0]
+        raise CifarlabError(
+            f"--budget {format_duration(budget)} is too short for any network here: the "
+            f"smallest, {smallest.name}, needs about {format_duration(smallest.min_budget)} "
+            f"(data loading and probing included); give --budget "
+            f"{math.ceil(smallest.min_budget)}s or more"
+        )
+    chosen = max(feasible, key=lambda o: o.expected_acc or 0.0)
+    return Plan(
+        budget,
+        chosen,
+        options,
+        spent + time.perf_counter() - t_start,
+        probe_seconds,
+        probe.describe_machine(),
+        dataset,
+        num_train,
+    )
+
+
+class Budget:
+    """Keeps a running training job inside its budget.
+
+    ``used`` counts every second of the run's sessions from the start of ``train()`` (data
+    loading, probing and validation included; time between an interruption and its resume does
+    not). :meth:`remaining_steps` says how many more steps fit, from the speed measured so far
+    in this session.
+    """
+
+    def __init__(self, seconds: float, used_before: float = 0.0) -> None:
+        self.seconds, self.used_before = seconds, used_before
+        self.session_start = time.perf_counter()
+
+    def used(self) -> float:
+        return self.used_before + time.perf_counter() - self.session_start
+
+    def remaining_steps(
+        self, step_seconds: float, val_seconds: float, steps_done: int, steps_per_epoch: int
+    ) -> int:
+        """Steps that still fit after ``steps_done``, keeping ``TARGET`` of the budget and one
+        validation pass per epoch begun."""
+        avail = self.seconds * TARGET - self.used()
+        into_epoch = steps_done % steps_per_epoch
+        # the current epoch's validation is still to come; further epochs add their own
+        first_room = steps_per_epoch - into_epoch if into_epoch else steps_per_epoch
+        steps = max(int((avail - val_seconds) / step_seconds), 0)
+        if steps > first_room:
+            rest = _steps_that_fit(
+                avail - val_seconds - first_room * step_seconds,
+                step_seconds,
+                val_seconds,
+                steps_per_epoch,
+            )
+            steps = first_room + rest
+        return steps

@@ -1,0 +1,367 @@
+"""Measure this machine: how fast a model's training step runs in each precision and batch size.
+
+Whether bfloat16 pays depends on the chip (AMX: 2-3x float32; AVX512-BF16 without AMX: 1.4-2x;
+no native bf16: emulated, slower) and on the network, so cifarlab does not guess from CPU flags:
+it times the real training step (forward, label-smoothed cross-entropy, backward, fused
+Nesterov-SGD update) of the actual model on random input, for a second or two, and keeps the
+result in the cache directory (``probe.json``), keyed by the machine, the thread count and the
+torch version. ``precision="auto"`` (:func:`choose_precision`) and ``--budget``
+(:mod:`cifarlab.train.budget`) read it; ``cifarlab doctor`` prints it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from cifarlab.data.cache import cache_dir
+from cifarlab.models import create_model
+from cifarlab.report.io import atomic_write
+
+PROBE_VERSION = 1
+# CPU flags that decide how fast convolutions run here (shown by `cifarlab doctor`).
+FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni")
+# A cached speed older than this is measured again (a machine's software and load drift).
+MAX_AGE_DAYS = 30
+# bf16 is chosen only when it is this much faster than float32 (a tie keeps float32's numerics).
+BF16_MARGIN = 1.05
+
+
+def machine_info() -> dict[str, Any]:
+    """The CPU as Linux describes it (model name, family/model, the flags that matter), cores,
+    threads and torch version; on other systems what ``platform`` knows."""
+    info: dict[str, Any] = {
+        "cpu": platform.processor() or platform.machine(),
+        "family": None,
+        "model": None,
+        "flags": [],
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the first processor is enough
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
+    info["cpu"] = fields.get("model name", info["cpu"])
+    info["family"] = int(fields["cpu family"]) if fields.get("cpu family", "").isdigit() else None
+    info["model"] = int(fields["model"]) if fields.get("model", "").isdigit() else None
+    flags = set(fields.get("flags", "").split())
+    info["flags"] = [f for f in FLAGS_OF_INTEREST if f in flags]
+    return info
+
+
+def describe_machine(info: dict[str, Any] | None = None) -> str:
+    """One line: ``AMD EPYC (family 25, model 17), 2 cores, flags avx2 avx512_bf16 ...``."""
+    m = info or machine_info()
+    fam = f" (family {m['family']}, model {m['model']})" if m["family"] is not None else ""
+    flags = " ".join(m["flags"]) or "none of " + "/".join(FLAGS_OF_INTEREST)
+    return f"{m['cpu']}{fam}, {m['cores']} cores, {m['threads']} threads, flags: {flags}"
+
+
+def machine_key(device: torch.device) -> str:
+    """What a cached speed belongs to: the CPU (name, family, model, flags), threads, torch."""
+    if device.type != "cpu":
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        text = f"{device.type}|{name}|{torch.__version__}"
+    else:
+        m = machine_info()
+        text = (
+            f"cpu|{m['cpu']}|{m['family']}|{m['model']}|{','.join(m['flags'])}|"
+            f"{m['threads']}|{m['torch']}"
+        )
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Speed:
+    """One measured configuration."""
+
+    model: str
+    batch_size: int
+    precision: str  # fp32 | bf16
+    channels_last: bool
+    images_per_s: float
+    step_seconds: float
+    measured: str  # ISO date-time
+    cached: bool = False
+
+    @property
+    def label(self) -> str:
+        return (
+            f"{self.precision}{' channels-last' if self.channels_last else ''}, "
+            f"batch {self.batch_size}"
+        )
+
+
+def _cache_file() -> Path:
+    return cache_dir() / "probe.json"
+
+
+def _read_cache() -> dict[str, Any]:
+    try:
+        data = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or data.get("version") != PROBE_VERSION:
+        return {}
+    entries = data.get("entries")
+    return entries if isinstance(entries, dict) else {}
+
+
+def _write_cache(new: dict[str, Any]) -> None:
+    entries = {**_read_cache(), **new}  # re-read: another process may have added entries
+    text = json.dumps({"version": PROBE_VERSION, "entries": entries}, indent=1) + "\n"
+    with contextlib.suppress(OSError):  # a read-only cache costs a re-measurement, no more
+        atomic_write(_cache_file(), lambda tmp: tmp.write_text(text))
+
+
+def _entry_key(
+    machine: str,
+    model: str,
+    model_args: dict,
+    classes: int,
+    batch: int,
+    precision: str,
+    channels_last: bool,
+) -> str:
+    args = json.dumps(model_args, sort_keys=True)
+    return f"{machine}|{model}|{args}|{classes}|{batch}|{precision}|cl={int(channels_last)}"
+
+
+def _make_step(
+    model_name: str,
+    model_args: dict,
+    classes: int,
+    batch: int,
+    precision: str,
+    channels_last: bool,
+    device: torch.device,
+):  # noqa: ANN202
+    gen = torch.Generator().manual_seed(0)
+    model = create_model(model_name, classes, **model_args).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    params = [p for p in model.parameters() if p.requires_grad]
+    kernel = {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
+    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.85, nesterov=True, **kernel)
+    x = torch.randn(batch, 3, 32, 32, generator=gen).to(device).contiguous(memory_format=fmt)
+    y = torch.randint(0, classes, (batch,), generator=gen).to(device)
+    bf16 = precision == "bf16"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=0.2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    return step
+
+
+def measure(
+    model: str,
+    *,
+    num_classes: int = 10,
+    model_args: dict | None = None,
+    batch_sizes: tuple[int, ...] = (256,),
+    precisions: tuple[str, ...] = ("fp32", "bf16"),
+    channels_last: bool = True,
+    device: torch.device | str = "cpu",
+    seconds: float = 0.5,
+    max_steps: int = 4,
+    use_cache: bool = True,
+) -> list[Speed]:
+    """Images/s of ``model``'s training step for each batch size and precision.
+
+    Each configuration is warmed up (one step), then its steps are timed, the configurations
+    taking turns (so a change in the machine's load hits all of them alike) until each has run
+    ``seconds`` (and at least 2 steps) or ``max_steps`` steps; the fastest step counts, as in
+    ``timeit``: another process on the machine can only make a step slower. Cached results (same
+    machine, threads and torch) are returned without measuring unless ``use_cache=False``.
+    """
+    device = torch.device(device)
+    model_args = model_args or {}
+    machine = machine_key(device)
+    cache = _read_cache() if use_cache else {}
+    now = time.time()
+    results: dict[tuple[int, str], Speed] = {}
+    todo = []
+    for b in batch_sizes:
+        for p in precisions:
+            key = _entry_key(machine, model, model_args, num_classes, b, p, channels_last)
+            hit = cache.get(key)
+            if isinstance(hit, dict) and now - hit.get("time", 0) < MAX_AGE_DAYS * 86400:
+                results[(b, p)] = Speed(
+                    model,
+                    b,
+                    p,
+                    channels_last,
+                    hit["images_per_s"],
+                    hit["step_seconds"],
+                    hit["measured"],
+                    cached=True,
+                )
+            else:
+                todo.append((b, p, key))
+    if todo:
+        torch.set_flush_denormal(True)
+        steps = {}
+        for b, p, _ in todo:
+            steps[(b, p)] = _make_step(model, model_args, num_classes, b, p, channels_last, device)
+            steps[(b, p)]()  # warm-up: oneDNN builds its kernels at the first call
+        times: dict[tuple[int, str], list[float]] = {(b, p): [] for b, p, _ in todo}
+        spent = dict.fromkeys(times, 0.0)
+
+        def more(c: tuple[int, str]) -> bool:
+            return len(times[c]) < max_steps and (spent[c] < seconds or len(times[c]) < 2)
+
+        while any(more(c) for c in times):
+            for c in times:
+                if more(c):
+                    t0 = time.perf_counter()
+                    steps[c]()
+                    dt = time.perf_counter() - t0
+                    times[c].append(dt)
+                    spent[c] += dt
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        fresh = {}
+        for b, p, key in todo:
+            step_s = min(times[(b, p)])
+            speed = Speed(model, b, p, channels_last, b / step_s, step_s, stamp)
+            results[(b, p)] = speed
+            fresh[key] = {
+                "images_per_s": speed.images_per_s,
+                "step_seconds": step_s,
+                "measured": stamp,
+                "time": now,
+                "steps": len(times[(b, p)]),
+            }
+        _write_cache(fresh)
+    return [results[(b, p)] for b in batch_sizes for p in precisions]
+
+
+def native_bf16() -> bool:
+    """Whether this CPU has bfloat16 arithmetic in hardware (AVX512-BF16 or AMX)."""
+    flags = machine_info()["flags"]
+    return (
+        "avx512_bf16" in flags
+        or "amx_bf16" in flags
+        or "AMX" in str(torch.backends.cpu.get_cpu_capability())
+    )
+
+
+def pick_precision(fp32: float, bf16: float) -> str:
+    """bf16 if it trains ≥ 5 % faster, fp32 if fp32 is ≥ 5 % faster; in between (a tie, or a
+    measurement blurred by a busy machine) the CPU's bf16 hardware decides."""
+    if bf16 >= BF16_MARGIN * fp32:
+        return "bf16"
+    if fp32 >= BF16_MARGIN * bf16:
+        return "fp32"
+    return "bf16" if native_bf16() else "fp32"
+
+
+@dataclass
+class PrecisionChoice:
+    """What ``precision="auto"`` decided, and the measurements it rests on."""
+
+    precision: str  # fp32 | bf16
+    reason: str
+    speeds: list[Speed]
+    probe_seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["speeds"] = [asdict(s) for s in self.speeds]
+        return d
+
+
+def choose_precision(
+    model: str,
+    *,
+    num_classes: int = 10,
+    model_args: dict | None = None,
+    batch_size: int = 256,
+    channels_last: bool = True,
+    device: torch.device | str = "cpu",
+    use_cache: bool = True,
+) -> PrecisionChoice:
+    """``precision="auto"``: bf16 autocast if it trains this model measurably faster here.
+
+    On a CPU both precisions are timed (or read from the cache) and :func:`pick_precision`
+    decides. On CUDA, bf16 where the GPU computes it natively (compute capability
+    ≥ 8, where it always wins); MPS trains in float32.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        native = torch.cuda.get_device_capability(device)[0] >= 8
+        return PrecisionChoice(
+            "bf16" if native else "fp32",
+            "CUDA compute capability ≥ 8 (native bf16)"
+            if native
+            else "this GPU has no native bf16",
+            [],
+            0.0,
+        )
+    if device.type != "cpu":
+        return PrecisionChoice("fp32", f"{device.type}: float32", [], 0.0)
+    t0 = time.perf_counter()
+    speeds = measure(
+        model,
+        num_classes=num_classes,
+        model_args=model_args,
+        batch_sizes=(batch_size,),
+        channels_last=channels_last,
+        device=device,
+        use_cache=use_cache,
+    )
+    probe_seconds = time.perf_counter() - t0
+    by = {s.precision: s for s in speeds}
+    fp32, bf16 = by["fp32"].images_per_s, by["bf16"].images_per_s
+    chosen = pick_precision(fp32, bf16)
+    where = "cached probe" if all(s.cached for s in speeds) else f"probe {probe_seconds:.1f} s"
+    layout = "channels-last, " if channels_last else ""
+    reason = (
+        f"{model}: bf16 {bf16:,.0f} images/s, fp32 {fp32:,.0f} images/s "
+        f"({layout}batch {batch_size}, {where})"
+    )
+    return PrecisionChoice(chosen, reason, speeds, probe_seconds)
+
+
+def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 0.5) -> float:
+    """This machine's dense ``torch.mm`` throughput in FLOP/s for ``dtype`` (n×n by n×n,
+    the median of repeated products over about ``seconds``): a ceiling that training's
+    convolutions can approach but not pass."""
+    a = torch.randn(n, n).to(dtype)
+    b = torch.randn(n, n).to(dtype)
+    torch.mm(a, b)  # warm-up
+    times = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(times) < 3:
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t0)
+    return 2 * n**3 / statistics.median(times)
