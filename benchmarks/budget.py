@@ -1,0 +1,128 @@
+"""Accuracy reached and time taken by `cifarlab train --budget` for several budgets.
+
+    .venv/bin/python benchmarks/budget.py [--budgets 1m 2m 5m 10m 20m] [--seed 0]
+        [--root DIR] [--out runs/budget] [--plot FILE.png] [--plot-only]
+
+For each budget: a fresh subprocess runs `cifarlab train --budget B` on all 45,000 training
+images (5,000 held out for validation), timed from the start of the process to its end
+(interpreter start-up, data loading and the machine probe included: the promise is about the
+whole command); then the final weights are evaluated once on the test split, with the run's
+test-time augmentation (level 2) and without. The probe cache is the user's (run `cifarlab
+doctor` first to measure the machine while it is idle, or let the first budget do it).
+
+Prints and appends one JSON line per budget to OUT/results.jsonl: budget, the process's wall
+seconds, the budget seconds the run counted, what was chosen (network, precision, steps,
+epochs, expected validation accuracy), validation and test accuracy, and the machine.
+`--plot` draws test accuracy against the budget from every line there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def run_one(budget: str, args: argparse.Namespace) -> dict:
+    from cifarlab.evaluate.run import evaluate_run
+    from cifarlab.train.budget import parse_duration
+
+    run = args.out / f"budget-{budget}-seed{args.seed}"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    cmd = [sys.executable, "-m", "cifarlab", "train", "--budget", budget, "--root", args.root,
+           "--seed", str(args.seed), "--out", str(run), "--no-progress"]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    config = json.loads((run / "config.json").read_text())
+    chosen = config["budget_plan"]["chosen"]
+    test = evaluate_run(run, "test", checkpoint="last", report=False)
+    val = evaluate_run(run, "val", checkpoint="last", report=False)
+    return {
+        "budget": budget,
+        "budget_seconds": parse_duration(budget),
+        "wall_seconds": round(wall, 1),
+        "budget_used_seconds": round(config["budget_used_seconds"], 1),
+        "train_seconds": round(config["train_seconds"], 1),
+        "model": config["model"],
+        "precision": config["precision_used"],
+        "steps": config["steps"],
+        "epochs": round(config["steps"] * config["batch_size"] / config["train_images"], 2),
+        "planned_steps": chosen["steps"],
+        "expected_val_acc": chosen["expected_acc"],
+        "replans": len(config.get("budget_replans", [])),
+        "val_acc_tta": val["accuracy"],
+        "test_acc": test.get("accuracy_without_tta", test["accuracy"]),
+        "test_acc_tta": test["accuracy"],
+        "seed": args.seed,
+        "machine": config["machine"],
+    }
+
+
+def plot(results: Path, out: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    colors = {"fastnet_s": "#1f77b4", "fastnet_m": "#ff7f0e", "fastnet_l": "#2ca02c"}
+    for model in sorted({r["model"] for r in rows}):
+        rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["budget_seconds"])
+        ax.scatter([r["budget_seconds"] / 60 for r in rs], [100 * r["test_acc_tta"] for r in rs],
+                   s=50, color=colors.get(model), label=model, zorder=3)  # fmt: skip
+    rows.sort(key=lambda r: r["budget_seconds"])
+    ax.plot([r["budget_seconds"] / 60 for r in rows], [100 * r["test_acc_tta"] for r in rows],
+            color="#888", lw=1, zorder=2)  # fmt: skip
+    for r in rows:
+        ax.annotate(f"{100 * r['test_acc_tta']:.1f}%\n{r['wall_seconds'] / 60:.1f} min, "
+                    f"{r['epochs']:.1f} ep", (r["budget_seconds"] / 60, 100 * r["test_acc_tta"]),
+                    textcoords="offset points", xytext=(0, -30), ha="center",
+                    fontsize=8)  # fmt: skip
+    ax.set_xscale("log")
+    ticks = sorted({r["budget_seconds"] / 60 for r in rows})
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(lo - 3, hi + 1)
+    ax.set_xlabel("budget (minutes, log scale); labels: test accuracy, actual time, epochs")
+    ax.set_ylabel("test accuracy with TTA (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(title="network chosen", loc="lower right")
+    machine = rows[0]["machine"].split(", flags")[0] if rows else ""
+    ax.set_title(f"cifarlab train --budget: CIFAR-10 (JPEG copy)\n{machine}", fontsize=10)
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--budgets", nargs="+", default=["1m", "2m", "5m", "10m", "20m"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--root", default=os.environ.get("CIFARLAB_DATA", "../shared/data"))
+    p.add_argument("--out", type=Path, default=Path("runs/budget"))
+    p.add_argument("--plot", type=Path, help="draw test accuracy against the budget")
+    p.add_argument("--plot-only", action="store_true")
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    if not args.plot_only:
+        for budget in args.budgets:
+            row = run_one(budget, args)
+            print(json.dumps(row), flush=True)
+            with results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+    if args.plot:
+        plot(results, args.plot)
+
+
+if __name__ == "__main__":
+    main()

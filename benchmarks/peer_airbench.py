@@ -1,0 +1,256 @@
+"""airbench94 and cifarlab side by side on this CPU: same data, same test split, same TTA.
+
+    .venv/bin/pip install --no-deps airbench==0.1.8      # only for this benchmark
+    .venv/bin/python benchmarks/peer_airbench.py [--root DIR] [--out runs/peer]
+        [--cifarlab "--recipe max-cpu --epochs 10" "--budget {airbench}"] [--skip-airbench]
+        [--airbench-epochs 9.9]
+
+**airbench94** (PyPI ``airbench`` 0.1.8, Keller Jordan): its network (``make_net94``), its
+hyperparameters (``hyp``), its loader (``CifarLoader``: data order, alternating flip, ±2 px
+translation), its training loop (``utils.train``: whitening init, Nesterov SGD, triangle
+schedule, lookahead every 5 steps, label smoothing) and its test-time augmentation
+(``utils.infer``, level 2) are the package's own objects. Adapted, because they are bound to
+CUDA, and nothing else:
+
+- ``torchvision`` (which does not import beside this torch) gives the package two things: its
+  ``transforms.Normalize`` and the ``datasets.CIFAR10`` download. A small stand-in module
+  supplies both: the same normalisation (``(x - mean) / std`` per channel), and the images from
+  cifarlab's data layer (the CIFAR-10 copy under ``--root``, all 50,000 training images),
+  which airbench then saves as its ``train.pt`` / ``test.pt``, as it would have.
+- ``torch.cuda.Event`` / ``synchronize`` time the GPU; here a stand-in records
+  ``time.perf_counter()`` (the CPU is synchronous), so airbench's own ``total_time_seconds``
+  (whitening + training steps, not the per-epoch test pass) is what is reported.
+- ``make_net94`` ends with ``.half().cuda()``: here the network stays float32 on the CPU and
+  its forward runs under ``torch.autocast("cpu", bfloat16)`` when bf16 trains faster here
+  (``--precision auto``: cifarlab's probe decides, as for cifarlab; logits are returned as
+  float32 for the loss, which on a GPU airbench computes from fp16 logits), in channels-last
+  memory format as the package sets it.
+- ``CifarLoader`` keeps the images as fp16 on the GPU (``gpu=0``); here float32 on the CPU (no
+  fast fp16 arithmetic on a CPU), and each batch its ``batch_crop`` returns (NCHW) is made
+  channels-last before the forward pass, since the network is: otherwise oneDNN converts the
+  layout at every convolution.
+
+Batch size 1024 and 9.9 epochs, as published. **cifarlab** runs in the same process series,
+one after the other (never at the same time), on all 50,000 training images (``--val-size 0``),
+with each ``--cifarlab`` argument string as the options of ``cifarlab train`` (``{airbench}``
+is replaced by airbench's measured training seconds, for a budget equal to its time); test
+accuracy with TTA level 2 and without. Results: one JSON line per system in OUT/results.jsonl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+AIRBENCH_VERSION = "0.1.8"
+
+
+def _stand_in_torchvision(root: str) -> None:
+    """A ``torchvision`` module with the two things airbench takes from it."""
+    tv = types.ModuleType("torchvision")
+    transforms = types.ModuleType("torchvision.transforms")
+    datasets = types.ModuleType("torchvision.datasets")
+
+    class Normalize(torch.nn.Module):
+        def __init__(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+            super().__init__()
+            self.mean, self.std = torch.as_tensor(mean), torch.as_tensor(std)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            shape = (-1, 1, 1)
+            return (x - self.mean.to(x).view(shape)) / self.std.to(x).view(shape)
+
+    class CIFAR10:
+        def __init__(self, path: str, download: bool = True, train: bool = True) -> None:
+            from cifarlab import load_dataset
+
+            ds = load_dataset("cifar10", root, val_size=0)
+            split = ds.train if train else ds.test
+            self.data = split.images.numpy()  # N, 32, 32, 3 uint8, as torchvision's
+            self.targets = split.labels.tolist()
+            self.classes = list(ds.class_names)
+
+    transforms.Normalize = Normalize
+    datasets.CIFAR10 = CIFAR10
+    tv.transforms, tv.datasets = transforms, datasets
+    sys.modules.update({"torchvision": tv, "torchvision.transforms": transforms,
+                        "torchvision.datasets": datasets})  # fmt: skip
+
+
+class _CpuEvent:
+    """``torch.cuda.Event(enable_timing=True)`` for a synchronous CPU."""
+
+    def __init__(self, enable_timing: bool = True) -> None:
+        self.t = 0.0
+
+    def record(self) -> None:
+        self.t = time.perf_counter()
+
+    def elapsed_time(self, end: _CpuEvent) -> float:
+        return 1e3 * (end.t - self.t)
+
+
+def run_airbench(args: argparse.Namespace, precision: str) -> dict:
+    _stand_in_torchvision(args.root)
+    try:
+        from airbench import lib_airbench94 as ab94
+        from airbench import utils
+    except ImportError:
+        sys.exit(f"airbench is not installed: .venv/bin/pip install --no-deps "
+                 f"airbench=={AIRBENCH_VERSION}")  # fmt: skip
+    import importlib.metadata
+
+    version = importlib.metadata.version("airbench")
+    if version != AIRBENCH_VERSION:
+        sys.exit(f"airbench {version} is installed; this benchmark is for {AIRBENCH_VERSION}")
+    torch.cuda.Event = _CpuEvent  # type: ignore[misc,assignment]
+    torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
+    bf16 = precision == "bf16"
+
+    class CpuLoader(utils.CifarLoader):
+        def __init__(self, path: str, *a, **k) -> None:  # noqa: ANN002, ANN003
+            k["gpu"] = "cpu"
+            super().__init__(str(args.out / "airbench-data"), *a, **k)
+            self.images = self.images.float().contiguous(memory_format=torch.channels_last)
+
+        def __iter__(self):  # noqa: ANN204
+            for x, y in super().__iter__():
+                yield x.contiguous(memory_format=torch.channels_last), y
+
+    class AutocastSequential(torch.nn.Sequential):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return super().forward(x).float()
+
+    def make_net_cpu() -> torch.nn.Module:
+        # make_net94 as published, with its closing .half().cuda() made no-ops for the call
+        half, cuda = torch.nn.Module.half, torch.nn.Module.cuda
+        torch.nn.Module.half = lambda self: self  # type: ignore[method-assign]
+        torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+        try:
+            net = ab94.make_net94()
+        finally:
+            torch.nn.Module.half, torch.nn.Module.cuda = half, cuda  # type: ignore[method-assign]
+        net.__class__ = AutocastSequential
+        return net.float().to(memory_format=torch.channels_last)
+
+    (args.out / "airbench-data").mkdir(parents=True, exist_ok=True)
+    utils.CifarLoader = CpuLoader  # train() builds its test loader from this name
+    captured: dict = {}
+    show = utils.print_training_details
+
+    def capture(variables: dict, is_final_entry: bool) -> None:
+        # airbench adds its final TTA pass to total_time_seconds: the training time is the
+        # value of the last epoch's line, before the "eval" line
+        if variables.get("epoch") != "eval":
+            captured["train_seconds"] = variables["total_time_seconds"]
+        else:
+            captured["with_tta_seconds"] = variables["total_time_seconds"]
+        show(variables, is_final_entry)
+
+    utils.print_training_details = capture
+    torch.manual_seed(args.seed)
+    loader = CpuLoader("cifar10", train=True, batch_size=ab94.hyp["opt"]["batch_size"],
+                       aug=ab94.hyp["aug"], altflip=True)  # fmt: skip
+    t0 = time.perf_counter()
+    model = ab94.train94(loader, epochs=args.airbench_epochs, make_net=make_net_cpu, run=0)
+    wall = time.perf_counter() - t0
+    test = CpuLoader("cifar10", train=False, batch_size=2000)
+    plain = utils.evaluate(model, test, tta_level=0)
+    tta = utils.evaluate(model, test, tta_level=2)
+    return {
+        "system": f"airbench94 {version}",
+        "options": f"batch {loader.batch_size}, {args.airbench_epochs} epochs, {precision}",
+        "train_seconds": round(captured["train_seconds"], 1),
+        "train_and_tta_seconds": round(captured["with_tta_seconds"], 1),
+        "wall_seconds": round(wall, 1),
+        "test_acc": plain,
+        "test_acc_tta": tta,
+        "train_images": len(loader.images),
+    }
+
+
+def run_cifarlab(options: str, args: argparse.Namespace, tag: str) -> dict:
+    from cifarlab.evaluate.run import evaluate_run
+
+    run = args.out / f"cifarlab-{tag}"
+    if run.exists():
+        import shutil
+
+        shutil.rmtree(run)
+    cmd = [sys.executable, "-m", "cifarlab", "train", *shlex.split(options), "--val-size", "0",
+           "--root", args.root, "--seed", str(args.seed), "--out", str(run),
+           "--no-progress"]  # fmt: skip
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - t0
+    config = json.loads((run / "config.json").read_text())
+    m = evaluate_run(run, "test", checkpoint="last", tta=2, report=False)
+    return {
+        "system": "cifarlab",
+        "options": options,
+        "model": config["model"],
+        "epochs": round(config["steps"] * config["batch_size"] / config["train_images"], 2)
+        if config.get("steps")
+        else config["epochs"],  # fmt: skip
+        "precision": config["precision_used"],
+        "train_seconds": round(config["train_seconds"], 1),
+        "wall_seconds": round(wall, 1),
+        "test_acc": m.get("accuracy_without_tta", m["accuracy"]),
+        "test_acc_tta": m["accuracy"],
+        "train_images": config["train_images"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--root", default=os.environ.get("CIFARLAB_DATA", "../shared/data"))
+    p.add_argument("--out", type=Path, default=Path("runs/peer"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="airbench's precision (auto: cifarlab's probe of the network)")  # fmt: skip
+    p.add_argument("--airbench-epochs", type=float, default=9.9)
+    p.add_argument("--skip-airbench", action="store_true")
+    p.add_argument("--cifarlab", nargs="*", default=["--recipe max-cpu --epochs 10",
+                                                     "--budget {airbench}"])  # fmt: skip
+    args = p.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.out / "results.jsonl"
+    from cifarlab.train.probe import choose_precision, describe_machine
+
+    machine = describe_machine()
+    rows = []
+    airbench_seconds = None
+    if not args.skip_airbench:
+        precision = args.precision
+        if precision == "auto":
+            precision = choose_precision("fastnet_l", batch_size=1024).precision
+        row = run_airbench(args, precision)
+        airbench_seconds = row["train_seconds"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    for i, options in enumerate(args.cifarlab):
+        if "{airbench}" in options:
+            if airbench_seconds is None:
+                continue
+            options = options.replace("{airbench}", f"{airbench_seconds:.0f}s")
+        row = run_cifarlab(options, args, tag=str(i))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    with results.open("a") as f:
+        for row in rows:
+            f.write(json.dumps({**row, "machine": machine, "seed": args.seed,
+                                "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
