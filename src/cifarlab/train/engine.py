@@ -826,10 +826,11 @@ def _train_locked(
         extra["precision_choice"] = trainer.precision_choice.to_dict()
     if plan is not None:
         extra["budget_plan"] = plan.to_dict()
-    elif cfg.budget is not None:  # resumed: keep what the first session chose
+    if state is not None:  # resumed: keep the record of what the first session chose
         old = _read_config(run_dir)
-        if "budget_plan" in old:
-            extra["budget_plan"] = old["budget_plan"]
+        for key in ("budget_plan", "precision_choice"):
+            if key in old and key not in extra:
+                extra[key] = old[key]
     if trainer.main:
         _write_config(run_dir, cfg, extra)
     trainer.fit()
