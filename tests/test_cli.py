@@ -25,7 +25,8 @@ def run(
 
 
 COMMANDS = [[], ["download"], ["data"], ["data", "info"], ["data", "show"], ["models"],
-            ["recipes"], ["doctor"], ["train"], ["evaluate"], ["compare"], ["predict"], ["export"]]  # fmt: skip
+            ["recipes"], ["doctor"], ["train"], ["evaluate"], ["compare"], ["predict"],
+            ["export"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "cifarlab")
