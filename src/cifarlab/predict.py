@@ -225,7 +225,7 @@ class Run:
         from cifarlab.data.sources import get_info
         from cifarlab.evaluate.run import load_model, read_run
         from cifarlab.train.config import TrainConfig
-        from cifarlab.train.device import autocast_dtype, resolve_device
+        from cifarlab.train.device import resolve_device, run_autocast
 
         self.path, self.config, _ = read_run(path)
         self.cfg = TrainConfig.from_dict(self.config)
@@ -239,7 +239,7 @@ class Run:
         self.mean = info.mean if standard else None
         self.std = info.std if standard else None
         self.tta = self.cfg.tta
-        self.autocast = autocast_dtype(self.cfg.precision, self.device)
+        self.autocast = run_autocast(self.config, self.device)
 
     @property
     def name(self) -> str:

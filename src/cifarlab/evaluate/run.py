@@ -17,7 +17,7 @@ from cifarlab.models import create_model
 from cifarlab.report.io import atomic_write
 from cifarlab.train.checkpoint import clean_state_dict, load_checkpoint
 from cifarlab.train.config import TrainConfig
-from cifarlab.train.device import autocast_dtype, resolve_device
+from cifarlab.train.device import resolve_device, run_autocast
 
 
 def read_run(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any], list[dict[str, Any]]]:
@@ -100,7 +100,7 @@ def evaluate_run(
     stats = (ds.mean, ds.std) if cfg.normalize == "standard" else (None, None)
     loader = eval_loader(part.images, part.labels, batch_size=cfg.eval_batch_size, device=dev,
                          mean=stats[0], std=stats[1], channels_last=cfg.channels_last)  # fmt: skip
-    autocast = autocast_dtype(cfg.precision, dev)
+    autocast = run_autocast(config, dev)
     logits, labels = predict_logits(model, loader, tta=tta, autocast=autocast)
     probs = torch.softmax(logits, 1).numpy()
     metrics = compute_metrics(labels.numpy(), probs, ds.class_names, split=split)

@@ -300,6 +300,8 @@ class Budget:
         validation pass per epoch begun."""
         avail = self.seconds * TARGET - self.used()
         into_epoch = steps_done % steps_per_epoch
+        if steps_done and not into_epoch:  # at an epoch's end, its validation is still to come
+            avail -= val_seconds
         # the current epoch's validation is still to come; further epochs add their own
         first_room = steps_per_epoch - into_epoch if into_epoch else steps_per_epoch
         steps = max(int((avail - val_seconds) / step_seconds), 0)

@@ -55,6 +55,17 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def run_autocast(config: dict, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype to evaluate a trained run with: the precision its training used
+    (``precision_used`` in ``config.json``: what ``auto`` measured) on the same kind of
+    device, else what :func:`autocast_dtype` gives for its ``precision`` setting."""
+    used = config.get("precision_used")
+    trained_on = str(config.get("device_used", "")).split(":")[0]
+    if config.get("precision") == "auto" and used in ("fp32", "bf16") and trained_on == device.type:
+        return torch.bfloat16 if used == "bf16" else None
+    return autocast_dtype(config.get("precision", "fp32"), device)
+
+
 def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 

@@ -421,6 +421,8 @@ class Trainer:
         start_seconds = self.totals.seconds
         steps_before = self.epoch * len(self.loader)
         for x, y in batches:
+            if steps_before + self.step >= self.total_steps:
+                break  # a step-counted run resumed right at its end
             set_lr(opt, self.base_lrs, lr_factor(cfg, steps_before + self.step, self.total_steps))
             with self._autocast():
                 logits = self.forward(x)
@@ -434,11 +436,15 @@ class Trainer:
             self.step += 1
             self._after_step(steps_before + self.step)
             bar.update(1)
+            if steps_before + self.step >= self.total_steps:
+                self.totals.seconds = start_seconds + time.perf_counter() - t0
+                break  # the last, partial epoch of a step-counted run (Ctrl-C: after the epoch)
             self._session_steps += 1
             if self._session_steps == self.WARMUP_STEPS:
                 self._mark, self._mark_steps = time.perf_counter(), self._session_steps
-            if self.budget is not None and self.step % self._replan_every() == 0:
-                self._replan(steps_before + self.step)
+            done = steps_before + self.step
+            if self.budget is not None and done % self._replan_every() == 0:
+                self._replan(done)
                 bar.total = min(len(self.loader), self.total_steps - steps_before)
             if self._stop_requested():
                 bar.close()
@@ -455,8 +461,6 @@ class Trainer:
                         img_s=f"{t.seen / max(t.seconds, 1e-9):,.0f}",
                         refresh=False,
                     )
-            if steps_before + self.step >= self.total_steps:
-                break  # the last, partial epoch of a step-counted run
         if self.lookahead is not None:
             self.lookahead.update(model, 1.0)  # end the epoch on the averaged weights
         distributed.sync_buffers(model)
@@ -637,10 +641,9 @@ def train(
                 f"a resumed run keeps its settings: {', '.join(fixed)} cannot change "
                 f"(only {', '.join(RESUME_CHANGES)} can); start a new run with --out instead"
             )
-        if cfg.budget is not None and "epochs" in changes:
-            raise CifarlabError(
-                "a run trained to a --budget keeps its length: --epochs cannot extend it"
-            )
+        if (cfg.budget is not None or cfg.steps is not None) and "epochs" in changes:
+            what = "trained to a --budget" if cfg.budget is not None else "counted in steps"
+            raise CifarlabError(f"a run {what} keeps its length: --epochs cannot extend it")
         cfg = dataclasses.replace(cfg, **changes)
         cfg.check_types()
         cfg.validate()
@@ -724,7 +727,7 @@ def _plan_budget(
     if distributed.launched_by_torchrun():
         raise CifarlabError("--budget measures one process on this machine: it does not run "
                             "under torchrun; give --recipe or --epochs there")  # fmt: skip
-    base.check_types()
+    base.resolved()  # every setting valid (--train-size, --threads, ...) before any work
     data = load_data(base)
     num_train = len(data.train)
     if base.train_size is not None:
@@ -788,12 +791,18 @@ def _train_locked(
     clock: float | None,
 ) -> Path:
     budget = None
+    if cfg.budget is not None and distributed.is_distributed():
+        raise CifarlabError("a --budget run measures one process: resume it without torchrun")
     if cfg.budget is not None:
         budget = budgets.Budget(cfg.budget, float((state or {}).get("budget_used") or 0.0))
         budget.session_start = clock if clock is not None else budget.session_start
     saved_precision = None
-    if state is not None and state.get("device_type") == devices.resolve_device(device).type:
-        saved_precision = state.get("precision_used")
+    if state is not None and cfg.precision == "auto":
+        here = devices.resolve_device(device)
+        if "precision_used" not in state:  # written before auto was measured: the flag rule
+            saved_precision = "bf16" if devices.autocast_dtype("auto", here) else "fp32"
+        elif state.get("device_type") == here.type:
+            saved_precision = state.get("precision_used")
     trainer = Trainer(cfg, run_dir, progress=progress, device=device,
                       precision_used=saved_precision, budget=budget,
                       data=getattr(plan, "data", None))  # fmt: skip

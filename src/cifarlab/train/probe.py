@@ -213,55 +213,65 @@ def measure(
     for b in batch_sizes:
         for p in precisions:
             key = _entry_key(machine, model, model_args, num_classes, b, p, channels_last)
-            hit = cache.get(key)
-            if isinstance(hit, dict) and now - hit.get("time", 0) < MAX_AGE_DAYS * 86400:
-                results[(b, p)] = Speed(
-                    model,
-                    b,
-                    p,
-                    channels_last,
-                    hit["images_per_s"],
-                    hit["step_seconds"],
-                    hit["measured"],
-                    cached=True,
-                )
+            hit = _cached_speed(cache.get(key), now)
+            if hit is not None:
+                results[(b, p)] = Speed(model, b, p, channels_last, *hit, cached=True)
             else:
                 todo.append((b, p, key))
     if todo:
-        torch.set_flush_denormal(True)
-        steps = {}
-        for b, p, _ in todo:
-            steps[(b, p)] = _make_step(model, model_args, num_classes, b, p, channels_last, device)
-            steps[(b, p)]()  # warm-up: oneDNN builds its kernels at the first call
-        times: dict[tuple[int, str], list[float]] = {(b, p): [] for b, p, _ in todo}
-        spent = dict.fromkeys(times, 0.0)
-
-        def more(c: tuple[int, str]) -> bool:
-            return len(times[c]) < max_steps and (spent[c] < seconds or len(times[c]) < 2)
-
-        while any(more(c) for c in times):
-            for c in times:
-                if more(c):
-                    t0 = time.perf_counter()
-                    steps[c]()
-                    dt = time.perf_counter() - t0
-                    times[c].append(dt)
-                    spent[c] += dt
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        fresh = {}
-        for b, p, key in todo:
-            step_s = min(times[(b, p)])
-            speed = Speed(model, b, p, channels_last, b / step_s, step_s, stamp)
-            results[(b, p)] = speed
-            fresh[key] = {
-                "images_per_s": speed.images_per_s,
-                "step_seconds": step_s,
-                "measured": stamp,
-                "time": now,
-                "steps": len(times[(b, p)]),
-            }
-        _write_cache(fresh)
+        with torch.random.fork_rng(devices=[]):  # the caller's seeded generator stays as it was
+            _measure(todo, results, model, model_args, num_classes, channels_last, device,
+                     seconds, max_steps, now)  # fmt: skip
     return [results[(b, p)] for b in batch_sizes for p in precisions]
+
+
+def _cached_speed(hit: Any, now: float) -> tuple[float, float, str] | None:
+    """(images/s, step seconds, when) of a cache entry, or None if missing, stale or damaged."""
+    try:
+        if now - float(hit["time"]) < MAX_AGE_DAYS * 86400 and float(hit["images_per_s"]) > 0:
+            return float(hit["images_per_s"]), float(hit["step_seconds"]), str(hit["measured"])
+    except (TypeError, KeyError, ValueError):
+        pass
+    return None
+
+
+def _measure(todo: list, results: dict, model: str, model_args: dict, num_classes: int,
+             channels_last: bool, device: torch.device, seconds: float, max_steps: int,
+             now: float) -> None:  # fmt: skip
+    """Time the configurations in ``todo`` (taking turns) into ``results`` and the cache."""
+    torch.set_flush_denormal(True)
+    steps = {}
+    for b, p, _ in todo:
+        steps[(b, p)] = _make_step(model, model_args, num_classes, b, p, channels_last, device)
+        steps[(b, p)]()  # warm-up: oneDNN builds its kernels at the first call
+    times: dict[tuple[int, str], list[float]] = {(b, p): [] for b, p, _ in todo}
+    spent = dict.fromkeys(times, 0.0)
+
+    def more(c: tuple[int, str]) -> bool:
+        return len(times[c]) < max_steps and (spent[c] < seconds or len(times[c]) < 2)
+
+    while any(more(c) for c in times):
+        for c in times:
+            if more(c):
+                t0 = time.perf_counter()
+                steps[c]()
+                dt = time.perf_counter() - t0
+                times[c].append(dt)
+                spent[c] += dt
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+    fresh = {}
+    for b, p, key in todo:
+        step_s = min(times[(b, p)])
+        speed = Speed(model, b, p, channels_last, b / step_s, step_s, stamp)
+        results[(b, p)] = speed
+        fresh[key] = {
+            "images_per_s": speed.images_per_s,
+            "step_seconds": step_s,
+            "measured": stamp,
+            "time": now,
+            "steps": len(times[(b, p)]),
+        }
+    _write_cache(fresh)
 
 
 def native_bf16() -> bool:
