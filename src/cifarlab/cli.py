@@ -512,10 +512,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 _TRAIN_DEFAULTS = {"dataset": "cifar10", "labels": "fine", "val_size": 5000}
 
 
-def _resume_changes(args: argparse.Namespace) -> dict:
-    """What `train --resume RUN ...` asks to change; the library refuses what may not."""
-    from cifarlab.train.engine import RESUME_CHANGES
-
+def _options_given(args: argparse.Namespace) -> dict:
+    """The options of `train` given on the command line (argparse's defaults left out)."""
     given = {
         k: getattr(args, k)
         for k in (*_TRAIN_FIELDS, "recipe", "out", "translate", "flip", "cutout")
@@ -523,6 +521,14 @@ def _resume_changes(args: argparse.Namespace) -> dict:
     }
     if args.root is not None:
         given["root"] = str(args.root)
+    return given
+
+
+def _resume_changes(args: argparse.Namespace) -> dict:
+    """What `train --resume RUN ...` asks to change; the library refuses what may not."""
+    from cifarlab.train.engine import RESUME_CHANGES
+
+    given = _options_given(args)
     fixed = sorted(set(given) - set(RESUME_CHANGES)) + ["--set"] * bool(args.settings)
     if fixed:
         names = ", ".join(f"--{k.replace('_', '-')}" if k != "--set" else k for k in fixed)
@@ -534,26 +540,24 @@ def _resume_changes(args: argparse.Namespace) -> dict:
 
 
 # What --budget leaves to the user: the data and the run, not the training recipe.
-_BUDGET_FIELDS = ("dataset", "labels", "seed", "device", "threads", "train_size", "val_size")
+_BUDGET_FIELDS = ("dataset", "labels", "root", "seed", "device", "threads", "train_size",
+                  "val_size")  # fmt: skip
 
 
 def _budget_config(args: argparse.Namespace):  # noqa: ANN202
     from cifarlab.train import TrainConfig
 
-    recipe_options = [
-        k for k in (*_TRAIN_FIELDS, "recipe", "translate", "flip", "cutout")
-        if k not in (*_BUDGET_FIELDS, "model") and getattr(args, k) is not None
-    ] + ["set"] * bool(args.settings)  # fmt: skip
+    given = _options_given(args)
+    recipe_options = sorted(set(given) - {*_BUDGET_FIELDS, "model", "out"}) + ["set"] * bool(
+        args.settings
+    )
     if recipe_options:
         names = ", ".join(f"--{k.replace('_', '-')}" for k in recipe_options)
         raise CifarlabError(
             f"--budget chooses the recipe itself: {names} cannot be combined with it "
             "(use --recipe or --model with --epochs for a fixed set-up)"
         )
-    fields = {k: getattr(args, k) for k in _BUDGET_FIELDS if getattr(args, k) is not None}
-    if args.root is not None:
-        fields["root"] = str(args.root)
-    return TrainConfig(**fields)
+    return TrainConfig(**{k: v for k, v in given.items() if k in _BUDGET_FIELDS})
 
 
 def _rank() -> int:

@@ -214,26 +214,22 @@ def plan(
                 )
                 options.append(opt)
                 break
-        if device.type == "cpu":
-            precisions: tuple[str, ...] = ("fp32", "bf16")
-        else:
-            precisions = (probe.choose_precision(c["model"], device=device).precision,)
         t0 = time.perf_counter()
-        speeds = probe.measure(
+        choice = probe.choose_precision(c["model"], num_classes=num_classes,
+                                        batch_size=opt.batch_size, device=device,
+                                        use_cache=use_cache)  # fmt: skip
+        # on a CPU the choice timed both precisions; elsewhere time the one it chose
+        speeds = choice.speeds or probe.measure(
             c["model"],
             num_classes=num_classes,
             batch_sizes=(opt.batch_size,),
-            precisions=precisions,
+            precisions=(choice.precision,),
             device=device,
             use_cache=use_cache,
         )
         probe_seconds += time.perf_counter() - t0
         opt.speeds = {s.precision: round(s.images_per_s, 1) for s in speeds}
-        if device.type == "cpu":
-            best = probe.pick_precision(opt.speeds["fp32"], opt.speeds["bf16"])
-        else:
-            best = precisions[0]
-        opt.precision, opt.images_per_s = best, opt.speeds[best]
+        opt.precision, opt.images_per_s = choice.precision, opt.speeds[choice.precision]
         step_s = opt.batch_size / opt.images_per_s
         val_s = val_size / (opt.images_per_s * EVAL_SPEEDUP)
         steps_per_epoch = math.ceil(num_train / opt.batch_size)
@@ -286,9 +282,12 @@ class Budget:
     in this session.
     """
 
-    def __init__(self, seconds: float, used_before: float = 0.0) -> None:
+    def __init__(
+        self, seconds: float, used_before: float = 0.0, start: float | None = None
+    ) -> None:
+        """``start``: the ``perf_counter()`` this session's clock started at (default: now)."""
         self.seconds, self.used_before = seconds, used_before
-        self.session_start = time.perf_counter()
+        self.session_start = time.perf_counter() if start is None else start
 
     def used(self) -> float:
         return self.used_before + time.perf_counter() - self.session_start

@@ -625,7 +625,7 @@ def train(
     writes the run folder.
     """
     clock = time.perf_counter()  # a budget counts from here
-    plan = None
+    plan, data = None, None  # a budget's plan, and the data loaded to make it
     if resume is not None:
         if budget is not None:
             raise CifarlabError("--budget starts a new run; a resumed run keeps its own budget")
@@ -656,7 +656,7 @@ def train(
             base = config or TrainConfig()
             run_dir = Path(out) if out is not None else default_run_dir(base, "budget")
             _check_new_run_dir(run_dir)
-            cfg, plan = _plan_budget(base, budget, budget_model, clock, progress)
+            cfg, plan, data = _plan_budget(base, budget, budget_model, clock)
         else:
             cfg = config.resolved()
             run_dir = Path(out) if out is not None else default_run_dir(cfg)
@@ -666,7 +666,7 @@ def train(
     device = distributed.setup(cfg.device)
     try:
         distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
-        return _train(cfg, run_dir, state, progress, device, plan, clock)
+        return _train(cfg, run_dir, state, progress, device, plan, data, clock)
     except (RuntimeError, ConnectionError) as e:
         if not (distributed.is_distributed() and distributed.is_peer_error(e)):
             raise
@@ -717,10 +717,11 @@ def _run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def _plan_budget(
-    base: TrainConfig, budget: str | float, only: str | None, clock: float, progress: bool
-) -> tuple[TrainConfig, budgets.Plan]:
+    base: TrainConfig, budget: str | float, only: str | None, clock: float
+) -> tuple[TrainConfig, budgets.Plan, CifarDataset]:
     """The config a budgeted run trains: the chosen candidate's recipe, its step count and
-    precision, with the data and run settings of ``base``."""
+    precision, with the data and run settings of ``base``; the plan; and the data it loaded
+    (the trainer reuses it)."""
     from cifarlab.train.recipes import recipe_config
 
     seconds = budgets.parse_duration(budget)
@@ -764,8 +765,7 @@ def _plan_budget(
     ).resolved()
     if say:
         print(plan.reason(), flush=True)
-    plan.data = data  # type: ignore[attr-defined]  # loaded once: the trainer reuses it
-    return cfg, plan
+    return cfg, plan, data
 
 
 def _train(
@@ -774,11 +774,12 @@ def _train(
     state: dict | None,
     progress: bool,
     device: str,
-    plan: budgets.Plan | None = None,
-    clock: float | None = None,
+    plan: budgets.Plan | None,
+    data: CifarDataset | None,
+    clock: float,
 ) -> Path:
     with _run_lock(run_dir) if devices.rank() == 0 else contextlib.nullcontext():
-        return _train_locked(cfg, run_dir, state, progress, device, plan, clock)
+        return _train_locked(cfg, run_dir, state, progress, device, plan, data, clock)
 
 
 def _train_locked(
@@ -788,14 +789,15 @@ def _train_locked(
     progress: bool,
     device: str,
     plan: budgets.Plan | None,
-    clock: float | None,
+    data: CifarDataset | None,
+    clock: float,
 ) -> Path:
     budget = None
     if cfg.budget is not None and distributed.is_distributed():
         raise CifarlabError("a --budget run measures one process: resume it without torchrun")
     if cfg.budget is not None:
-        budget = budgets.Budget(cfg.budget, float((state or {}).get("budget_used") or 0.0))
-        budget.session_start = clock if clock is not None else budget.session_start
+        used = float((state or {}).get("budget_used") or 0.0)
+        budget = budgets.Budget(cfg.budget, used, start=clock)
     saved_precision = None
     if state is not None and cfg.precision == "auto":
         here = devices.resolve_device(device)
@@ -804,8 +806,7 @@ def _train_locked(
         elif state.get("device_type") == here.type:
             saved_precision = state.get("precision_used")
     trainer = Trainer(cfg, run_dir, progress=progress, device=device,
-                      precision_used=saved_precision, budget=budget,
-                      data=getattr(plan, "data", None))  # fmt: skip
+                      precision_used=saved_precision, budget=budget, data=data)  # fmt: skip
     if trainer.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if state is not None:
