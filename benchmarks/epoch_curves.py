@@ -36,8 +36,12 @@ CURVES = ROOT / "src" / "cifarlab" / "train" / "curves.json"
 CANDIDATES = {
     "fastnet_s": ("quick", "fastnet_s"),
     "fastnet_m": ("fast", "fastnet_m"),
+    "fastnet_m_muon": ("fast-muon", "fastnet_m"),
     "fastnet_l": ("max-cpu", "fastnet_l"),
+    "fastnet_l_muon": ("max-cpu-muon", "fastnet_l"),
 }
+# settings that vary along a curve or change rounding/speed, not what is learned
+_ALONG = {"epochs", "precision", "threads"}
 # what this file's curves.json holds beyond the recipes' own runs (time_to_accuracy.py)
 DEFAULT_GRID = ["quick:1,4,6,10", "fast:2,4,12", "max-cpu:3,10"]
 
@@ -56,11 +60,18 @@ def run(args: argparse.Namespace) -> None:
 
 def collect(args: argparse.Namespace) -> None:
     sys.path.insert(0, str(ROOT / "src"))
+    from cifarlab.errors import CifarlabError
     from cifarlab.train.probe import describe_machine
-    from cifarlab.train.recipes import get_recipe
+    from cifarlab.train.recipes import get_recipe, recipe_config
 
+    def setup(recipe: str, overrides: dict) -> dict:
+        cfg = recipe_config(recipe, **{k: v for k, v in overrides.items() if k not in _ALONG})
+        return {k: v for k, v in cfg.to_dict().items() if k not in _ALONG | {"recipe"}}
+
+    # a line counts for a candidate when its recipe with its overrides *is* the candidate's
+    # recipe (an ablation that changed `fast` into `fast-muon` is a `fast-muon` run)
+    known = {name: setup(r, {}) for name, (r, _) in CANDIDATES.items()}
     labels = args.machine or []
-    by_recipe = {r: name for name, (r, _) in CANDIDATES.items()}
     samples: dict[tuple[str, int], list[tuple[float, str]]] = {}
     for i, path in enumerate(args.results):
         machine = labels[i] if i < len(labels) else describe_machine()
@@ -68,12 +79,14 @@ def collect(args: argparse.Namespace) -> None:
             if not line.strip():
                 continue
             row = json.loads(line)
-            # epochs vary along the curve; the precision (fixed to bf16 so that a probe on a
-            # busy machine cannot slow the run down) changes rounding, not what is learned
-            extra = set(row.get("overrides") or {}) - {"epochs", "precision"}
-            if row["recipe"] not in by_recipe or extra or "val_acc_tta" not in row:
-                continue  # another setting than the recipe's own: not this curve
-            key = (by_recipe[row["recipe"]], int(row["epochs"]))
+            try:
+                this = setup(row["recipe"], row.get("overrides") or {})
+            except CifarlabError:
+                continue
+            name = next((n for n, s in known.items() if s == this), None)
+            if name is None or "val_acc_tta" not in row:
+                continue  # another setting than a candidate's: not a curve point
+            key = (name, int(row["epochs"]))
             samples.setdefault(key, []).append((row["val_acc_tta"], machine))
     candidates = {}
     for name, (recipe, model) in CANDIDATES.items():

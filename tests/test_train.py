@@ -119,13 +119,17 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "cifarlab", *args]
 
 
+@pytest.mark.parametrize(
+    "setup",
+    [["--model", "simple_cnn"], ["--recipe", "fast-muon", "--precision", "fp32"]],
+    ids=["adam", "muon-progressive"],
+)
 def test_interrupt_and_resume_match_an_uninterrupted_run(
-    cifar10_root: Path, tmp_path: Path
+    cifar10_root: Path, tmp_path: Path, setup: list[str]
 ) -> None:
     common = [
         "train",
-        "--model",
-        "simple_cnn",
+        *setup,
         "--root",
         str(cifar10_root),
         "--train-size",

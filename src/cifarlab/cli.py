@@ -192,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="images per step")
     p.add_argument("--lr", type=float, help="learning rate (PyTorch's, for the mean loss)")
     p.add_argument(
-        "--optimizer", choices=["adam", "sgd"], help="adam, or sgd with Nesterov momentum"
+        "--optimizer",
+        choices=["adam", "sgd", "muon"],
+        help="adam; sgd with Nesterov momentum; muon: Muon on the conv filters (lr: muon_lr, "
+        "set with --set muon_lr=...), Nesterov SGD on the rest",
     )
     p.add_argument("--momentum", type=float, help="SGD momentum")
     p.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0)")

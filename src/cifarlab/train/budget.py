@@ -32,6 +32,7 @@ import torch
 
 from cifarlab.errors import CifarlabError
 from cifarlab.train import probe
+from cifarlab.train.recipes import get_recipe
 
 CURVES_FILE = Path(__file__).with_name("curves.json")
 # Aim at this share of the budget: the rest absorbs the machine's noise.
@@ -41,6 +42,10 @@ TARGET = 0.96
 EVAL_SPEEDUP = 3.0
 CURVE_TRAIN_IMAGES = 45000  # the curves' training split (50,000 less the 5,000 held out)
 SETUP_SECONDS = 1.0  # whitening set-up, first checkpoint, config writes
+FULL_SIZE = 32
+# Muon's orthogonalization, per step, against a full-size SGD step: measured +6 % for
+# fastnet_m and fastnet_l at batch 256 on the Zen 4 CPU (benchmarks/step_cost.py).
+MUON_OVERHEAD = 1.06
 _UNITS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
 
 
@@ -91,6 +96,26 @@ def expected_accuracy(points: list[list], epochs: float) -> float | None:
     return pts[-1][1]
 
 
+def size_cost(size: int) -> float:
+    """A training step on size×size images against one on full-size images: the pixel count
+    (measured within 3 % of this for the FastNets on a CPU, benchmarks/step_cost.py)."""
+    return min(size / FULL_SIZE, 1.0) ** 2
+
+
+def step_cost(cfg: Any, start: float = 0.0) -> float:
+    """The mean cost of ``cfg``'s training steps from ``start`` (a share of the steps) to the
+    end, in full-size steps: below 1 with progressive resizing."""
+    start = min(max(start, 0.0), 1.0)
+    if start >= 1.0:
+        return size_cost(cfg.image_size(1.0))
+    edges = sorted({start, 1.0, *(float(u) for u in cfg.progressive.values() if u > start)})
+    total = sum(
+        (b - a) * size_cost(cfg.image_size((a + b) / 2))
+        for a, b in zip(edges, edges[1:], strict=False)
+    )
+    return total / (1.0 - start)
+
+
 @dataclass
 class Option:
     """One candidate network under this budget."""
@@ -106,6 +131,7 @@ class Option:
     epochs: float = 0.0
     expected_acc: float | None = None
     seconds: float = 0.0  # predicted training + validation seconds
+    cost: float = 1.0  # mean step time against a full-size SGD step (progressive resizing, Muon)
     min_budget: float = 0.0  # the shortest budget in which it reaches its first curve point
     note: str = ""
 
@@ -135,6 +161,11 @@ class Plan:
             f"({c.epochs:.2f} epochs of batch {c.batch_size}, {c.precision}, "
             f"{c.images_per_s:,.0f} images/s here), expected validation accuracy ≈ {acc}"
         )
+        if c.cost != 1.0:
+            text += (
+                f" (recipe {c.recipe}: Muon and smaller images early make its mean step "
+                f"{c.cost:.2f}× a full-size step)"
+            )
         if others:
             text += "; in the same time " + ", ".join(others)
         if too_slow:
@@ -198,22 +229,24 @@ def plan(
         names = matches
     options: list[Option] = []
     probe_seconds = 0.0
-    for name in names:  # smallest first: a bigger network is never faster
+    for name in names:  # smallest first: a bigger network is never faster per image
         c = data[name]
         opt = Option(name, c["recipe"], c["model"], int(c["batch_size"]))
+        cfg = get_recipe(c["recipe"]).config
+        opt.cost = step_cost(cfg) * (MUON_OVERHEAD if cfg.optimizer == "muon" else 1.0)
         first = min(float(p[0]) for p in c["points"])
         if options:  # bounded by the faster, smaller network: skip probing a hopeless one
-            fastest = max(o.images_per_s for o in options)
+            fastest = max(o.images_per_s for o in options if o.images_per_s)
             used = spent + (time.perf_counter() - t_start) + SETUP_SECONDS
-            at_least = (used + first * num_train / fastest) / TARGET
+            at_least = (used + first * num_train * opt.cost / fastest) / TARGET
             if at_least > budget:
                 opt.min_budget = at_least
                 opt.note = (
-                    f"not measured: slower than {options[-1].name}, it needs more than "
+                    f"not measured: slower than {options[0].name}, it needs more than "
                     f"{format_duration(at_least)} for {first:g} epoch(s)"
                 )
                 options.append(opt)
-                break
+                continue
         t0 = time.perf_counter()
         choice = probe.choose_precision(c["model"], num_classes=num_classes,
                                         batch_size=opt.batch_size, device=device,
@@ -230,7 +263,7 @@ def plan(
         probe_seconds += time.perf_counter() - t0
         opt.speeds = {s.precision: round(s.images_per_s, 1) for s in speeds}
         opt.precision, opt.images_per_s = choice.precision, opt.speeds[choice.precision]
-        step_s = opt.batch_size / opt.images_per_s
+        step_s = opt.batch_size / opt.images_per_s * opt.cost
         val_s = val_size / (opt.images_per_s * EVAL_SPEEDUP)
         steps_per_epoch = math.ceil(num_train / opt.batch_size)
         used = spent + (time.perf_counter() - t_start) + SETUP_SECONDS
@@ -249,8 +282,6 @@ def plan(
                 + ", ".join(f"{p} {v:,.0f} images/s" for p, v in opt.speeds.items())
                 + (" (cached)" if all(s.cached for s in speeds) else "")
             )
-        if opt.expected_acc is None:
-            break  # the next, bigger networks are slower still
     feasible = [o for o in options if o.expected_acc is not None]
     if not feasible:
         smallest = options[0]

@@ -10,7 +10,7 @@ from cifarlab.data.augment import Augment
 from cifarlab.errors import CifarlabError
 from cifarlab.models import get_entry
 
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "sgd", "muon")
 NORMALIZE = ("unit", "standard")
 SCHEDULES = ("constant", "triangle", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
@@ -35,12 +35,18 @@ class TrainConfig:
     budget: float | None = None  # seconds of training wall time this run may take (--budget)
     batch_size: int | None = None
     lr: float | None = None  # PyTorch's lr, for the mean loss of a batch
-    optimizer: str | None = None  # adam | sgd (Nesterov momentum)
+    optimizer: str | None = None  # adam | sgd (Nesterov momentum) | muon (Muon on conv filters)
     momentum: float = 0.9
+    muon_lr: float = 0.24  # optimizer muon: the conv filters' lr (the rest use lr, momentum)
+    muon_momentum: float = 0.6
     weight_decay: float = 0.0  # PyTorch's (coupled) weight decay
     label_smoothing: float = 0.0
     normalize: str | None = None  # unit: pixels / 255 | standard: dataset mean/std
     augment: dict[str, Any] = field(default_factory=dict)  # Augment fields
+    # Progressive resizing: {"SIZE": UNTIL, ...} trains on SIZE×SIZE images (the augmented
+    # batch, resized with antialiasing) until that share of the steps, then on the next size,
+    # and on full-size images for the rest: a CPU pays per pixel. {} is off.
+    progressive: dict[str, Any] = field(default_factory=dict)
     # learning-rate schedule over all steps: constant | triangle | cosine
     schedule: str = "constant"
     warmup: float = 0.0  # share of the steps spent rising from lr_start·lr to lr
@@ -136,10 +142,18 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise CifarlabError(message)
+        _check_progressive(self.progressive)
         unknown = set(self.augment) - {f.name for f in dataclasses.fields(Augment)}
         if unknown:
             raise CifarlabError(f"unknown augmentation setting(s): {', '.join(sorted(unknown))}")
         Augment(**self.augment)  # validates values
+
+    def image_size(self, progress: float, full: int = 32) -> int:
+        """The training image size at ``progress`` (0-1) of the steps (``progressive``)."""
+        for size, until in sorted(self.progressive.items(), key=lambda kv: kv[1]):
+            if progress < until:
+                return int(size)
+        return full
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,3 +162,14 @@ class TrainConfig:
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _check_progressive(stages: dict[str, Any]) -> None:
+    for size, until in stages.items():
+        ok_size = str(size).isdigit() and 8 <= int(size) <= 31
+        ok_until = isinstance(until, int | float) and not isinstance(until, bool) and 0 < until <= 1
+        if not (ok_size and ok_until):
+            raise CifarlabError(
+                f'progressive: each entry must be "SIZE": UNTIL with SIZE 8-31 pixels and UNTIL '
+                f"a share of the steps in (0, 1], got {size!r}: {until!r}"
+            )

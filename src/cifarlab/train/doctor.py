@@ -18,12 +18,12 @@ from cifarlab.train.recipes import RECIPES
 TRAIN_IMAGES, VAL_IMAGES = 45000, 5000  # CIFAR-10's training split, 5,000 held out
 
 
-def recipe_seconds(epochs: int, batch_size: int, images_per_s: float) -> float:
-    """Expected training time of a recipe: its steps at ``images_per_s`` plus a validation pass
-    per epoch."""
+def recipe_seconds(epochs: int, batch_size: int, images_per_s: float, cost: float = 1.0) -> float:
+    """Expected training time of a recipe: its steps at ``images_per_s`` (full-size steps;
+    ``cost``: its mean step against one of those) plus a validation pass per epoch."""
     steps = math.ceil(TRAIN_IMAGES / batch_size) * epochs
     val = VAL_IMAGES / (images_per_s * budgets.EVAL_SPEEDUP)
-    return steps * batch_size / images_per_s + epochs * val
+    return steps * batch_size / images_per_s * cost + epochs * val
 
 
 def doctor(
@@ -46,7 +46,7 @@ def doctor(
                  "bf16": probe.matmul_peak(torch.bfloat16)}  # fmt: skip
         out["matmul_flops"] = peaks
         say("torch.mm peak: " + ", ".join(f"{n} {v / 1e9:,.0f} GFLOP/s" for n, v in peaks.items()))
-    models = [c["model"] for c in budgets.curves()["candidates"].values()]
+    models = list(dict.fromkeys(c["model"] for c in budgets.curves()["candidates"].values()))
     say(f"\ntraining step, channels-last, images/s ({'measured now' if fresh else 'cached'}"
         f"{'' if fresh else ' or measured now'}; `auto` takes the one ≥ 5 % faster):")  # fmt: skip
     say(f"  {'model':<10} {'batch':>5} {'fp32':>8} {'bf16':>8}  auto")
@@ -67,11 +67,12 @@ def doctor(
         cfg = r.config
         if cfg.model not in best or cfg.epochs is None or cfg.batch_size is None:
             continue
-        secs = recipe_seconds(cfg.epochs, cfg.batch_size, best[cfg.model])
+        cost = budgets.step_cost(cfg) * (budgets.MUON_OVERHEAD if cfg.optimizer == "muon" else 1)
+        secs = recipe_seconds(cfg.epochs, cfg.batch_size, best[cfg.model], cost)
         out["recipes"][r.name] = secs
         m = r.measured
         acc = f"({100 * m['test_acc']:.1f}% test, {m['machine']})" if m else ""
-        say(f"  {r.name:<8} {cfg.model:<10} {cfg.epochs:>2} epochs ≈ "
+        say(f"  {r.name:<12} {cfg.model:<10} {cfg.epochs:>2} epochs ≈ "
             f"{budgets.format_duration(secs):>8}  {acc}")  # fmt: skip
     say("\nwhat --budget would train here:")
     for label in budgets_shown:
@@ -83,6 +84,7 @@ def doctor(
             continue
         c = plan.chosen
         out["budgets"][label] = plan.to_dict()
-        say(f"  {label:>4}: {c.name} for {c.epochs:.1f} epochs ({c.precision}), expected "
+        say(f"  {label:>4}: {c.name} ({c.recipe}) for {c.epochs:.1f} epochs ({c.precision}), "
+            f"expected "
             f"validation accuracy ≈ {100 * (c.expected_acc or 0):.1f}%")  # fmt: skip
     return out

@@ -216,6 +216,7 @@ class Trainer:
         # Pace of this session (--budget): steps and validation seconds since the mark, set
         # after the first steps (which build oneDNN's kernels and run slow).
         self._session_steps, self._mark, self._mark_steps, self._val_since_mark = 0, None, 0, 0.0
+        self._units = 0.0  # steps since the mark, each weighted by its cost (image size)
         self._val_seconds: float | None = None
         self.lookahead: Lookahead | None = None
         self.epoch, self.step, self.best_val = 0, 0, -math.inf
@@ -424,6 +425,8 @@ class Trainer:
             if steps_before + self.step >= self.total_steps:
                 break  # a step-counted run resumed right at its end
             set_lr(opt, self.base_lrs, lr_factor(cfg, steps_before + self.step, self.total_steps))
+            if cfg.progressive:
+                x = self._resize(x, (steps_before + self.step) / self.total_steps)
             with self._autocast():
                 logits = self.forward(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
@@ -440,6 +443,8 @@ class Trainer:
                 self.totals.seconds = start_seconds + time.perf_counter() - t0
                 break  # the last, partial epoch of a step-counted run (Ctrl-C: after the epoch)
             self._session_steps += 1
+            if self._mark is not None:
+                self._units += budgets.size_cost(x.shape[-1])
             if self._session_steps == self.WARMUP_STEPS:
                 self._mark, self._mark_steps = time.perf_counter(), self._session_steps
             done = steps_before + self.step
@@ -468,6 +473,14 @@ class Trainer:
         self.totals.seconds = start_seconds + time.perf_counter() - t0
         self._check_finite()
 
+    def _resize(self, x: torch.Tensor, progress: float) -> torch.Tensor:
+        """Progressive resizing: the batch at this point of training's image size."""
+        size = self.cfg.image_size(progress, x.shape[-1])
+        if size >= x.shape[-1]:
+            return x
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
     def _replan_every(self) -> int:
         """How often a budgeted run checks its pace: about 20 times over the run."""
         return max(self.total_steps // 20, 5)
@@ -479,11 +492,14 @@ class Trainer:
         steps = self._session_steps - self._mark_steps
         if self.budget is None or self._mark is None or steps < 3:
             return
-        step_s = (time.perf_counter() - self._mark - self._val_since_mark) / steps
+        # seconds of a full-size step; with progressive resizing the steps still to come cost
+        # what their image sizes say, on average
+        full_step_s = (time.perf_counter() - self._mark - self._val_since_mark) / self._units
+        step_s = full_step_s * budgets.step_cost(self.cfg, done / self.total_steps)
         per_epoch = len(self.loader)
         val_s = self._val_seconds
         if val_s is None:
-            val_s = len(self.data.val) * step_s / self.cfg.batch_size / budgets.EVAL_SPEEDUP
+            val_s = len(self.data.val) * full_step_s / self.cfg.batch_size / budgets.EVAL_SPEEDUP
         more = self.budget.remaining_steps(step_s, val_s, done, per_epoch)
         new_total = max(done + more, done, 1)
         if abs(new_total - self.total_steps) <= max(0.01 * self.total_steps, 1):
