@@ -1,7 +1,7 @@
 """Accuracy reached and time taken by `cifarlab train --budget` for several budgets.
 
     .venv/bin/python benchmarks/budget.py [--budgets 1m 2m 5m 10m 20m] [--seed 0]
-        [--root DIR] [--out runs/budget] [--plot FILE.png] [--plot-only]
+        [--root DIR] [--out runs/budget] [--plot FILE.png] [--plot-only] [--before OLD.jsonl]
 
 For each budget: a fresh subprocess runs `cifarlab train --budget B` on all 45,000 training
 images (5,000 held out for validation), timed from the start of the process to its end
@@ -52,6 +52,8 @@ def run_one(budget: str, args: argparse.Namespace) -> dict:
         "budget_used_seconds": round(config["budget_used_seconds"], 1),
         "train_seconds": round(config["train_seconds"], 1),
         "model": config["model"],
+        "candidate": chosen["name"],
+        "recipe": config["recipe"],
         "precision": config["precision_used"],
         "steps": config["steps"],
         "epochs": round(config["steps"] * config["batch_size"] / config["train_images"], 2),
@@ -70,20 +72,31 @@ def run_one(budget: str, args: argparse.Namespace) -> dict:
 TARGETS = {5: 0.88, 20: 0.92}
 
 
-def plot(results: Path, out: Path) -> None:
+def plot(results: Path, out: Path, before: list[Path] | None = None) -> None:
+    """Test accuracy against the budget from ``results``; each of ``before`` (an earlier
+    series, e.g. before a recipe change) drawn faintly behind it for comparison."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    rows = [json.loads(line) for line in results.read_text().splitlines() if line.strip()]
-    fig = Figure(figsize=(8, 5), layout="constrained")
+    def read(path: Path) -> list[dict]:
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+        return sorted(rows, key=lambda r: r["budget_seconds"])
+
+    rows = read(results)
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    colors = {"fastnet_s": "#1f77b4", "fastnet_m": "#ff7f0e", "fastnet_l": "#2ca02c"}
-    for model in sorted({r["model"] for r in rows}):
-        rs = sorted((r for r in rows if r["model"] == model), key=lambda r: r["budget_seconds"])
+    colors = {"fastnet_s": "#1f77b4", "fastnet_m": "#ff7f0e", "fastnet_l": "#2ca02c",
+              "fastnet_m_muon": "#d62728", "fastnet_l_muon": "#9467bd"}  # fmt: skip
+    for path in before or []:
+        old = read(path)
+        ax.plot([r["budget_seconds"] / 60 for r in old], [100 * r["test_acc_tta"] for r in old],
+                color="#bbb", lw=1, ls="--", marker="o", ms=4, zorder=1,
+                label=f"before: {path.stem}")  # fmt: skip
+    for name in sorted({r.get("candidate", r["model"]) for r in rows}):
+        rs = [r for r in rows if r.get("candidate", r["model"]) == name]
         ax.scatter([r["budget_seconds"] / 60 for r in rs], [100 * r["test_acc_tta"] for r in rs],
-                   s=50, color=colors.get(model), label=model, zorder=3)  # fmt: skip
-    rows.sort(key=lambda r: r["budget_seconds"])
+                   s=50, color=colors.get(name), label=name, zorder=3)  # fmt: skip
     ax.plot([r["budget_seconds"] / 60 for r in rows], [100 * r["test_acc_tta"] for r in rows],
             color="#888", lw=1, zorder=2)  # fmt: skip
     for r in rows:
@@ -106,7 +119,7 @@ def plot(results: Path, out: Path) -> None:
     ax.set_xlabel("budget (minutes, log scale); labels: test accuracy, actual time, epochs")
     ax.set_ylabel("test accuracy with TTA (%)")
     ax.grid(alpha=0.3)
-    ax.legend(title="network chosen", loc="lower right")
+    ax.legend(title="network chosen", loc="lower right", fontsize=8)
     machine = rows[0]["machine"].split(", flags")[0] if rows else ""
     ax.set_title(f"cifarlab train --budget: CIFAR-10 (JPEG copy)\n{machine}", fontsize=10)
     fig.savefig(out, dpi=110)
@@ -121,6 +134,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/budget"))
     p.add_argument("--plot", type=Path, help="draw test accuracy against the budget")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--before", nargs="*", type=Path, default=[],
+                   help="earlier results files, drawn faintly behind")  # fmt: skip
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
@@ -131,7 +146,7 @@ def main() -> None:
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     if args.plot:
-        plot(results, args.plot)
+        plot(results, args.plot, args.before)
 
 
 if __name__ == "__main__":
