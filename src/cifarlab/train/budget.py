@@ -116,6 +116,12 @@ def step_cost(cfg: Any, start: float = 0.0) -> float:
     return total / (1.0 - start)
 
 
+def recipe_step_cost(cfg: Any) -> float:
+    """The mean cost of ``cfg``'s training steps against a full-size SGD step, the one the
+    probe times: the pixel share of its image sizes, and Muon's measured overhead."""
+    return step_cost(cfg) * (MUON_OVERHEAD if cfg.optimizer == "muon" else 1.0)
+
+
 @dataclass
 class Option:
     """One candidate network under this budget."""
@@ -233,7 +239,7 @@ def plan(
         c = data[name]
         opt = Option(name, c["recipe"], c["model"], int(c["batch_size"]))
         cfg = get_recipe(c["recipe"]).config
-        opt.cost = step_cost(cfg) * (MUON_OVERHEAD if cfg.optimizer == "muon" else 1.0)
+        opt.cost = recipe_step_cost(cfg)
         first = min(float(p[0]) for p in c["points"])
         if options:  # bounded by the faster, smaller network: skip probing a hopeless one
             fastest = max(o.images_per_s for o in options if o.images_per_s)

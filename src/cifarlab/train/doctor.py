@@ -67,8 +67,9 @@ def doctor(
         cfg = r.config
         if cfg.model not in best or cfg.epochs is None or cfg.batch_size is None:
             continue
-        cost = budgets.step_cost(cfg) * (budgets.MUON_OVERHEAD if cfg.optimizer == "muon" else 1)
-        secs = recipe_seconds(cfg.epochs, cfg.batch_size, best[cfg.model], cost)
+        secs = recipe_seconds(
+            cfg.epochs, cfg.batch_size, best[cfg.model], budgets.recipe_step_cost(cfg)
+        )
         out["recipes"][r.name] = secs
         m = r.measured
         acc = f"({100 * m['test_acc']:.1f}% test, {m['machine']})" if m else ""
