@@ -47,7 +47,9 @@ P24 = {"progressive": {"24": 0.5}}
 def _grid(which: str = "first") -> list[tuple[str, str, dict, int]]:
     """(name, recipe, overrides, seed), most wanted first. ``first``: Muon, progressive
     resizing and the rest against the recipes; ``second``: what the first left open (Muon's
-    lr, progressive resizing with SGD over more seeds and at equal cost)."""
+    lr, progressive resizing with SGD over more seeds and at equal cost); ``third``: Muon's
+    lr below 0.12; ``fourth``: small changes around the Muon recipe at 7 and 11 epochs, 3
+    seeds each."""
     g: list[tuple[str, str, dict, int]] = []
 
     def add(name: str, recipe: str, overrides: dict, epochs: list[int], seed: int = 0) -> None:
@@ -131,6 +133,28 @@ def _grid(which: str = "first") -> list[tuple[str, str, dict, int]]:
     add("L-muon008-p24-28", "max-cpu", {**M8, "progressive": {"24": 0.5, "28": 0.75}}, [8])
     add("M-muon008-p24", "fast", {**M8, **P24}, [2, 3, 4, 6, 12])
     add("S-muon008-p24", "quick", {**M8, **P24}, [3, 6])
+    if which == "third":
+        return g
+    # fourth: around the Muon recipe at the lengths the airbench94 comparison needs (about 7
+    # and 11.5 epochs), 3 seeds each: the SGD groups' lr, label smoothing, Muon's momentum,
+    # warm-up, Muon's lr for the longer run
+    g = []
+    base = {**M8, **P24}
+    variants = {
+        "base": {},
+        "lr16": {"lr": 0.5217391304, "weight_decay": 0.00095625},  # sgd_hyper(256, 16, ...)
+        "lr8": {"lr": 0.2608695652, "weight_decay": 0.0019125},  # sgd_hyper(256, 8, ...)
+        "ls03": {"label_smoothing": 0.3},
+        "mom08": {"muon_momentum": 0.8},
+        "warm01": {"warmup": 0.1},
+    }
+    for e in (7, 11):
+        for seed in (0, 1, 2):
+            for v, o in variants.items():
+                add(f"L4-{v}", "max-cpu", {**base, **o}, [e], seed)
+            if e == 11:
+                add("L4-mlr010", "max-cpu", {**base, "muon_lr": 0.10}, [e], seed)
+                add("L4-mlr006", "max-cpu", {**base, "muon_lr": 0.06}, [e], seed)
     return g
 
 
@@ -228,7 +252,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run")
-    r.add_argument("--grid", choices=["first", "second", "third"], default="first")
+    r.add_argument("--grid", choices=["first", "second", "third", "fourth"], default="first")
     r.add_argument("--only", nargs="*", help="grid entries whose names start so")
     r.add_argument("--workers", type=int, default=1)
     r.add_argument("--threads", type=int, default=max(1, (os.cpu_count() or 2) // 2))
