@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cifarlab.data.sources import CIFAR10_CLASSES, CIFAR100_COARSE_CLASSES, CIFAR100_FINE_CLASSES
+from cifarlab.data.sources import (
+    CIFAR10_CLASSES,
+    CIFAR100_COARSE_CLASSES,
+    CIFAR100_FINE_CLASSES,
+    DatasetInfo,
+)
 
 
 def arrays(n: int, num_classes: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,4 +171,54 @@ def write_cifar100_learnable(
         b"coarse_label_names": [n.encode() for n in CIFAR100_COARSE_CLASSES],
     }
     _dump(folder / "meta", names)
+    return out
+
+
+def write_layout(
+    root: Path, info: DatasetInfo, fmt: str, train: int, test: int, *, seed: int = 0
+) -> dict:
+    """``root/<info.archives[fmt].folder>`` in ``info``'s python or binary layout, written from
+    the info's fields alone (unlike the writers above, which spell out the official names).
+
+    Each split's images are spread evenly over its files; coarse labels (fine % the number
+    of coarse classes) are written where the layout has them. In binary records the label
+    bytes that hold neither label are 255, so reading the wrong offset shows.
+    """
+    folder = root / info.archives[fmt].folder
+    folder.mkdir(parents=True, exist_ok=True)
+    out: dict = {"folder": folder}
+    coarse_k = info.num_coarse_classes
+    files_of = info.python_layout if fmt == "python" else info.binary_layout
+    for split, n, files in (
+        ("train", train, files_of.train_files),
+        ("test", test, files_of.test_files),
+    ):
+        x, y = arrays(n, info.num_classes, seed + (split == "test"))
+        coarse = y % coarse_k if coarse_k else None
+        out.update({f"{split}_x": x, f"{split}_y": y, f"{split}_coarse": coarse})
+        for name, part in zip(files, np.array_split(np.arange(n), len(files)), strict=True):
+            if fmt == "python":
+                layout = info.python_layout
+                d = {layout.data_key: planes(x[part]), layout.label_key: y[part].tolist()}
+                if layout.coarse_label_key and coarse is not None:
+                    d[layout.coarse_label_key] = coarse[part].tolist()
+                _dump(folder / name, d)
+            else:
+                b = info.binary_layout
+                labels = np.full((len(part), b.label_bytes), 255, np.uint8)
+                labels[:, b.label_offset] = y[part]
+                if b.coarse_label_offset is not None and coarse is not None:
+                    labels[:, b.coarse_label_offset] = coarse[part]
+                np.concatenate([labels, planes(x[part])], axis=1).tofile(folder / name)
+    if fmt == "python":
+        layout = info.python_layout
+        meta = {layout.names_key: list(info.class_names)}
+        if layout.coarse_names_key and info.coarse_class_names:
+            meta[layout.coarse_names_key] = list(info.coarse_class_names)
+        _dump(folder / layout.meta_file, meta)
+    else:
+        b = info.binary_layout
+        (folder / b.names_file).write_text("\n".join(info.class_names) + "\n")
+        if b.coarse_names_file and info.coarse_class_names:
+            (folder / b.coarse_names_file).write_text("\n".join(info.coarse_class_names) + "\n")
     return out

@@ -140,3 +140,94 @@ def test_a_damaged_cache_entry_is_rewritten(tmp_path: Path) -> None:
     cache.save(entry, {**arrays, "train_y": np.arange(8) + 1}, {"fingerprint": "g"})  # stale
     assert cache.load(entry, "f") is None and cache.load(entry, "g") is not None
     assert sorted(p.name for p in entry.parent.iterdir()) == ["e"]
+
+
+# --------------------------------------------------------------------------- Split as a Dataset
+
+
+def test_split_is_a_torch_dataset(tmp_path: Path) -> None:
+    import torch
+    from torch.utils.data import Dataset
+
+    expected = write_cifar10_python(tmp_path)
+    ds = _load("cifar10", tmp_path, val_size=30)
+    train = ds.train
+    assert isinstance(train, Dataset) and len(train) == 70 == len(train.labels)
+    image, label = train[0]
+    assert isinstance(image, torch.Tensor) and image.dtype == torch.uint8
+    assert image.shape == (3, 32, 32) and image.is_contiguous()
+    assert type(label) is int and label == int(train.labels[0])
+    # CHW of the NHWC tensor, which is the file's image at train.indices[0]
+    assert torch.equal(image, train.images[0].permute(2, 0, 1))
+    original = expected["train_x"][int(train.indices[0])]
+    np.testing.assert_array_equal(image.numpy().transpose(1, 2, 0), original)
+    # negative, numpy and tensor indices; out of range; slices are not items
+    assert torch.equal(train[-1][0], train[69][0]) and train[-1][1] == train[69][1]
+    assert train[np.int64(5)][1] == train[torch.tensor(5)][1] == int(train.labels[5])
+    with pytest.raises(IndexError, match="out of range for the train split of 70"):
+        train[70]
+    with pytest.raises(IndexError):
+        train[-71]
+    with pytest.raises(TypeError):
+        train[0:2]
+    # iterating goes through __getitem__ and stops at the end
+    assert [y for _, y in ds.test] == ds.test.labels.tolist()
+    # the fast path is untouched: images and labels are the same tensors as before
+    assert train.images.shape == (70, 32, 32, 3) and train.images.dtype == torch.uint8
+
+
+def test_split_transforms(tmp_path: Path) -> None:
+    import torch
+
+    from cifarlab.data.dataset import Split
+
+    write_cifar10_python(tmp_path)
+    ds = _load("cifar10", tmp_path, val_size=0)
+    test = ds.test
+    raw, label = test[3]
+    test.transform = lambda x: x.float() / 255
+    test.target_transform = lambda y: ds.class_names[y]
+    image, name = test[3]
+    assert image.dtype == torch.float32 and torch.allclose(image * 255, raw.float())
+    assert name == ds.class_names[label]
+    assert test.images.dtype == torch.uint8  # the tensors themselves are not transformed
+    test.transform = test.target_transform = None
+    assert torch.equal(test[3][0], raw) and test[3][1] == label
+    # or given when the split is made
+    made = Split(
+        "mirrored", test.images, test.labels, test.indices,
+        transform=lambda x: x.flip(-1), target_transform=lambda y: -y,
+    )  # fmt: skip
+    image, neg = made[3]
+    assert torch.equal(image, raw.flip(-1)) and neg == -label
+
+
+def test_split_in_a_torch_dataloader(tmp_path: Path) -> None:
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    write_cifar10_python(tmp_path)
+    ds = _load("cifar10", tmp_path, val_size=30)
+    # in order: the batches are the split's tensors, NHWC -> NCHW
+    x, y = next(iter(DataLoader(ds.train, batch_size=16)))
+    assert x.dtype == torch.uint8 and x.shape == (16, 3, 32, 32)
+    assert y.dtype == torch.int64 and y.tolist() == ds.train.labels[:16].tolist()
+    assert torch.equal(x, ds.train.images[:16].permute(0, 3, 1, 2))
+    # shuffled, over a subset: every item once, each image with its own label
+    subset = Subset(ds.train, range(40))
+    by_image = {ds.train[i][0].numpy().tobytes(): ds.train[i][1] for i in range(40)}
+    loader = DataLoader(subset, batch_size=16, shuffle=True,
+                        generator=torch.Generator().manual_seed(0))  # fmt: skip
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [16, 16, 8]
+    seen = [
+        (img.numpy().tobytes(), int(lab))
+        for xb, yb in batches
+        for img, lab in zip(xb, yb, strict=True)
+    ]
+    assert all(by_image[k] == lab for k, lab in seen) and len({k for k, _ in seen}) == 40
+    assert [lab for _, lab in seen] != ds.train.labels[:40].tolist()  # shuffled
+    # with a transform: float batches
+    ds.val.transform = lambda t: t.float().div(255)
+    xf, yf = next(iter(DataLoader(ds.val, batch_size=64)))
+    assert xf.dtype == torch.float32 and xf.shape == (30, 3, 32, 32) and float(xf.max()) <= 1

@@ -6,18 +6,22 @@ The public entry point is :func:`load_dataset`.
 
 from __future__ import annotations
 
+import operator
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 
 from cifarlab.data import cache
 from cifarlab.data.download import md5sum
 from cifarlab.data.formats import RawData, read_binary, read_image_folder, read_python
-from cifarlab.data.sources import DatasetInfo, get_info
+from cifarlab.data.sources import DATASETS, DEFAULT_DATASET, DatasetInfo, get_info
 from cifarlab.errors import CifarlabError, DataError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
@@ -53,16 +57,16 @@ class Source:
     archive_format: str | None = None  # for kind == "archive": "python" | "binary"
 
 
+def _has_files(p: Path, names: tuple[str, ...]) -> bool:
+    return all((p / n).is_file() for n in names)
+
+
 def _is_python_dir(p: Path, info: DatasetInfo) -> bool:
-    if info.name == "cifar10":
-        return (p / "data_batch_1").is_file() and (p / "test_batch").is_file()
-    return (p / "train").is_file() and (p / "test").is_file() and (p / "meta").is_file()
+    return _has_files(p, info.python_layout.marker_files)
 
 
 def _is_binary_dir(p: Path, info: DatasetInfo) -> bool:
-    if info.name == "cifar10":
-        return (p / "data_batch_1.bin").is_file() and (p / "test_batch.bin").is_file()
-    return (p / "train.bin").is_file() and (p / "test.bin").is_file()
+    return _has_files(p, info.binary_layout.marker_files)
 
 
 def _is_image_dir(p: Path) -> bool:
@@ -143,7 +147,7 @@ def _checksums(source: Source, info: DatasetInfo, files: list[Path]) -> dict[str
             "status": "official" if ok else "differs",
             "detail": f"md5 of {source.path.name} {verdict} the official sum",
         }
-    if source.kind != "python":
+    if source.kind != "python" or not info.python_md5:
         return {
             "status": "unverified",
             "detail": f"no official per-file sums for the {source.kind} layout",
@@ -237,13 +241,9 @@ def _source_files(source: Source, info: DatasetInfo) -> list[Path]:
     job to report, so they are left out here)."""
     p = source.path
     if source.kind == "python":
-        names = list(info.python_md5)
+        names = info.python_layout.files
     elif source.kind == "binary":
-        names = (
-            [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin", "batches.meta.txt"]
-            if info.name == "cifar10"
-            else ["train.bin", "test.bin", "fine_label_names.txt", "coarse_label_names.txt"]
-        )
+        names = info.binary_layout.files
     else:
         return [f for f in p.glob("*/*/*") if f.is_file()]
     return [p / n for n in names if (p / n).exists()]
@@ -253,8 +253,23 @@ def _source_files(source: Source, info: DatasetInfo) -> list[Path]:
 
 
 @dataclass
-class Split:
-    """One split: uint8 NHWC images and int64 labels (both torch tensors)."""
+class Split(Dataset):
+    """One split: uint8 NHWC images and int64 labels (both torch tensors).
+
+    The tensors are the fast path: hand ``images`` and ``labels`` to
+    :class:`cifarlab.data.loader.BatchLoader`, which keeps them on the device and batches,
+    augments and normalizes them as tensor ops.
+
+    A split is also a map-style :class:`torch.utils.data.Dataset`, for torchvision-style
+    pipelines: ``split[i]`` is ``(image, label)`` with ``image`` a uint8 CHW tensor
+    (3 × 32 × 32, values 0..255: not scaled, not normalized) and ``label`` an ``int`` from
+    ``labels``; ``len(split)`` is the number of images. ``transform`` (applied to the image)
+    and ``target_transform`` (applied to the label) are optional callables, given here or set
+    later as attributes, e.g. ``torchvision.transforms.v2`` ones such as
+    ``ToDtype(torch.float32, scale=True)``. So ``DataLoader(ds.train, batch_size=64,
+    shuffle=True)`` yields ``(uint8 N×3×32×32, int64 N)`` batches without a transform.
+    Unlike torchvision's ``CIFAR10`` no PIL image is made: transforms get a tensor.
+    """
 
     name: str
     images: torch.Tensor
@@ -263,9 +278,27 @@ class Split:
     # CIFAR-100 only: both label sets, whichever was chosen as ``labels``
     fine_labels: torch.Tensor | None = None
     coarse_labels: torch.Tensor | None = None
+    # For ``split[i]`` only (BatchLoader does not use them)
+    transform: Callable[[torch.Tensor], Any] | None = field(default=None, compare=False)
+    target_transform: Callable[[int], Any] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any]:
+        """``(image, label)``: a uint8 CHW image tensor and an int label, each through its
+        transform if one is set."""
+        i = operator.index(index)  # ints, numpy and 0-d tensor integers; not slices
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"index {index} is out of range for the {self.name} split of {n}")
+        image: Any = self.images[i].permute(2, 0, 1).contiguous()  # HWC -> CHW, its own copy
+        label: Any = int(self.labels[i])
+        if self.transform is not None:
+            image = self.transform(image)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return image, label
 
 
 def stratified_holdout(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
@@ -330,7 +363,7 @@ class CifarDataset:
 
 
 def load_dataset(
-    name: str = "cifar10",
+    name: str = DEFAULT_DATASET,
     root: str | os.PathLike | None = None,
     *,
     download: bool = False,
@@ -350,7 +383,8 @@ def load_dataset(
     if labels not in ("fine", "coarse"):
         raise CifarlabError(f"--labels must be fine or coarse, got {labels!r}")
     if labels == "coarse" and info.num_coarse_classes is None:
-        raise CifarlabError(f"{info.title} has no coarse labels (only CIFAR-100 does)")
+        having = " or ".join(d.title for d in DATASETS.values() if d.num_coarse_classes)
+        raise CifarlabError(f"{info.title} has no coarse labels (only {having} does)")
     folder, how = data_root(root)
     try:
         raw, meta = read_raw(info, folder, use_cache=use_cache)

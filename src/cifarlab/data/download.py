@@ -21,7 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cifarlab.data.sources import get_info
+from cifarlab.data.sources import DatasetInfo, get_info
 from cifarlab.errors import DownloadError
 
 NETWORK_HINT = (
@@ -31,16 +31,6 @@ NETWORK_HINT = (
 MIRROR_ENV = "CIFARLAB_MIRROR"
 _CHUNK = 1 << 16
 _USER_AGENT = "cifarlab (python urllib)"
-
-# Files of the official binary layouts and their exact sizes: enough to tell a complete
-# extraction from an interrupted one without hashing 170 MB.
-_BINARY_FILES: dict[str, dict[str, int]] = {
-    "cifar10": {
-        **{f"data_batch_{i}.bin": 10_000 * 3073 for i in range(1, 6)},
-        "test_batch.bin": 10_000 * 3073,
-    },
-    "cifar100": {"train.bin": 50_000 * 3074, "test.bin": 10_000 * 3074},
-}
 
 
 class _Retryable(Exception):
@@ -236,17 +226,22 @@ def _describe(err: object) -> str:
     return str(err) or type(err).__name__
 
 
-def _looks_complete(folder: Path, name: str, fmt: str) -> bool:
-    """Whether ``folder`` holds every file of an extracted official archive."""
+def _looks_complete(folder: Path, info: DatasetInfo, fmt: str) -> bool:
+    """Whether ``folder`` holds every file of an extracted official archive.
+
+    Binary record files must have their exact official size (enough to tell a complete
+    extraction from an interrupted one without hashing 170 MB); python files must be there
+    and not empty.
+    """
     if not folder.is_dir():
         return False
     if fmt == "binary":
-        files = _BINARY_FILES.get(name, {})
-        return bool(files) and all(
+        sizes = info.binary_file_sizes()
+        return bool(sizes) and all(
             (folder / f).is_file() and (folder / f).stat().st_size == size
-            for f, size in files.items()
+            for f, size in sizes.items()
         )
-    names = get_info(name).python_md5
+    names = info.python_layout.files
     return bool(names) and all(
         (folder / f).is_file() and (folder / f).stat().st_size > 0 for f in names
     )
@@ -278,7 +273,7 @@ def download_dataset(
     archive = info.archives[fmt]
     root = Path(root)
     folder = root / archive.folder
-    if _looks_complete(folder, info.name, fmt):
+    if _looks_complete(folder, info, fmt):
         return folder
     base = base_url or os.environ.get(MIRROR_ENV) or None
     url = f"{base.rstrip('/')}/{archive.filename}" if base else archive.url

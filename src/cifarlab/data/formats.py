@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cifarlab.data.sources import DatasetInfo
+from cifarlab.data.sources import IMAGE_BYTES, BinaryLayout, DatasetInfo, PythonLayout
 from cifarlab.errors import DataError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -111,21 +111,21 @@ def _get(d: dict[str, Any], key: str, path: Path) -> Any:
     return d[key]
 
 
-def _pixels(data: Any, path: Path) -> np.ndarray:
+def _pixels(data: Any, path: Path, key: str = "data") -> np.ndarray:
     """(N, 3072) planes R, G, B row-major -> (N, 32, 32, 3)."""
     try:
         arr = np.asarray(data)
     except (TypeError, ValueError) as e:
-        raise DataError(f"{path}: 'data' is not an array of pixels ({e})") from None
-    if arr.ndim != 2 or arr.shape[1] != 3072:
-        raise DataError(f"{path}: 'data' has shape {arr.shape}, expected (N, 3072)")
+        raise DataError(f"{path}: {key!r} is not an array of pixels ({e})") from None
+    if arr.ndim != 2 or arr.shape[1] != IMAGE_BYTES:
+        raise DataError(f"{path}: {key!r} has shape {arr.shape}, expected (N, {IMAGE_BYTES})")
     if arr.dtype != np.uint8:
         if arr.dtype.kind not in "iuf":
-            raise DataError(f"{path}: 'data' holds {arr.dtype} values, expected integers 0..255")
+            raise DataError(f"{path}: {key!r} holds {arr.dtype} values, expected integers 0..255")
         if arr.size and not np.isfinite(arr).all():
-            raise DataError(f"{path}: 'data' holds NaN or infinite values")
+            raise DataError(f"{path}: {key!r} holds NaN or infinite values")
         if arr.size and (arr.min() < 0 or arr.max() > 255):
-            raise DataError(f"{path}: 'data' values outside 0..255")
+            raise DataError(f"{path}: {key!r} values outside 0..255")
         arr = arr.astype(np.uint8)
     return np.ascontiguousarray(arr.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
 
@@ -148,39 +148,48 @@ def _names(values: Any) -> list[str]:
     return [_str(v) for v in values]
 
 
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """The parts of one split, concatenated (without a copy when there is one part)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _split_files(layout: PythonLayout | BinaryLayout) -> dict[str, tuple[str, ...]]:
+    return {"train": layout.train_files, "test": layout.test_files}
+
+
 def read_python(folder: Path, info: DatasetInfo) -> RawData:
-    """Read the official python layout (``cifar-10-batches-py`` / ``cifar-100-python``)."""
-    if info.name == "cifar10":
-        train_files = [folder / f"data_batch_{i}" for i in range(1, 6)]
-        test_file, meta_file = folder / "test_batch", folder / "batches.meta"
-        meta = load_pickle(meta_file)
-        names = _names(_get(meta, "label_names", meta_file))
-        xs, ys = [], []
-        for p in train_files:
-            d = load_pickle(p)
-            xs.append(_pixels(_get(d, "data", p), p))
-            ys.append(_labels(_get(d, "labels", p), len(xs[-1]), "labels", p))
-        d = load_pickle(test_file)
-        test_x = _pixels(_get(d, "data", test_file), test_file)
-        test_y = _labels(_get(d, "labels", test_file), len(test_x), "labels", test_file)
-        return RawData(
-            np.concatenate(xs), np.concatenate(ys), test_x, test_y, names,
-            files=[*train_files, test_file, meta_file],
-        )  # fmt: skip
-    meta_file = folder / "meta"
+    """Read the official python layout (``info.python_layout``: e.g. ``cifar-10-batches-py``).
+
+    Every file name and pickle key comes from the layout; the train files are concatenated in
+    their listed order, as are the test files.
+    """
+    layout = info.python_layout
+    meta_file = folder / layout.meta_file
     meta = load_pickle(meta_file)
-    out: dict[str, np.ndarray] = {}
-    for split in ("train", "test"):
-        p = folder / split
-        d = load_pickle(p)
-        x = _pixels(_get(d, "data", p), p)
-        out[f"{split}_x"] = x
-        out[f"{split}_y"] = _labels(_get(d, "fine_labels", p), len(x), "fine_labels", p)
-        out[f"{split}_coarse"] = _labels(_get(d, "coarse_labels", p), len(x), "coarse_labels", p)
+    names = _names(_get(meta, layout.names_key, meta_file))
+    coarse_key = layout.coarse_label_key
+    out: dict[str, np.ndarray | None] = {}
+    for split, files in _split_files(layout).items():
+        xs, ys, coarse = [], [], []
+        for name in files:
+            p = folder / name
+            d = load_pickle(p)
+            x = _pixels(_get(d, layout.data_key, p), p, layout.data_key)
+            xs.append(x)
+            ys.append(_labels(_get(d, layout.label_key, p), len(x), layout.label_key, p))
+            if coarse_key is not None:
+                coarse.append(_labels(_get(d, coarse_key, p), len(x), coarse_key, p))
+        out[f"{split}_x"], out[f"{split}_y"] = _join(xs), _join(ys)
+        out[f"{split}_coarse"] = _join(coarse) if coarse else None
+    coarse_names = (
+        _names(_get(meta, layout.coarse_names_key, meta_file))
+        if layout.coarse_names_key is not None
+        else None
+    )
     return RawData(
-        class_names=_names(_get(meta, "fine_label_names", meta_file)),
-        coarse_names=_names(_get(meta, "coarse_label_names", meta_file)),
-        files=[folder / "train", folder / "test", meta_file],
+        class_names=names,
+        coarse_names=coarse_names,
+        files=[folder / name for name in layout.files],
         **out,
     )
 
@@ -188,8 +197,9 @@ def read_python(folder: Path, info: DatasetInfo) -> RawData:
 # --------------------------------------------------------------------------- binary
 
 
-def _read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]:
-    record = label_bytes + 3072
+def _read_records(path: Path, layout: BinaryLayout) -> tuple[np.ndarray, np.ndarray]:
+    """The images and the label bytes, (N, ``layout.label_bytes``), of one record file."""
+    record = layout.record_size
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     size = path.stat().st_size
@@ -199,8 +209,8 @@ def _read_records(path: Path, label_bytes: int) -> tuple[np.ndarray, np.ndarray]
             f"{record}-byte records"
         )
     raw = np.fromfile(path, dtype=np.uint8).reshape(-1, record)
-    labels = raw[:, :label_bytes].astype(np.int64)
-    return _pixels(raw[:, label_bytes:], path), labels
+    labels = raw[:, : layout.label_bytes].astype(np.int64)
+    return _pixels(raw[:, layout.label_bytes :], path), labels
 
 
 def _read_names(path: Path) -> list[str]:
@@ -216,28 +226,35 @@ def _read_names(path: Path) -> list[str]:
 
 
 def read_binary(folder: Path, info: DatasetInfo) -> RawData:
-    """Read the official binary layout (``cifar-10-batches-bin`` / ``cifar-100-binary``)."""
-    if info.name == "cifar10":
-        train_files = [folder / f"data_batch_{i}.bin" for i in range(1, 6)]
-        test_file, meta_file = folder / "test_batch.bin", folder / "batches.meta.txt"
-        parts = [_read_records(p, 1) for p in train_files]
-        test_x, test_l = _read_records(test_file, 1)
-        return RawData(
-            np.concatenate([x for x, _ in parts]),
-            np.concatenate([lab[:, 0] for _, lab in parts]),
-            test_x, test_l[:, 0], _read_names(meta_file),
-            files=[*train_files, test_file, meta_file],
-        )  # fmt: skip
-    fine_file, coarse_file = folder / "fine_label_names.txt", folder / "coarse_label_names.txt"
-    train_x, train_l = _read_records(folder / "train.bin", 2)
-    test_x, test_l = _read_records(folder / "test.bin", 2)
-    # Each CIFAR-100 record starts with the coarse label byte, then the fine one.
+    """Read the official binary layout (``info.binary_layout``: e.g. ``cifar-10-batches-bin``).
+
+    Record files, record size, the offsets of the label bytes and the names files all come
+    from the layout.
+    """
+    layout = info.binary_layout
+    out: dict[str, np.ndarray | None] = {}
+    for split, files in _split_files(layout).items():
+        parts = [_read_records(folder / name, layout) for name in files]
+        labels = _join([lab for _, lab in parts])
+        out[f"{split}_x"] = _join([x for x, _ in parts])
+        out[f"{split}_y"] = labels[:, layout.label_offset]
+        out[f"{split}_coarse"] = (
+            labels[:, layout.coarse_label_offset]
+            if layout.coarse_label_offset is not None
+            else None
+        )
+    names = _read_names(folder / layout.names_file)
+    coarse_names = (
+        _read_names(folder / layout.coarse_names_file)
+        if layout.coarse_names_file is not None
+        else None
+    )
     return RawData(
-        train_x, train_l[:, 1], test_x, test_l[:, 1], _read_names(fine_file),
-        train_coarse=train_l[:, 0], test_coarse=test_l[:, 0],
-        coarse_names=_read_names(coarse_file),
-        files=[folder / "train.bin", folder / "test.bin", fine_file, coarse_file],
-    )  # fmt: skip
+        class_names=names,
+        coarse_names=coarse_names,
+        files=[folder / name for name in layout.files],
+        **out,
+    )
 
 
 # --------------------------------------------------------------------------- image folders

@@ -1,10 +1,22 @@
-"""Facts about the CIFAR datasets: one place for names, URLs, checksums and statistics."""
+"""Facts about the CIFAR datasets: one place for names, URLs, checksums, statistics and the
+layout of their files.
+
+The readers (:mod:`cifarlab.data.formats`), the locator (:mod:`cifarlab.data.dataset`) and the
+downloader (:mod:`cifarlab.data.download`) hold no fact about any one dataset: file names,
+pickle keys, record sizes and label offsets all come from a :class:`DatasetInfo`. A dataset in
+the same shapes (32×32 RGB images in the official python or binary layout) is supported by
+describing it here, as torchvision's ``CIFAR100`` subclasses ``CIFAR10`` overriding only data.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
+DEFAULT_DATASET = "cifar10"  # what load_dataset reads when no name is given
+
+# One image in the official files: the R, G and B planes of 32×32 pixels, each row-major.
+IMAGE_BYTES = 3 * 32 * 32
 
 CIFAR10_CLASSES: tuple[str, ...] = (
     "airplane", "automobile", "bird", "cat", "deer",
@@ -50,6 +62,80 @@ class Archive:
 
 
 @dataclass(frozen=True)
+class PythonLayout:
+    """The official python layout: pickled dicts, one per file, under the archive's folder.
+
+    Each batch file holds ``data_key`` (N × 3072 uint8, the R, G, B planes) and the labels
+    under ``label_key`` (and ``coarse_label_key`` where there are two label sets); the meta
+    file holds the class names under ``names_key`` (and ``coarse_names_key``).
+    """
+
+    train_files: tuple[str, ...]  # read in this order and concatenated
+    test_files: tuple[str, ...]
+    meta_file: str
+    label_key: str
+    names_key: str
+    coarse_label_key: str | None = None
+    coarse_names_key: str | None = None
+    data_key: str = "data"
+    # Files whose presence says a folder holds this layout; () means the first train file and
+    # the first test file.
+    markers: tuple[str, ...] = ()
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of the layout: train files, test files, meta file."""
+        return (*self.train_files, *self.test_files, self.meta_file)
+
+    @property
+    def marker_files(self) -> tuple[str, ...]:
+        return self.markers or (self.train_files[0], self.test_files[0])
+
+
+@dataclass(frozen=True)
+class BinaryLayout:
+    """The official binary layout: fixed-size records of label bytes then image bytes.
+
+    Each record is ``label_bytes`` bytes of labels followed by :data:`IMAGE_BYTES` of pixels;
+    the (fine) label is the byte at ``label_offset``, the coarse one (if any) the byte at
+    ``coarse_label_offset``. Class names are text files, one name a line.
+    """
+
+    train_files: tuple[str, ...]  # read in this order and concatenated
+    test_files: tuple[str, ...]
+    names_file: str
+    coarse_names_file: str | None = None
+    label_bytes: int = 1
+    label_offset: int = 0
+    coarse_label_offset: int | None = None
+    markers: tuple[str, ...] = ()  # as for PythonLayout
+
+    def __post_init__(self) -> None:
+        offsets = [self.label_offset]
+        if self.coarse_label_offset is not None:
+            offsets.append(self.coarse_label_offset)
+        if not all(0 <= o < self.label_bytes for o in offsets):
+            raise ValueError(f"label offsets {offsets} outside a {self.label_bytes}-byte label")
+        if (self.coarse_names_file is None) != (self.coarse_label_offset is None):
+            raise ValueError("coarse_names_file and coarse_label_offset go together")
+
+    @property
+    def record_size(self) -> int:
+        """Bytes per record: the label bytes and one image."""
+        return self.label_bytes + IMAGE_BYTES
+
+    @property
+    def files(self) -> tuple[str, ...]:
+        """Every file of the layout: train records, test records, names file(s)."""
+        coarse = (self.coarse_names_file,) if self.coarse_names_file else ()
+        return (*self.train_files, *self.test_files, self.names_file, *coarse)
+
+    @property
+    def marker_files(self) -> tuple[str, ...]:
+        return self.markers or (self.train_files[0], self.test_files[0])
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     """Everything cifarlab knows about one dataset before reading any file."""
 
@@ -64,6 +150,8 @@ class DatasetInfo:
     mean: tuple[float, float, float]  # per channel, 0-1 scale
     std: tuple[float, float, float]
     archives: dict[str, Archive]  # format ("python" | "binary") -> archive
+    python_layout: PythonLayout  # the files inside archives["python"].folder
+    binary_layout: BinaryLayout  # the files inside archives["binary"].folder
     # md5 of each file of the extracted official python layout (names relative to its folder)
     python_md5: dict[str, str] = field(default_factory=dict)
 
@@ -74,6 +162,17 @@ class DatasetInfo:
     @property
     def test_per_class(self) -> int:
         return self.test_size // self.num_classes
+
+    def binary_file_sizes(self) -> dict[str, int]:
+        """The exact size in bytes of each record file of the complete official binary layout
+        (each split's images are spread evenly over its files)."""
+        layout = self.binary_layout
+        sizes = {}
+        splits = ((layout.train_files, self.train_size), (layout.test_files, self.test_size))
+        for files, n in splits:
+            for name in files:
+                sizes[name] = n // len(files) * layout.record_size
+        return sizes
 
 
 CIFAR10 = DatasetInfo(
@@ -101,6 +200,20 @@ CIFAR10 = DatasetInfo(
             170_052_171,
         ),
     },
+    python_layout=PythonLayout(
+        train_files=tuple(f"data_batch_{i}" for i in range(1, 6)),
+        test_files=("test_batch",),
+        meta_file="batches.meta",
+        label_key="labels",
+        names_key="label_names",
+    ),
+    binary_layout=BinaryLayout(
+        train_files=tuple(f"data_batch_{i}.bin" for i in range(1, 6)),
+        test_files=("test_batch.bin",),
+        names_file="batches.meta.txt",
+        label_bytes=1,
+        label_offset=0,
+    ),
     python_md5={
         "data_batch_1": "c99cafc152244af753f735de768cd75f",
         "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -136,6 +249,27 @@ CIFAR100 = DatasetInfo(
             168_513_733,
         ),
     },
+    python_layout=PythonLayout(
+        train_files=("train",),
+        test_files=("test",),
+        meta_file="meta",
+        label_key="fine_labels",
+        names_key="fine_label_names",
+        coarse_label_key="coarse_labels",
+        coarse_names_key="coarse_label_names",
+        # "train" and "test" are common names: the meta file too marks the layout
+        markers=("train", "test", "meta"),
+    ),
+    binary_layout=BinaryLayout(
+        train_files=("train.bin",),
+        test_files=("test.bin",),
+        names_file="fine_label_names.txt",
+        coarse_names_file="coarse_label_names.txt",
+        # Each record starts with the coarse label byte, then the fine one.
+        label_bytes=2,
+        label_offset=1,
+        coarse_label_offset=0,
+    ),
     python_md5={
         "train": "16019d7e3df5f24257cddd939b257f8d",
         "test": "f0ef6b0ae62326f3e7ffdfab6717acfc",
@@ -143,11 +277,12 @@ CIFAR100 = DatasetInfo(
     },
 )
 
-DATASETS: dict[str, DatasetInfo] = {"cifar10": CIFAR10, "cifar100": CIFAR100}
+DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (CIFAR10, CIFAR100)}
 
 
 def get_info(name: str) -> DatasetInfo:
-    """Return the :class:`DatasetInfo` for ``name`` ("cifar10" or "cifar100")."""
+    """Return the :class:`DatasetInfo` for ``name`` ("cifar10" or "cifar100"; case, ``-`` and
+    ``_`` do not matter)."""
     from cifarlab.errors import CifarlabError
 
     key = name.lower().replace("-", "").replace("_", "")
