@@ -29,6 +29,7 @@ from pathlib import Path
 
 def run_one(budget: str, args: argparse.Namespace) -> dict:
     from cifarlab.evaluate.run import evaluate_run
+    from cifarlab.runs import RunFolder
     from cifarlab.train.budget import parse_duration
 
     run = args.out / f"budget-{budget}-seed{args.seed}"
@@ -41,7 +42,7 @@ def run_one(budget: str, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
-    config = json.loads((run / "config.json").read_text())
+    config = RunFolder(run).read_config()
     chosen = config["budget_plan"]["chosen"]
     test = evaluate_run(run, "test", checkpoint="last", report=False)
     val = evaluate_run(run, "val", checkpoint="last", report=False)

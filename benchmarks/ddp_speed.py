@@ -27,7 +27,9 @@ def run(cmd: list[str], threads: int, out: Path) -> float:
     r = subprocess.run([*cmd, "--out", str(out)], capture_output=True, text=True, env=env)
     if r.returncode:
         sys.exit(f"failed: {' '.join(cmd)}\n{r.stderr[-3000:]}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    from cifarlab.runs import RunFolder
+
+    rows = RunFolder(out).read_metrics()
     return rows[-1]["images_per_s"]
 
 

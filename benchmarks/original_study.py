@@ -33,6 +33,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     from cifarlab.evaluate.run import evaluate_run
+    from cifarlab.runs import read_run
     from cifarlab.train import TrainConfig, train
 
     results: dict[str, list[dict]] = {m: [] for m in args.models}
@@ -43,8 +44,7 @@ def main() -> None:
             cfg = TrainConfig(model=model, root=args.root, epochs=args.epochs, seed=seed)
             train(cfg, out=run_dir, progress=False)
             wall = time.perf_counter() - start
-            config = json.loads((run_dir / "config.json").read_text())
-            history = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+            _, config, history = read_run(run_dir)
             m = evaluate_run(run_dir, "test", report=False)
             row = {
                 "model": model,

@@ -183,6 +183,7 @@ def run_airbench(args: argparse.Namespace, precision: str) -> dict:
 
 def run_cifarlab(options: str, args: argparse.Namespace, tag: str) -> dict:
     from cifarlab.evaluate.run import evaluate_run
+    from cifarlab.runs import RunFolder
 
     run = args.out / f"cifarlab-{tag}"
     if run.exists():
@@ -195,7 +196,7 @@ def run_cifarlab(options: str, args: argparse.Namespace, tag: str) -> dict:
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True)
     wall = time.perf_counter() - t0
-    config = json.loads((run / "config.json").read_text())
+    config = RunFolder(run).read_config()
     m = evaluate_run(run, "test", checkpoint="last", tta=2, report=False)
     return {
         "system": "cifarlab",

@@ -39,11 +39,12 @@ def _evaluate(run: Path, split: str, tta: int) -> tuple[float, float, float]:
 
 
 def run_one(recipe: str, seed: int, args: argparse.Namespace) -> dict:
-    from cifarlab.cli import _parse_setting
+    from cifarlab.runs import read_run
     from cifarlab.train import train
+    from cifarlab.train.config import parse_setting
     from cifarlab.train.recipes import recipe_config
 
-    overrides = dict(_parse_setting(s) for s in args.set)
+    overrides = dict(parse_setting(s) for s in args.set)
     cfg = recipe_config(recipe, root=args.root, seed=seed, **overrides)
     tag = args.tag or "-".join(f"{k}={v}" for k, v in overrides.items()).replace("/", "_")
     run = args.out / f"{recipe}{'-' + tag if tag else ''}-seed{seed}"
@@ -54,8 +55,7 @@ def run_one(recipe: str, seed: int, args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     train(cfg, out=run, progress=False)
     wall = time.perf_counter() - t0
-    config = json.loads((run / "config.json").read_text())
-    history = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    _, config, history = read_run(run)
     tta = cfg.tta or 2
     val, val_plain, _ = _evaluate(run, "val", tta)
     row = {

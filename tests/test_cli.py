@@ -93,6 +93,7 @@ def test_data_info_cifar100_coarse_from_env(tmp_path: Path) -> None:
     assert "large_man-made_outdoor_things" in r.stdout
 
 
+@pytest.mark.slow
 def test_data_show_writes_png(tmp_path: Path) -> None:
     write_cifar10_python(tmp_path)
     out = tmp_path / "grid" / "s.png"
@@ -104,6 +105,7 @@ def test_data_show_writes_png(tmp_path: Path) -> None:
     assert not [p for p in out.parent.iterdir() if p.name != "s.png"]  # no temp files left
 
 
+@pytest.mark.slow
 def test_data_show_cifar100_fine(tmp_path: Path) -> None:
     write_cifar100_python(tmp_path)
     out = tmp_path / "s.png"

@@ -61,7 +61,7 @@ def test_splits_are_disjoint_and_complete(tmp_path: Path) -> None:
     both = set(ds.train.indices.tolist()) | set(ds.val.indices.tolist())
     assert len(both) == 100
     assert ds.val.labels.bincount(minlength=10).tolist() == [3] * 10
-    with pytest.raises(CifarlabError, match="--val-size must be between 0 and 99"):
+    with pytest.raises(CifarlabError, match="val_size must be between 0 and 99"):
         _load("cifar10", tmp_path, val_size=100)
 
 
@@ -109,6 +109,7 @@ with warnings.catch_warnings():
 """
 
 
+@pytest.mark.slow
 def test_processes_writing_one_cache_entry_at_once_do_not_trip(tmp_path: Path) -> None:
     """torchrun's ranks (or two shells) may parse the same data at the same moment: every
     write must succeed quietly and leave a whole entry, never a half-removed one."""

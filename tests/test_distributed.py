@@ -15,6 +15,8 @@ import torch
 
 from cifarlab.train.checkpoint import load_checkpoint
 
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 

@@ -10,6 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quickstart_notebook_runs(cifar10_root: Path, tmp_path: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     import nbclient  # a dev dependency (pyproject.toml): missing, the test fails, not skips

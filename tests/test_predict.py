@@ -1,11 +1,9 @@
-"""Using a trained run: images of every common kind, Run.predict, `cifarlab predict`, and
-export to ONNX (run in onnxruntime) and TorchScript, checked against PyTorch."""
+"""Using a trained run: images of every common kind, Run.predict and `cifarlab predict`
+(export: test_export.py)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -14,12 +12,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cifarlab import load_dataset, load_run
+from cifarlab import load_run
 from cifarlab.errors import CifarlabError
-from cifarlab.export import Preprocessed, export_model
-from cifarlab.models import create_model, model_names
 from cifarlab.predict import ImageError, as_uint8_batch, load_image, resize_to_32
-from cifarlab.train import TrainConfig, train
+from conftest import run_cli
 
 
 @pytest.fixture(autouse=True)
@@ -27,34 +23,7 @@ def _quiet() -> None:
     warnings.simplefilter("ignore")
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True, timeout=300
-    )
-
-
-@pytest.fixture(scope="module")
-def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A quick run on a subset of the real data (module-wide: several tests use it)."""
-    from conftest import require_shared_data
-
-    root = require_shared_data()
-    out = tmp_path_factory.mktemp("run") / "quick"
-    from cifarlab.train.recipes import recipe_config
-
-    cfg = recipe_config("quick", root=str(root), train_size=10000, val_size=1000, epochs=3,
-                        device="cpu")  # fmt: skip
-    return train(cfg, out=out, progress=False)
-
-
-@pytest.fixture(scope="module")
-def test_images() -> tuple[np.ndarray, np.ndarray]:
-    from conftest import require_shared_data
-
-    root = require_shared_data()
-    ds = load_dataset("cifar10", root, val_size=0)
-    return ds.test.images[:200].numpy(), ds.test.labels[:200].numpy()
-
+_cli = run_cli
 
 # --------------------------------------------------------------------------- images
 
@@ -145,6 +114,7 @@ def test_every_input_type_gives_the_same_batch() -> None:
 # --------------------------------------------------------------------------- predict
 
 
+@pytest.mark.slow
 def test_run_predict_agrees_with_evaluation(
     trained_run: Path, test_images: tuple[np.ndarray, np.ndarray]
 ) -> None:
@@ -160,6 +130,7 @@ def test_run_predict_agrees_with_evaluation(
     assert np.allclose(one.probs[0], pred.probs[5], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_cli_predict_table_json_and_errors(
     trained_run: Path, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
 ) -> None:
@@ -187,94 +158,6 @@ def test_cli_predict_table_json_and_errors(
     assert "Traceback" not in r.stderr
     r = _cli("predict", str(tmp_path / "norun"), str(folder))
     assert r.returncode == 1 and "no such run folder" in r.stderr
-
-
-# --------------------------------------------------------------------------- export
-
-
-def _settle_batchnorm(model: torch.nn.Module, x: torch.Tensor) -> None:
-    """Give BatchNorm real running statistics, so the comparison is not of a trivial net."""
-    model.train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(x)
-    model.eval()
-
-
-@pytest.mark.parametrize("name", model_names())
-def test_export_matches_pytorch_for_every_model(
-    name: str, test_images: tuple[np.ndarray, np.ndarray], tmp_path: Path
-) -> None:
-    import onnx
-    import onnxruntime as ort
-
-    images, _ = test_images
-    mean, std = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-    torch.manual_seed(0)
-    model = create_model(name, 10)
-    wrapped = Preprocessed(model, mean, std)
-    x8 = torch.from_numpy(images[:64])
-    _settle_batchnorm(model, (x8.permute(0, 3, 1, 2).float() * wrapped.scale + wrapped.shift))
-    with torch.no_grad():
-        want = wrapped(x8)[0].numpy()
-    names = [f"c{i}" for i in range(10)]
-    path = export_model(model, tmp_path / "m.onnx", fmt="onnx", class_names=names, mean=mean,
-                        std=std, config={"model": name})  # fmt: skip
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits, probs = session.run(None, {"images": images[:64]})
-    assert np.abs(logits - want).max() < 1e-4
-    assert np.allclose(probs.sum(1), 1, atol=1e-5)
-    for n in (1, 7):  # dynamic batch
-        assert session.run(None, {"images": images[:n]})[0].shape == (n, 10)
-    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
-    assert json.loads(meta["class_names"]) == names and "NHWC" in meta["input_format"]
-
-    ts = export_model(model, tmp_path / "m.pt", fmt="torchscript", class_names=names,
-                      mean=mean, std=std)  # fmt: skip
-    extra = {"cifarlab.json": ""}
-    loaded = torch.jit.load(str(ts), _extra_files=extra)
-    with torch.no_grad():
-        got = loaded(x8)[0].numpy()
-        assert loaded(x8[:3])[0].shape == (3, 10)
-    assert np.abs(got - want).max() < 1e-4
-    assert json.loads(json.loads(extra["cifarlab.json"])["class_names"]) == names
-
-
-def test_cli_export_float_input_and_errors(
-    trained_run: Path, tmp_path: Path, test_images: tuple[np.ndarray, np.ndarray]
-) -> None:
-    import onnxruntime as ort
-
-    images, _ = test_images
-    out = tmp_path / "float.onnx"
-    r = _cli("export", str(trained_run), "--input", "float", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    x = (images[:16].transpose(0, 3, 1, 2) / 255).astype(np.float32)
-    logits = session.run(None, {"images": x})[0]
-    run = load_run(trained_run)
-    with torch.no_grad():
-        want = run.model.float()(run.preprocess(images[:16]).contiguous()).numpy()
-    assert np.abs(logits - want).max() < 1e-4
-    r = _cli("export", str(trained_run), "--format", "torchscript")
-    assert r.returncode == 0 and (trained_run / "model.pt").is_file()
-    r = _cli("export", str(tmp_path / "none"))
-    assert r.returncode == 1 and "no such run folder" in r.stderr and "Traceback" not in r.stderr
-
-
-def test_export_of_a_cifar100_run_names_100_classes(tmp_path: Path) -> None:
-    from fakedata import write_cifar100_python
-
-    write_cifar100_python(tmp_path / "data", train=300, test=100)
-    cfg = TrainConfig(model="simple_cnn", dataset="cifar100", root=str(tmp_path / "data"),
-                      val_size=100, epochs=1, device="cpu")  # fmt: skip
-    run = train(cfg, out=tmp_path / "r", progress=False)
-    r = _cli("export", str(run))
-    assert r.returncode == 0, r.stderr
-    import onnx
-
-    meta = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
-    assert len(json.loads(meta["class_names"])) == 100
 
 
 def test_transparent_pixels_of_palette_and_gray_images_come_out_white(tmp_path: Path) -> None:

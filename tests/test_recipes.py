@@ -3,11 +3,8 @@ CIFAR-100 through the same path. Real data (small subsets) and real generated fi
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -22,8 +19,8 @@ from cifarlab.evaluate.run import evaluate_run, load_model
 from cifarlab.models import create_model
 from cifarlab.train import TrainConfig, train
 from cifarlab.train.device import autocast_dtype
-from cifarlab.train.optim import Lookahead, lr_factor, param_groups
 from cifarlab.train.recipes import RECIPES, get_recipe, recipe_config
+from conftest import run_cli
 from fakedata import write_cifar100_learnable
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,46 +36,6 @@ def _history(run: Path) -> list[dict]:
 
 
 # --------------------------------------------------------------------------- pieces
-
-
-def test_triangle_and_cosine_schedules() -> None:
-    tri = TrainConfig(schedule="triangle", warmup=0.25, lr_start=0.2, lr_end=0.1)
-    total = 101
-    assert lr_factor(tri, 0, total) == pytest.approx(0.2)
-    assert lr_factor(tri, 25, total) == pytest.approx(1.0)
-    assert lr_factor(tri, 100, total) == pytest.approx(0.1)
-    assert lr_factor(tri, 50, total) == pytest.approx(1.0 - 0.9 * (0.25 / 0.75))
-    cos = dataclasses.replace(tri, schedule="cosine")
-    assert lr_factor(cos, 25, total) == pytest.approx(1.0)
-    assert lr_factor(cos, 100, total) == pytest.approx(0.1)
-    assert lr_factor(cos, 62, total) == pytest.approx(0.55, abs=0.02)  # half-way down
-    assert lr_factor(TrainConfig(), 37, total) == 1.0
-
-
-def test_norm_biases_get_the_scaled_lr() -> None:
-    model = create_model("fastnet_s")
-    cfg = TrainConfig(lr=0.1, weight_decay=0.01, bias_lr_scale=64.0)
-    others, biases = param_groups(cfg, model)
-    assert biases["lr"] == pytest.approx(6.4) and biases["weight_decay"] == pytest.approx(0.01 / 64)
-    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    assert {id(p) for p in biases["params"]} == {id(m.bias) for m in bn}
-    # frozen: the whitening filters and the BatchNorm scales
-    trainable = {id(p) for p in others["params"]} | {id(p) for p in biases["params"]}
-    assert id(model.whiten.weight) not in trainable
-    assert all(id(m.weight) not in trainable for m in bn)
-
-
-def test_lookahead_pulls_weights_towards_their_average() -> None:
-    model = torch.nn.Linear(2, 1, bias=False)
-    with torch.no_grad():
-        model.weight.fill_(0.0)
-    la = Lookahead(model)
-    with torch.no_grad():
-        model.weight.fill_(1.0)
-    la.update(model, decay=0.75)
-    assert torch.allclose(model.weight, torch.full((1, 2), 0.25))  # 0.75·0 + 0.25·1
-    assert torch.allclose(la.avg["weight"], model.weight)
-    assert la.decay(1.0, 5) == pytest.approx(0.95**5) and la.decay(0.5, 5) < la.decay(1.0, 5)
 
 
 def test_whitening_stem_decorrelates_patches(cifar10_root: Path) -> None:
@@ -109,9 +66,9 @@ def test_recipes_are_complete_and_overridable() -> None:
         assert cfg.recipe == name and cfg.epochs and cfg.lr and cfg.batch_size
     cfg = recipe_config("fast", epochs=2, lr=0.5)
     assert cfg.epochs == 2 and cfg.lr == 0.5 and cfg.model == get_recipe("fast").config.model
-    with pytest.raises(CifarlabError, match="unknown recipe 'turbo'"):
+    with pytest.raises(CifarlabError, match="recipe 'turbo' is unknown"):
         get_recipe("turbo")
-    with pytest.raises(CifarlabError, match="unknown setting"):
+    with pytest.raises(CifarlabError, match="warp_speed is not a setting"):
         recipe_config("fast", warp_speed=9)
 
 
@@ -141,6 +98,7 @@ def _small(root: Path, recipe: str, **kw) -> TrainConfig:
     "recipe,epochs,floor",
     [("quick", 3, 0.30), ("fast", 2, 0.30), ("max-cpu", 2, 0.30), ("resnet18", 1, 0.18)],
 )
+@pytest.mark.slow
 def test_every_recipe_learns(
     cifar10_root: Path, tmp_path: Path, recipe: str, epochs: int, floor: float
 ) -> None:
@@ -154,6 +112,7 @@ def test_every_recipe_learns(
     assert config["recipe"] == recipe and config["model"] == get_recipe(recipe).config.model
 
 
+@pytest.mark.slow
 def test_tta_does_not_lower_accuracy(cifar10_root: Path, tmp_path: Path) -> None:
     run = train(
         _small(cifar10_root, "quick", train_size=10000, val_size=2000, epochs=4),
@@ -180,6 +139,7 @@ def test_tta_does_not_lower_accuracy(cifar10_root: Path, tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("labels,classes", [("fine", 100), ("coarse", 20)])
+@pytest.mark.slow
 def test_cifar100_trains_with_a_recipe(tmp_path: Path, labels: str, classes: int) -> None:
     write_cifar100_learnable(tmp_path / "data", per_class=30, test_per_class=5)
     cfg = recipe_config(
@@ -197,12 +157,10 @@ def test_cifar100_trains_with_a_recipe(tmp_path: Path, labels: str, classes: int
 # --------------------------------------------------------------------------- CLI
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cifarlab", *args], capture_output=True, text=True, timeout=300
-    )
+_cli = run_cli
 
 
+@pytest.mark.slow
 def test_cli_recipes_lists_every_recipe() -> None:
     r = _cli("recipes")
     assert r.returncode == 0, r.stderr
@@ -211,9 +169,10 @@ def test_cli_recipes_lists_every_recipe() -> None:
     r = _cli("recipes", "--show", "fast")
     assert r.returncode == 0 and '"lookahead_every"' in r.stdout
     r = _cli("recipes", "--show", "nope")
-    assert r.returncode == 1 and "unknown recipe 'nope'" in r.stderr
+    assert r.returncode == 1 and "error: recipe 'nope' is unknown" in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_train_recipe_with_overrides(cifar10_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "r"
     r = _cli(
@@ -229,27 +188,32 @@ def test_cli_train_recipe_with_overrides(cifar10_root: Path, tmp_path: Path) -> 
     assert config["channels_last"] is False
     assert config["label_smoothing"] == get_recipe("quick").config.label_smoothing
     r = _cli("train", "--recipe", "quick", "--set", "warp=9", "--root", str(cifar10_root))
-    assert r.returncode == 1 and "--set warp: no such setting" in r.stderr
+    assert r.returncode == 1 and "error: --set warp is not a setting" in r.stderr
     assert "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize(
     "setting,message",
     [
-        ("epochs=abc", "setting epochs must be an integer, got 'abc'"),
-        ("seed=1.5", "setting seed must be an integer, got 1.5"),
-        ("lr=abc", "setting lr must be a number, got 'abc'"),
-        ("channels_last=1", "setting channels_last must be true or false"),
-        ("augment=[1]", "setting augment must be a JSON object"),
-        ("augment={bad", "setting augment must be a JSON object"),
-        ("momentum=1.5", "--momentum must be in [0, 1)"),
-        ("lr_start=-1", "lr_start and lr_end must be ≥ 0"),
+        ("epochs=abc", "epochs must be an integer, got 'abc'"),
+        ("seed=1.5", "seed must be an integer, got 1.5"),
+        ("lr=abc", "lr must be a number, got 'abc'"),
+        ("channels_last=1", "channels_last must be true or false"),
+        ("augment=[1]", "augment must be a JSON object"),
+        ("augment={bad", "augment must be a JSON object"),
+        ("momentum=1.5", "momentum must be in [0, 1)"),
+        ("lr_start=-1", "lr_start must be ≥ 0"),
     ],
 )
 def test_set_values_of_the_wrong_type_are_clear_errors(setting: str, message: str) -> None:
-    from cifarlab.cli import build_parser, train_config_from_args
+    from cifarlab.cli import _option_namer, build_parser, train_config_from_args
+    from cifarlab.errors import SettingError
 
     args = build_parser().parse_args(["train", "--recipe", "quick", "--set", setting])
-    with pytest.raises(CifarlabError) as e:
+    with pytest.raises(SettingError) as e:
         train_config_from_args(args).resolved()
-    assert message in str(e.value)
+    assert str(e.value).startswith(message)
+    name = setting.split("=")[0]
+    flag = {"epochs": "--epochs", "seed": "--seed", "lr": "--lr", "momentum": "--momentum",
+            "channels_last": "--channels-last"}.get(name, f"--set {name}")  # fmt: skip
+    assert e.value.render(_option_namer(args)).startswith(flag + message[len(name) :])

@@ -80,6 +80,7 @@ def image_sources(page: str) -> list[str]:
     return re.findall(r"<img\b[^>]*\bsrc=\"([^\"]*)\"", page)
 
 
+@pytest.mark.slow
 def test_report_files(report: Path) -> None:
     assert report.name == "report.html"
     for name in FIGURES:
@@ -213,7 +214,7 @@ def test_figures_are_standalone() -> None:
 
 def test_atomic_write_names_the_target_and_leaves_nothing(tmp_path: Path) -> None:
     from cifarlab.errors import CifarlabError
-    from cifarlab.report.io import atomic_write
+    from cifarlab.files import atomic_write
 
     (tmp_path / "adir").mkdir()
     with pytest.raises(CifarlabError, match=r"cannot write .*adir: it is a folder"):
@@ -231,6 +232,7 @@ def test_atomic_write_names_the_target_and_leaves_nothing(tmp_path: Path) -> Non
     )
 
 
+@pytest.mark.slow
 def test_a_val_report_does_not_overwrite_the_test_report(tmp_path: Path) -> None:
     written = {}
     for split, seed in (("test", 0), ("val", 1)):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, SettingError
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -49,29 +50,41 @@ def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> Non
         )
 
 
-def _add_run_argument(p: argparse.ArgumentParser) -> None:
-    """The trained run a command works on, and which of its checkpoints."""
-    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
-    p.add_argument(
-        "--checkpoint",
-        default="best",
-        choices=["best", "last"],
-        help="best on validation (default) or last",
-    )
+def _option_names(p: argparse.ArgumentParser) -> dict[str, str]:
+    """dest → the option that sets it (``epochs`` → ``--epochs``), for error messages."""
+    names = {}
+    for action in p._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            names[action.dest] = longs[0]
+    return names
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="cifarlab",
-        description="Train, evaluate and use CIFAR-10/100 image classifiers.",
-    )
-    from cifarlab import __version__
+def _option_namer(args: argparse.Namespace) -> Callable[[str], str]:
+    """How an error names a setting: by its option in the command that ran (``--epochs``);
+    a train setting without one, by ``--set NAME``; anything else by its own name."""
+    options = _option_names(args.parser)
+    is_train = getattr(args, "func", None) is cmd_train
 
-    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    def name_of(name: str) -> str:
+        if name in options:
+            return options[name]
+        return f"--set {name}" if is_train else name
 
-    p = sub.add_parser(
+    return name_of
+
+
+def _command(sub: argparse._SubParsersAction, name: str, func: Callable, **kw: Any):  # noqa: ANN202
+    p = sub.add_parser(name, **kw)
+    p.set_defaults(func=func, parser=p)
+    return p
+
+
+def _download_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "download",
+        cmd_download,
         help="download and unpack an official archive",
         description="Download an official CIFAR archive (resumable, md5-checked) "
         "and unpack it into the data folder.",
@@ -88,28 +101,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="base URL of a mirror (default: $CIFARLAB_MIRROR, else the official site)",
     )
-    p.set_defaults(func=cmd_download)
 
-    data = sub.add_parser(
-        "data", help="inspect the data (info, show)", description="Inspect a dataset."
+
+def _data_parser(sub: argparse._SubParsersAction) -> None:
+    data = _command(
+        sub,
+        "data",
+        lambda args: data.print_help() or 0,
+        help="inspect the data (info, show)",
+        description="Inspect a dataset.",
     )
     data_sub = data.add_subparsers(dest="data_command", metavar="COMMAND")
-    data.set_defaults(func=lambda args: data.print_help() or 0)
-
-    p = data_sub.add_parser(
+    p = _command(
+        data_sub,
         "info",
+        cmd_data_info,
         help="counts per class per split, source, checksums",
-        description="Show where the data came from, its checksum "
-        "status and images per class in each split.",
+        description="Show where the data came from, its checksum status and images "
+        "per class in each split.",
     )
     _add_data_options(p)
-    p.set_defaults(func=cmd_data_info)
-
-    p = data_sub.add_parser(
+    p = _command(
+        data_sub,
         "show",
+        cmd_data_show,
         help="write a PNG grid of sample images",
-        description="Write a PNG grid of sample images, N per class, titled "
-        "with their class names.",
+        description="Write a PNG grid of sample images, N per class, titled with "
+        "their class names.",
     )
     _add_data_options(p)
     p.add_argument(
@@ -131,35 +149,47 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs/samples.png"),
         help="PNG file to write (default: runs/samples.png)",
     )
-    p.set_defaults(func=cmd_data_show)
 
-    p = sub.add_parser(
+
+def _models_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "models",
-        help="list the models with their parameter counts",
-        description="List the registered models.",
+        cmd_models,
+        help="list the models with their parameter counts and default recipes",
+        description="List the registered models: parameters, the recipe each trains "
+        "with when none is named, and a description. Models of your own: --model "
+        "package.module:callable (see the README).",
     )
     p.add_argument(
         "--num-classes", type=int, default=10, help="count parameters for this many classes"
     )
-    p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser(
+
+def _recipes_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "recipes",
+        cmd_recipes,
         help="list the training recipes with their measured accuracy and time",
-        description="List the named training recipes (cifarlab train --recipe NAME) with the "
-        "test accuracy and CPU training time measured for each (BENCHMARKS.md).",
+        description="List the named training recipes (cifarlab train --recipe NAME) "
+        "with the test accuracy and CPU training time measured for each "
+        "(BENCHMARKS.md).",
     )
     p.add_argument("--show", metavar="NAME", help="print every setting of one recipe")
-    p.set_defaults(func=cmd_recipes)
 
-    p = sub.add_parser(
+
+def _doctor_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "doctor",
+        cmd_doctor,
         help="this machine: CPU, measured training speeds, what each recipe and budget takes",
-        description="Describe this machine (CPU model, family/model, the flags that matter, "
-        "threads, torch), time each FastNet's training step in float32 and bf16 (channels-"
-        "last; cached in the cache directory, --fresh to measure again), show which precision "
-        "`auto` picks, the expected training time of each recipe here, and what --budget "
-        "would train for a few budgets.",
+        description="Describe this machine (CPU model, family/model, the flags that "
+        "matter, threads, torch), time each FastNet's training step in float32 and "
+        "bf16 (channels-last; cached in the cache directory, --fresh to measure "
+        "again), show which precision `auto` picks, the expected training time of each "
+        "recipe here, and what --budget would train for a few budgets.",
     )
     p.add_argument("--fresh", action="store_true", help="measure again, ignoring the cache")
     p.add_argument(
@@ -167,72 +197,119 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--matmul", action="store_true", help="also measure torch.mm's peak FLOP/s")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_doctor)
 
-    p = sub.add_parser(
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "train",
+        cmd_train,
         help="train a model into a run folder",
         description="Train a model. Start from a recipe (--recipe NAME, see `cifarlab "
-        "recipes`) or a model (--model NAME, with its own defaults: for mlp and "
-        "simple_cnn the original study's Adam, lr 1e-3, batch 32, pixels / 255, no "
-        "augmentation, 10 epochs). Every option given overrides the recipe's value; "
-        "--set FIELD=VALUE reaches any field of the configuration.",
+        "recipes`) or a model (--model NAME: it trains with its default recipe, see "
+        "`cifarlab models`; mlp and simple_cnn with the original study's). Every "
+        "option given overrides the recipe's value; --set FIELD=VALUE reaches any "
+        "field of the configuration (`cifarlab recipes --show NAME` lists them).",
     )
-    p.add_argument("--recipe", help="start from this recipe (quick, fast, max-cpu, resnet18)")
-    p.add_argument(
+    g = p.add_argument_group("what to train")
+    g.add_argument("--recipe", help="start from this recipe (see `cifarlab recipes`)")
+    g.add_argument(
+        "--model",
+        help="a model name (see `cifarlab models`; default: simple_cnn) or your own, "
+        "as an import path package.module:callable taking num_classes",
+    )
+    g.add_argument(
         "--budget",
         metavar="TIME",
-        help="train for this long (90s, 5m, 1h; data loading and measuring included): "
-        "cifarlab times this machine, then picks the network, precision and number of steps "
-        "with the best expected accuracy; --model limits the choice to one network",
+        help="train for this long (90s, 5m, 1h; data loading and measuring "
+        "included): cifarlab times this machine, then picks the network, precision "
+        "and number of steps with the best expected accuracy; --model limits the "
+        "choice to one network",
     )
-    p.add_argument("--model", help="model name (see `cifarlab models`; default: simple_cnn)")
-    _add_data_options(p)
-    p.add_argument("--epochs", type=int, help="epochs to train")
-    p.add_argument("--batch-size", type=int, help="images per step")
-    p.add_argument("--lr", type=float, help="learning rate (PyTorch's, for the mean loss)")
-    p.add_argument(
+    g = p.add_argument_group("data")
+    g.add_argument(
+        "--dataset", choices=["cifar10", "cifar100"], help="which dataset (default: cifar10)"
+    )
+    g.add_argument(
+        "--root",
+        type=Path,
+        help="folder or .tar.gz holding the data (default: $CIFARLAB_DATA, else the "
+        "user cache directory)",
+    )
+    g.add_argument(
+        "--labels",
+        choices=["fine", "coarse"],
+        help="CIFAR-100 label set: fine (100 classes, default) or coarse (20)",
+    )
+    g.add_argument(
+        "--val-size", type=int, help="images held out of train for validation (default: 5000)"
+    )
+    g.add_argument(
+        "--train-size", type=int, help="train on a class-balanced subset of N training images"
+    )
+    g.add_argument(
+        "--download",
+        action="store_true",
+        help="download the official archive if the data is not found",
+    )
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, help="epochs to train")
+    g.add_argument("--batch-size", type=int, help="images per step")
+    g.add_argument("--lr", type=float, help="learning rate (PyTorch's, for the mean loss)")
+    g.add_argument(
         "--optimizer",
         choices=["adam", "sgd", "muon"],
-        help="adam; sgd with Nesterov momentum; muon: Muon on the conv filters (lr: muon_lr, "
-        "set with --set muon_lr=...), Nesterov SGD on the rest",
+        help="adam; sgd with Nesterov momentum; muon: Muon on the conv filters (lr: "
+        "muon_lr, set with --set muon_lr=...), Nesterov SGD on the rest",
     )
-    p.add_argument("--momentum", type=float, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, help="L2 weight decay (default: 0)")
-    p.add_argument("--label-smoothing", type=float, help="default: 0")
-    p.add_argument(
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--weight-decay", type=float, help="L2 weight decay")
+    g.add_argument("--label-smoothing", type=float, help="label smoothing of the loss")
+    g.add_argument(
+        "--schedule", choices=["constant", "triangle", "cosine"], help="learning-rate schedule"
+    )
+    g = p.add_argument_group("preprocessing and augmentation")
+    g.add_argument(
         "--normalize",
         choices=["unit", "standard"],
         help="unit: pixels / 255; standard: subtract the dataset mean, divide by std",
     )
-    p.add_argument("--translate", type=int, help="random shift ±N px, reflect padding")
-    p.add_argument(
-        "--flip", choices=["none", "random", "alternate"], help="horizontal flips (default: none)"
-    )
-    p.add_argument("--cutout", type=int, help="zero a random N×N square (default: 0)")
-    p.add_argument(
-        "--schedule", choices=["constant", "triangle", "cosine"], help="learning-rate schedule"
-    )
-    p.add_argument(
+    g.add_argument("--translate", type=int, help="random shift ±N px, reflect padding")
+    g.add_argument("--flip", choices=["none", "random", "alternate"], help="horizontal flips")
+    g.add_argument("--cutout", type=int, help="zero a random N×N square")
+    g = p.add_argument_group("speed")
+    g.add_argument(
         "--precision",
         choices=["fp32", "bf16", "auto"],
-        help="auto: on a CPU, time this model's training step in float32 and bf16 here "
-        "(cached per machine) and take the faster; on CUDA bf16 from compute capability 8",
+        help="auto: on a CPU, time this model's training step in float32 and bf16 "
+        "here (cached per machine) and take the faster; on CUDA bf16 from compute "
+        "capability 8",
     )
-    p.add_argument(
+    g.add_argument(
         "--channels-last",
         action=argparse.BooleanOptionalAction,
         help="NHWC memory format for model and batches",
     )
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
-    p.add_argument(
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
+    g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
+    g.add_argument("--device", help="auto, cpu, cuda or mps (default: auto)")
+    g = p.add_argument_group("run")
+    g.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATASET-TIME)")
+    g.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN",
+        help="continue the interrupted run in RUN with its own settings; --epochs "
+        "may extend it, --device, --root and --threads may differ",
+    )
+    g.add_argument("--seed", type=int, help="random seed (default: 0)")
+    g.add_argument(
         "--tta",
         type=int,
         choices=[0, 1, 2],
         help="test-time augmentation used by evaluate: 0 none, 1 mirror, 2 mirror + shifts",
     )
-    p.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
-    p.add_argument(
+    g.add_argument(
         "--set",
         dest="settings",
         action="append",
@@ -241,29 +318,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="set any configuration field (e.g. --set lookahead_every=0 --set "
         "augment='{\"translate\": 4}'); VALUE is read as JSON, else as text",
     )
-    p.add_argument("--seed", type=int, help="random seed (default: 0)")
-    p.add_argument("--device", help="auto, cpu, cuda or mps (default: auto)")
-    p.add_argument(
-        "--train-size", type=int, help="train on a class-balanced subset of N training images"
-    )
-    p.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATASET-TIME)")
-    p.add_argument(
-        "--resume",
-        type=Path,
-        metavar="RUN",
-        help="continue the interrupted run in RUN with its own settings; --epochs may "
-        "extend it, --device, --root and --threads may differ",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.set_defaults(func=cmd_train)
+    g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    p = sub.add_parser(
+
+def _add_run_argument(p: argparse.ArgumentParser) -> None:
+    """The trained run a command works on, and which of its checkpoints."""
+    p.add_argument("run", type=Path, help="the run folder (runs/NAME)")
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last"],
+        help="best on validation (default) or last",
+    )
+
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "evaluate",
+        cmd_evaluate,
         help="evaluate a run: metrics, tables, JSON and report.html",
         description="Evaluate a trained run on the test (or val) split: accuracy, "
-        "top-5, log-loss, per-class precision/recall/F1, confusion "
-        "matrix, predicted vs true counts; writes eval_SPLIT.json and "
-        "report.html (report_val.html for --split val) into the run folder.",
+        "top-5, log-loss, per-class precision/recall/F1, confusion matrix, predicted "
+        "vs true counts; writes eval_SPLIT.json and report.html (report_val.html for "
+        "--split val) into the run folder.",
     )
     _add_run_argument(p)
     p.add_argument("--split", default="test", choices=["test", "val"], help="default: test")
@@ -273,20 +351,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--tta",
         type=int,
         choices=[0, 1, 2],
-        help="test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-px shifts (default: the "
-        "run's setting)",
+        help="test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-px shifts "
+        "(default: the run's setting)",
     )
     p.add_argument("--no-report", action="store_true", help="skip report.html")
-    p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser(
+
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "predict",
+        cmd_predict,
         help="predict the class of your own images with a trained run",
-        description="Predict image files (PNG, JPEG, BMP, WebP, GIF, TIFF; any size; folders "
-        "are searched recursively) with a trained run. Each image is brought to 32×32 RGB "
-        "(transparency onto white, shorter side to 32, centre crop), normalized as in "
-        "training, and run with the run's test-time augmentation. A file that cannot be "
-        "read is reported and skipped; the exit code is 1 if any failed.",
+        description="Predict image files (PNG, JPEG, BMP, WebP, GIF, TIFF; any size; "
+        "folders are searched recursively) with a trained run. Each image is brought "
+        "to 32×32 RGB (transparency onto white, shorter side to 32, centre crop), "
+        "normalized as in training, and run with the run's test-time augmentation. A "
+        "file that cannot be read is reported and skipped; the exit code is 1 if any "
+        "failed.",
     )
     _add_run_argument(p)
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH", help="image files or folders")
@@ -300,15 +382,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="crop: shorter side to 32, centre square (default); stretch: both sides to 32",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
-    p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser(
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "export",
+        cmd_export,
         help="export a trained run to ONNX or TorchScript",
         description="Export a run's model, with its preprocessing, to one file. Input "
         "'images': uint8 N×32×32×3 RGB 0..255 (--input uint8, default) or float32 "
-        "N×3×32×32 RGB 0..1 (--input float); outputs 'logits' and 'probabilities'; dynamic "
-        "batch size; class names and preprocessing in the file's metadata.",
+        "N×3×32×32 RGB 0..1 (--input float); outputs 'logits' and 'probabilities'; "
+        "dynamic batch size; class names and preprocessing in the file's metadata.",
     )
     _add_run_argument(p)
     p.add_argument(
@@ -324,13 +409,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--out", type=Path, help="file to write (default: RUN/model.onnx or RUN/model.pt)"
     )
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
+
+def _compare_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
         "compare",
+        cmd_compare,
         help="one side-by-side report of several evaluated runs",
-        description="Compare evaluated runs: accuracy, macro F1, parameters, "
-        "training time, per-class F1.",
+        description="Compare evaluated runs: accuracy, macro F1, parameters, training "
+        "time, per-class F1.",
     )
     p.add_argument("runs", type=Path, nargs="+", help="run folders (each evaluated first)")
     p.add_argument("--split", default="test", choices=["test", "val"])
@@ -340,7 +428,33 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path("runs/compare.html"),
         help="HTML file to write (default: runs/compare.html)",
     )
-    p.set_defaults(func=cmd_compare)
+
+
+COMMANDS = (
+    _download_parser,
+    _data_parser,
+    _models_parser,
+    _recipes_parser,
+    _doctor_parser,
+    _train_parser,
+    _evaluate_parser,
+    _predict_parser,
+    _export_parser,
+    _compare_parser,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cifarlab`` parser: one small function per command above."""
+    from cifarlab import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cifarlab", description="Train, evaluate and use CIFAR-10/100 image classifiers."
+    )
+    parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
     return parser
 
 
@@ -430,144 +544,105 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 def cmd_models(args: argparse.Namespace) -> int:
     from cifarlab.models import count_parameters, create_model, get_entry, model_names
 
-    print(f"{'model':<14} {'parameters':>12}  description")
+    print(f"{'model':<12} {'parameters':>12}  {'default recipe':<15} description")
     for name in model_names():
         n = count_parameters(create_model(name, args.num_classes))
-        print(f"{name:<14} {n:>12,}  {get_entry(name).description}")
+        entry = get_entry(name)
+        print(f"{name:<12} {n:>12,}  {entry.recipe or 'original':<15} {entry.description}")
+    print(
+        "\nyour own model: cifarlab train --model package.module:callable (a callable taking "
+        "num_classes); see the README"
+    )
     return 0
 
 
-# Options of `train` that map one-to-one onto TrainConfig fields.
+# Options of `train` that set the TrainConfig field of the same name (translate, flip and
+# cutout: that key of `augment`).
 _TRAIN_FIELDS = (
-    "model", "dataset", "labels", "epochs", "batch_size", "lr", "optimizer", "momentum",
-    "weight_decay", "label_smoothing", "normalize", "schedule", "precision", "channels_last",
-    "compile", "tta", "threads", "seed", "device", "train_size", "val_size",
-)  # fmt: skip
+    "model",
+    "dataset",
+    "labels",
+    "root",
+    "epochs",
+    "batch_size",
+    "lr",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "label_smoothing",
+    "normalize",
+    "schedule",
+    "precision",
+    "channels_last",
+    "compile",
+    "tta",
+    "threads",
+    "seed",
+    "device",
+    "train_size",
+    "val_size",
+    "translate",
+    "flip",
+    "cutout",
+)
 
 
-def _parse_setting(text: str) -> tuple[str, object]:
-    import json
+def _changes(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line: each option given, then each --set."""
+    from cifarlab.train.config import parse_setting
 
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise CifarlabError(f"--set needs FIELD=VALUE, got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip().replace("-", "_"), value
+    given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    if "root" in given:
+        given["root"] = str(given["root"])
+    for text in args.settings:
+        key, value = parse_setting(text)
+        given[key] = value
+    return given
 
 
 def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    """The TrainConfig that `cifarlab train` options describe: the recipe (or the defaults),
-    then every option given, then every --set."""
-    import dataclasses
+    """The TrainConfig that `cifarlab train` options describe: the recipe (or the model's
+    default recipe), then every option given, then every --set."""
+    from cifarlab.train.config import make_config
 
-    from cifarlab.train import TrainConfig
-    from cifarlab.train.recipes import get_recipe
-
-    base = get_recipe(args.recipe).config if args.recipe else TrainConfig()
-    changes: dict = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    if args.root is not None:
-        changes["root"] = str(args.root)
-    augment = dict(base.augment)
-    for key in ("translate", "flip", "cutout"):
-        if getattr(args, key) is not None:
-            augment[key] = getattr(args, key)
-    changes["augment"] = augment
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for text in args.settings:
-        key, value = _parse_setting(text)
-        if key not in fields:
-            raise CifarlabError(f"--set {key}: no such setting (see `cifarlab recipes --show`)")
-        changes[key] = value
-    return dataclasses.replace(base, **changes)
+    return make_config(args.recipe, **_changes(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from cifarlab.train import train
+    from cifarlab.train.config import budget_config
+    from cifarlab.train.device import rank
 
     if args.download:
         from cifarlab.data.dataset import load_dataset
 
-        load_dataset(args.dataset, args.root, download=True, val_size=0)
+        load_dataset(args.dataset or "cifar10", args.root, download=True, val_size=0)
+    progress = not args.no_progress
     if args.resume is not None:
         if args.budget is not None:
-            raise CifarlabError("--budget starts a new run; --resume keeps the run's own budget")
-        run = train(resume=args.resume, changes=_resume_changes(args),
-                    progress=not args.no_progress)  # fmt: skip
+            raise SettingError("budget", "starts a new run; a resumed run keeps its own budget")
+        given = _changes(args)
+        for key in ("recipe", "out"):
+            if getattr(args, key) is not None:
+                given[key] = getattr(args, key)
+        run = train(resume=args.resume, changes=given, progress=progress)
     elif args.budget is not None:
+        given = _changes(args)
+        model = given.pop("model", None)
+        if args.recipe is not None:
+            given["recipe"] = args.recipe
         run = train(
-            _budget_config(args),
+            budget_config(given),
             out=args.out,
-            progress=not args.no_progress,
+            progress=progress,
             budget=args.budget,
-            budget_model=args.model,
+            budget_model=model,
         )
     else:
-        run = train(train_config_from_args(args), out=args.out, progress=not args.no_progress)
-    if _rank() == 0:
+        run = train(train_config_from_args(args), out=args.out, progress=progress)
+    if rank() == 0:
         print(f"run saved in {run}  (next: cifarlab evaluate {run})")
     return 0
-
-
-# Options of `train` whose argparse default is not None: given only if they differ from it.
-_TRAIN_DEFAULTS = {"dataset": "cifar10", "labels": "fine", "val_size": 5000}
-
-
-def _options_given(args: argparse.Namespace) -> dict:
-    """The options of `train` given on the command line (argparse's defaults left out)."""
-    given = {
-        k: getattr(args, k)
-        for k in (*_TRAIN_FIELDS, "recipe", "out", "translate", "flip", "cutout")
-        if getattr(args, k) is not None and getattr(args, k) != _TRAIN_DEFAULTS.get(k)
-    }
-    if args.root is not None:
-        given["root"] = str(args.root)
-    return given
-
-
-def _resume_changes(args: argparse.Namespace) -> dict:
-    """What `train --resume RUN ...` asks to change; the library refuses what may not."""
-    from cifarlab.train.engine import RESUME_CHANGES
-
-    given = _options_given(args)
-    fixed = sorted(set(given) - set(RESUME_CHANGES)) + ["--set"] * bool(args.settings)
-    if fixed:
-        names = ", ".join(f"--{k.replace('_', '-')}" if k != "--set" else k for k in fixed)
-        raise CifarlabError(
-            f"--resume continues a run with its own settings: {names} cannot change "
-            "(--epochs, --device, --root and --threads can); start a new run with --out"
-        )
-    return given
-
-
-# What --budget leaves to the user: the data and the run, not the training recipe.
-_BUDGET_FIELDS = ("dataset", "labels", "root", "seed", "device", "threads", "train_size",
-                  "val_size")  # fmt: skip
-
-
-def _budget_config(args: argparse.Namespace):  # noqa: ANN202
-    from cifarlab.train import TrainConfig
-
-    given = _options_given(args)
-    recipe_options = sorted(set(given) - {*_BUDGET_FIELDS, "model", "out"}) + ["set"] * bool(
-        args.settings
-    )
-    if recipe_options:
-        names = ", ".join(f"--{k.replace('_', '-')}" for k in recipe_options)
-        raise CifarlabError(
-            f"--budget chooses the recipe itself: {names} cannot be combined with it "
-            "(use --recipe or --model with --epochs for a fixed set-up)"
-        )
-    return TrainConfig(**{k: v for k, v in given.items() if k in _BUDGET_FIELDS})
-
-
-def _rank() -> int:
-    """This process's rank under torchrun (0 otherwise): only rank 0 talks to the user."""
-    import os
-
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
@@ -580,18 +655,24 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: {recipe.description}")
         print(json.dumps(recipe.config.to_dict(), indent=2))
         return 0
-    print(f"{'recipe':<10} {'model':<11} {'epochs':>6}  {'test acc (TTA)':<16} {'CPU time':>9}  "
-          "description")  # fmt: skip
+    print(
+        f"{'recipe':<10} {'model':<11} {'epochs':>6}  {'test acc (TTA)':<16} {'CPU time':>9}  "
+        "description"
+    )
     for r in RECIPES.values():
         m = r.measured
         acc = f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" if m else "not measured"
         secs = f"{m['train_seconds']:.0f} s" if m else "–"
-        print(f"{r.name:<10} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
-              f"{r.description}")  # fmt: skip
+        print(
+            f"{r.name:<10} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
+            f"{r.description}"
+        )
     machines = sorted({r.measured["machine"] for r in RECIPES.values() if r.measured})
-    print(f"\nmeasured on {'; '.join(machines)}; CIFAR-10 (JPEG copy); details and commands in "
-          "BENCHMARKS.md. Times differ on other CPUs: `cifarlab doctor` estimates them here, "
-          "and `cifarlab train --budget 5m` fits a run to a time.")  # fmt: skip
+    print(
+        f"\nmeasured on {'; '.join(machines)}; CIFAR-10 (JPEG copy); details and commands in "
+        "BENCHMARKS.md. Times differ on other CPUs: `cifarlab doctor` estimates them here, "
+        "and `cifarlab train --budget 5m` fits a run to a time."
+    )
     return 0
 
 
@@ -602,8 +683,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
     if any(b < 1 for b in args.batch_sizes):
         raise CifarlabError("--batch-sizes must be ≥ 1")
-    report = doctor(fresh=args.fresh, batch_sizes=tuple(args.batch_sizes), matmul=args.matmul,
-                    log=None if args.json else print)  # fmt: skip
+    report = doctor(
+        fresh=args.fresh,
+        batch_sizes=tuple(args.batch_sizes),
+        matmul=args.matmul,
+        log=None if args.json else print,
+    )
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     return 0
@@ -616,6 +701,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         counts_table_text,
     )
     from cifarlab.evaluate.run import evaluate_run
+    from cifarlab.runs import RunFolder
 
     m = evaluate_run(
         args.run,
@@ -640,7 +726,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(classification_report_text(m))
     print(counts_table_text(m))
     print(confusion_matrix_text(m))
-    print(f"wrote {args.run / f'eval_{args.split}.json'}")
+    print(f"wrote {RunFolder(args.run).eval_path(args.split)}")
     if "report" in m:
         print(f"report: {m['report']}")
     return 0
@@ -682,35 +768,21 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from cifarlab.export import export_run
 
-    out = export_run(args.run, args.format, args.out, checkpoint=args.checkpoint,
-                     input_kind=args.input_kind)  # fmt: skip
+    out = export_run(
+        args.run, args.format, args.out, checkpoint=args.checkpoint, input_kind=args.input_kind
+    )
     print(f"wrote {out}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    import json
-
-    from cifarlab.evaluate.run import read_run
     from cifarlab.report.html import write_comparison
+    from cifarlab.runs import RunFolder, read_run
 
     runs = []
     for run_dir in args.runs:
         run, config, history = read_run(run_dir)
-        path = run / f"eval_{args.split}.json"
-        if not path.is_file():
-            raise CifarlabError(
-                f"{run}: not evaluated on {args.split} yet "
-                f"(run: cifarlab evaluate {run} --split {args.split})"
-            )
-        try:
-            m = json.loads(path.read_text())
-            m["accuracy"], m["macro_avg"]["f1"], m["per_class"]  # noqa: B018
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise CifarlabError(
-                f"{path}: not an evaluation written by cifarlab (run: cifarlab evaluate {run} "
-                f"--split {args.split})"
-            ) from None
+        m = RunFolder(run).read_eval(args.split)
         runs.append((run.name, config, m, history))
     out = write_comparison(args.out, runs)
     for name, config, m, _ in runs:
@@ -729,16 +801,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     warnings.showwarning = _show_warning
-    if _rank() > 0:
+    from cifarlab.train.device import rank
+
+    if rank() > 0:
         warnings.simplefilter("ignore")  # rank 0 has said it already
     from cifarlab.train.engine import TrainingInterrupted
 
     try:
         return int(args.func(args) or 0)
     except TrainingInterrupted as e:
-        if _rank() == 0:  # every rank stops at the same step; one says so
+        if rank() == 0:  # every rank stops at the same step; one says so
             print(str(e), file=sys.stderr)
         return 130
+    except SettingError as e:  # name the option the user typed, not the library's parameter
+        print(f"error: {e.render(_option_namer(args))}", file=sys.stderr)
+        return 1
     except CifarlabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -4,9 +4,30 @@ The CLI prints ``str(error)`` on one line and exits non-zero; library users can 
 :class:`CifarlabError` to handle every expected failure at once.
 """
 
+from collections.abc import Callable, Iterable
+
 
 class CifarlabError(Exception):
     """Base class for every error cifarlab reports to the user."""
+
+
+class SettingError(CifarlabError):
+    """A setting has a value it cannot have. ``names`` are TrainConfig fields (or another
+    function's parameters); :meth:`render` lets the CLI name its options instead."""
+
+    def __init__(
+        self, names: str | Iterable[str], problem: str, others: Iterable[str] = ()
+    ) -> None:
+        self.names = [names] if isinstance(names, str) else list(names)
+        self.problem = problem  # may say "{others}": more settings named in the message
+        self.others = list(others)
+        super().__init__(self.render())
+
+    def render(self, name_of: Callable[[str], str] = str) -> str:
+        problem = self.problem
+        if self.others:
+            problem = problem.replace("{others}", ", ".join(name_of(n) for n in self.others))
+        return f"{', '.join(name_of(n) for n in self.names)} {problem}"
 
 
 class DataError(CifarlabError):

@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cifarlab.errors import CifarlabError
-from cifarlab.report.io import atomic_write
+from cifarlab.errors import CifarlabError, SettingError
+from cifarlab.files import atomic_write
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("uint8", "float")
@@ -115,9 +115,9 @@ def export_model(
 ) -> Path:
     """Write ``model`` (float32, CPU, eval mode) with its preprocessing to ``out``."""
     if fmt not in FORMATS:
-        raise CifarlabError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise SettingError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if input_kind not in INPUTS:
-        raise CifarlabError(f"--input must be one of {', '.join(INPUTS)}, got {input_kind!r}")
+        raise SettingError("input_kind", f"must be one of {', '.join(INPUTS)}, got {input_kind!r}")
     wrapped = Preprocessed(model.float().cpu().eval(), mean, std, input_kind).eval()
     meta = metadata(config or {}, class_names, input_kind, mean, std)
     example = _example(input_kind)
@@ -192,7 +192,7 @@ def export_run(
 
     run = load_run(run_dir, checkpoint, device="cpu")
     if out is None:
-        out = run.path / ("model.onnx" if fmt == "onnx" else "model.pt")
+        out = run.opened.folder.export_path(fmt)
     return export_model(
         run.model, out, fmt=fmt, class_names=run.class_names, mean=run.mean, std=run.std,
         config=run.config, input_kind=input_kind,

@@ -14,7 +14,6 @@ same way for every input path (files, PIL images, arrays, tensors):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -217,29 +216,27 @@ class Prediction:
 
 
 class Run:
-    """A trained run loaded for inference (on the CPU unless told otherwise)."""
+    """A trained run loaded for inference (on the CPU unless told otherwise): the model, its
+    normalization, precision and test-time augmentation come from the run folder
+    (:func:`cifarlab.runs.open_run`)."""
 
     def __init__(
         self, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu"
     ) -> None:
-        from cifarlab.data.sources import get_info
-        from cifarlab.evaluate.run import load_model, read_run
-        from cifarlab.train.config import TrainConfig
-        from cifarlab.train.device import resolve_device, run_autocast
+        from cifarlab.runs import open_run
 
-        self.path, self.config, _ = read_run(path)
-        self.cfg = TrainConfig.from_dict(self.config)
-        self.class_names: list[str] = list(self.config["class_names"])
-        self.device = resolve_device(device)
-        model, state = load_model(self.path, self.config, checkpoint)
-        self.model = model.to(self.device).eval()
-        self.checkpoint_epoch = int(state["epoch"])
-        info = get_info(self.cfg.dataset)
-        standard = self.cfg.normalize == "standard"
-        self.mean = info.mean if standard else None
-        self.std = info.std if standard else None
-        self.tta = self.cfg.tta
-        self.autocast = run_autocast(self.config, self.device)
+        opened = open_run(path, checkpoint, device)
+        self.opened = opened
+        self.path = opened.folder.path
+        self.config = opened.config
+        self.cfg = opened.cfg
+        self.class_names: list[str] = opened.class_names
+        self.device = opened.device
+        self.model = opened.model
+        self.checkpoint_epoch = opened.checkpoint_epoch
+        self.mean, self.std = opened.mean, opened.std
+        self.tta = opened.tta
+        self.autocast = opened.autocast
 
     @property
     def name(self) -> str:
@@ -257,12 +254,7 @@ class Run:
         from cifarlab.evaluate.inference import tta_logits
 
         out = []
-        ctx = (
-            torch.autocast(self.device.type, dtype=self.autocast)
-            if self.autocast is not None
-            else contextlib.nullcontext()
-        )
-        with ctx:
+        with self.opened.autocast_context():
             for start in range(0, len(batch), batch_size):
                 x = self.preprocess(batch[start : start + batch_size])
                 out.append(tta_logits(self.model, x, self.tta).float().cpu())

@@ -22,7 +22,7 @@ from cifarlab.data import cache
 from cifarlab.data.download import md5sum
 from cifarlab.data.formats import RawData, read_binary, read_image_folder, read_python
 from cifarlab.data.sources import DATASETS, DEFAULT_DATASET, DatasetInfo, get_info
-from cifarlab.errors import CifarlabError, DataError
+from cifarlab.errors import CifarlabError, DataError, SettingError
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -309,7 +309,7 @@ def stratified_holdout(labels: np.ndarray, size: int, seed: int = 0) -> np.ndarr
     """
     n = len(labels)
     if not 0 <= size < n:
-        raise CifarlabError(f"--val-size must be between 0 and {n - 1}, got {size}")
+        raise SettingError("val_size", f"must be between 0 and {n - 1}, got {size}")
     if size == 0:
         return np.zeros(0, dtype=np.int64)
     classes, counts = np.unique(labels, return_counts=True)
@@ -381,7 +381,7 @@ def load_dataset(
     """
     info = get_info(name)
     if labels not in ("fine", "coarse"):
-        raise CifarlabError(f"--labels must be fine or coarse, got {labels!r}")
+        raise SettingError("labels", f"must be fine or coarse, got {labels!r}")
     if labels == "coarse" and info.num_coarse_classes is None:
         having = " or ".join(d.title for d in DATASETS.values() if d.num_coarse_classes)
         raise CifarlabError(f"{info.title} has no coarse labels (only {having} does)")

@@ -1,5 +1,19 @@
-"""Models by name: :func:`create_model`, :func:`model_names`."""
+"""Models by name: :func:`create_model`, :func:`model_names`, :func:`register_model`."""
 
-from cifarlab.models.registry import count_parameters, create_model, get_entry, model_names
+from cifarlab.models.registry import (
+    count_parameters,
+    create_model,
+    get_entry,
+    import_path,
+    model_names,
+    register_model,
+)
 
-__all__ = ["count_parameters", "create_model", "get_entry", "model_names"]
+__all__ = [
+    "count_parameters",
+    "create_model",
+    "get_entry",
+    "import_path",
+    "model_names",
+    "register_model",
+]

@@ -125,12 +125,12 @@ def _builder(widths: Sequence[int], extra: int = 1):  # noqa: ANN202
 
 
 # Registered sizes. The training recipes that go with them live in cifarlab.train.recipes.
-register("fastnet_s", "FastNet, widths 16/32/64 (the quick recipe: seconds on a CPU)")(
+register("fastnet_s", "FastNet, widths 16/32/64: seconds on a CPU", recipe="quick")(
     _builder((16, 32, 64))
 )
-register("fastnet_m", "FastNet, widths 64/128/256 (the fast recipe: minutes on a CPU)")(
+register("fastnet_m", "FastNet, widths 64/128/256: minutes on a CPU", recipe="fast")(
     _builder((64, 128, 256))
 )
-register("fastnet_l", "FastNet, widths 64/256/256, airbench94's shape (the max-cpu recipe)")(
+register("fastnet_l", "FastNet, widths 64/256/256: airbench94's shape", recipe="max-cpu")(
     _builder((64, 256, 256))
 )

@@ -7,12 +7,9 @@ from torch import nn
 from cifarlab.models.keras_init import keras_init
 from cifarlab.models.registry import register
 
-ORIGINAL_RECIPE = {"optimizer": "adam", "lr": 1e-3, "batch_size": 32, "epochs": 10,
-                   "normalize": "unit", "augment": "none"}  # fmt: skip
-
 
 @register("mlp", "the original study's ANN: Flatten, Dense 3000 ReLU, Dense 1000 ReLU, Dense",
-          **ORIGINAL_RECIPE)  # fmt: skip
+          recipe="original")  # fmt: skip
 def mlp(num_classes: int = 10) -> nn.Module:
     return keras_init(
         nn.Sequential(

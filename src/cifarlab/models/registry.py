@@ -1,13 +1,23 @@
-"""Models are created by name: ``create_model("simple_cnn", num_classes=10)``.
+"""Models by name: ``create_model("fastnet_m", num_classes=10)``.
 
-Each model file registers its builder with :func:`register`, together with the training
-defaults that belong to it (the recipe it was designed with).
+A model registers a builder only (``builder(num_classes=..., **options) -> nn.Module``) and the
+name of the recipe it trains with when no recipe is named; the training settings themselves
+live in the recipes (``train/recipes.py``), nowhere else. Models of your own:
+
+- ``@cifarlab.register_model("my_net")`` on a builder, then ``TrainConfig(model="my_net")``;
+- or an import path ``"my_package.nets:build"`` wherever a model name goes (``--model`` too):
+  the module is imported and the callable called with ``num_classes``. A run folder records
+  that path, so ``evaluate``, ``predict`` and ``export`` rebuild the model wherever the module
+  can be imported.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -20,20 +30,40 @@ class ModelEntry:
     name: str
     builder: Callable[..., nn.Module]
     description: str
-    defaults: dict[str, Any] = field(default_factory=dict)  # training defaults for this model
+    recipe: str | None = None  # the recipe it trains with by default (None: "original")
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
-def register(name: str, description: str, **defaults: Any) -> Callable:
-    """Decorator: register ``builder(num_classes) -> nn.Module`` under ``name``."""
+def register(
+    name: str, description: str = "", *, recipe: str | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register ``builder(num_classes=..., **options) -> nn.Module`` as ``name``,
+    training with ``recipe`` unless told otherwise (default: ``original``)."""
+    if not isinstance(name, str) or not name or ":" in name:
+        raise CifarlabError(f"a model name must be a non-empty string without ':', got {name!r}")
 
     def wrap(builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        _REGISTRY[name] = ModelEntry(name, builder, description, defaults)
+        if not callable(builder):
+            raise CifarlabError(f"register_model({name!r}) decorates a callable, got {builder!r}")
+        text = description or (inspect.getdoc(builder) or "").split("\n")[0]
+        _REGISTRY[name] = ModelEntry(name, builder, text, recipe)
         return builder
 
     return wrap
+
+
+def register_model(
+    name: str, description: str = "", *, recipe: str | None = None
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register your own model: ``@register_model("my_net")`` on a function (or class) that
+    takes ``num_classes`` and returns an ``nn.Module``. Then ``TrainConfig(model="my_net")``
+    trains it with cifarlab's loop, recipes, evaluation and report; ``recipe`` names the
+    recipe it trains with by default (``original`` if not given). Runs record the builder's
+    import path too, so that they can be evaluated in a process that never registered it."""
+    return register(name, description, recipe=recipe)
 
 
 def _load_all() -> None:
@@ -42,26 +72,73 @@ def _load_all() -> None:
 
 
 def model_names() -> list[str]:
+    """The registered models (import-path models are not listed: any importable one works)."""
     _load_all()
     return sorted(_REGISTRY)
 
 
+def import_path(obj: Any) -> str:
+    """``"module:qualified.name"`` of a function or class (how a run folder records it)."""
+    return f"{obj.__module__}:{obj.__qualname__}"
+
+
+def _resolve_import_path(path: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # noqa: BLE001 - any failure to import is the user's module's
+        raise CifarlabError(
+            f"model {path!r}: cannot import module {module_name!r} ({type(e).__name__}: {e}); "
+            "make it importable (install it, or add its folder to PYTHONPATH)"
+        ) from None
+    obj: Any = module
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            raise CifarlabError(f"model {path!r}: module {module_name!r} has no {attr!r}")
+    if not callable(obj):
+        raise CifarlabError(f"model {path!r}: {attr!r} is not callable")
+    return obj
+
+
 def get_entry(name: str) -> ModelEntry:
+    """The registered model ``name``, or the callable an import path ``"pkg.mod:build"``
+    names (imported now)."""
+    if not isinstance(name, str):
+        raise CifarlabError(f"model must be a name or an import path, got {name!r}")
     _load_all()
-    if name not in _REGISTRY:
-        raise CifarlabError(f"unknown model {name!r}: choose one of {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" in name:
+        if not _IMPORT_PATH.match(name):
+            raise CifarlabError(
+                f"model {name!r}: an import path looks like 'package.module:callable'"
+            )
+        builder = _resolve_import_path(name)
+        return ModelEntry(name, builder, (inspect.getdoc(builder) or "").split("\n")[0])
+    raise CifarlabError(
+        f"unknown model {name!r}: choose one of {', '.join(sorted(_REGISTRY))}, or give an "
+        "import path 'package.module:callable'"
+    )
 
 
-def create_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
-    """Build the model registered as ``name`` for ``num_classes`` classes."""
+def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
+    """Build the model ``name`` (registered, or an import path ``"pkg.mod:build"``) for
+    ``num_classes`` classes, with builder ``options`` (e.g. ``widths=(32, 64, 128)``)."""
     if num_classes < 2:
         raise CifarlabError(f"num_classes must be at least 2, got {num_classes}")
     entry = get_entry(name)
     try:
-        return entry.builder(num_classes=num_classes, **kwargs)
+        model = entry.builder(num_classes=num_classes, **options)
     except TypeError as e:  # an option the builder does not take
-        raise CifarlabError(f"model {name!r} does not take these options {kwargs}: {e}") from None
+        raise CifarlabError(
+            f"model {name!r} cannot be built with num_classes={num_classes} and options "
+            f"{options}: {e}"
+        ) from None
+    if not isinstance(model, nn.Module):
+        raise CifarlabError(f"model {name!r}: the builder returned {type(model).__name__}, "
+                            "not a torch.nn.Module")  # fmt: skip
+    return model
 
 
 def count_parameters(model: nn.Module) -> int:

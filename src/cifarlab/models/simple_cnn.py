@@ -6,12 +6,11 @@ from __future__ import annotations
 from torch import nn
 
 from cifarlab.models.keras_init import keras_init
-from cifarlab.models.mlp import ORIGINAL_RECIPE
 from cifarlab.models.registry import register
 
 
 @register("simple_cnn", "the original study's CNN: Conv 32, MaxPool, Conv 64, MaxPool, Dense 64, "
-          "Dense", **ORIGINAL_RECIPE)  # fmt: skip
+          "Dense", recipe="original")  # fmt: skip
 def simple_cnn(num_classes: int = 10) -> nn.Module:
     return keras_init(
         nn.Sequential(

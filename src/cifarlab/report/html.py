@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from cifarlab.evaluate.metrics import classification_report_text
+from cifarlab.files import atomic_write
 from cifarlab.report import plots
-from cifarlab.report.io import atomic_write
+from cifarlab.runs import RunFolder
 
 _COLUMN_PX = 1180  # the page's text column (body max-width below)
 _CSS = """
@@ -178,13 +179,10 @@ def _dataset_label(config: dict) -> str:
 
 def _saved_labels(run_dir: Path, metrics: dict) -> np.ndarray:
     """The true labels from ``predictions_<split>.npz`` (written by ``evaluate_run``)."""
-    path = run_dir / f"predictions_{metrics.get('split', 'test')}.npz"
-    if not path.is_file():
-        raise ValueError(
-            f"write_report needs the true labels: pass labels=, or have {path.name} in the run"
-        )
-    with np.load(path) as saved:
-        labels = saved["labels"].astype(np.int64)
+    folder = RunFolder(run_dir)
+    split = metrics.get("split", "test")
+    path = folder.predictions_path(split)
+    labels = folder.read_prediction_labels(split)
     counts = np.bincount(labels, minlength=len(metrics["class_names"])).tolist()
     if len(labels) != metrics["num_samples"] or counts != metrics["true_counts"]:
         raise ValueError(f"{path} does not hold the labels these metrics were computed from")
@@ -242,10 +240,10 @@ def write_report(
          lambda: plots.confident_mistakes(images, labels, preds, top_prob, names)),
     ]  # fmt: skip
     split = metrics.get("split", "test")
-    prefix = "" if split == "test" else f"{split}_"
+    folder = RunFolder(run_dir)
     embedded = {}
     for filename, sid, heading, draw in figures:
-        path = plots.save_png(draw(), run_dir / f"{prefix}{filename}")
+        path = plots.save_png(draw(), folder.figure_path(split, filename))
         embedded[sid] = _img(path.read_bytes(), heading)
 
     recipe = f" (recipe {config['recipe']})" if config.get("recipe") else ""
@@ -285,8 +283,7 @@ def write_report(
         _section("predictions", "Sample predictions", embedded["predictions"]),
         _section("mistakes", "Most confident mistakes", embedded["mistakes"]),
     ]
-    name = "report.html" if split == "test" else f"report_{split}.html"
-    return _write_text(run_dir / name, _page(title, "\n".join(body)))
+    return _write_text(folder.report_path(split), _page(title, "\n".join(body)))
 
 
 def _verdict(rows: list[dict]) -> str:

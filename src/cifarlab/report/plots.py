@@ -23,7 +23,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from cifarlab.report.io import atomic_write
+from cifarlab.files import atomic_write
 
 FEW_CLASSES = 20  # up to this many classes: numbers in cells and on bars, tilted names
 RIGHT, WRONG = "#1a7f37", "#c62828"  # green / red, both readable on white

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import SettingError
 from cifarlab.train import probe
 from cifarlab.train.recipes import get_recipe
 
@@ -57,12 +57,12 @@ def parse_duration(text: str | float | int) -> float:
         s = str(text).strip().lower().replace(" ", "")
         parts = re.fullmatch(r"((\d+(\.\d+)?)(h|min|m|sec|s)?)+", s)
         if not parts:
-            raise CifarlabError(f"--budget {text!r}: give a duration like 90s, 5m, 1h or 1h30m")
+            raise SettingError("budget", f"{text!r}: give a duration like 90s, 5m, 1h or 1h30m")
         seconds = 0.0
         for number, _, unit in re.findall(r"(\d+(\.\d+)?)(h|min|m|sec|s)?", s):
             seconds += float(number) * _UNITS[unit or "s"]
     if not math.isfinite(seconds) or seconds <= 0:
-        raise CifarlabError(f"--budget {text!r}: the duration must be more than 0 s")
+        raise SettingError("budget", f"{text!r}: the duration must be more than 0 s")
     return seconds
 
 
@@ -108,7 +108,7 @@ def step_cost(cfg: Any, start: float = 0.0) -> float:
     start = min(max(start, 0.0), 1.0)
     if start >= 1.0:
         return size_cost(cfg.image_size(1.0))
-    edges = sorted({start, 1.0, *(float(u) for u in cfg.progressive.values() if u > start)})
+    edges = sorted({start, 1.0, *(float(u) for u in (cfg.progressive or {}).values() if u > start)})
     total = sum(
         (b - a) * size_cost(cfg.image_size((a + b) / 2))
         for a, b in zip(edges, edges[1:], strict=False)
@@ -228,9 +228,10 @@ def plan(
     if only is not None:
         matches = [n for n in names if n == only or data[n]["model"] == only]
         if not matches:
-            raise CifarlabError(
-                f"--budget chooses among {', '.join(names)}: --model {only} has no measured "
-                "accuracy curve (use --epochs to train it for a fixed length)"
+            raise SettingError(
+                "model",
+                f"{only} has no measured accuracy curve, and a budget chooses among "
+                f"{', '.join(names)} (train it for a number of epochs instead)",
             )
         names = matches
     options: list[Option] = []
@@ -291,11 +292,11 @@ def plan(
     feasible = [o for o in options if o.expected_acc is not None]
     if not feasible:
         smallest = options[0]
-        raise CifarlabError(
-            f"--budget {format_duration(budget)} is too short for any network here: the "
-            f"smallest, {smallest.name}, needs about {format_duration(smallest.min_budget)} "
-            f"(data loading and probing included); give --budget "
-            f"{math.ceil(smallest.min_budget)}s or more"
+        raise SettingError(
+            "budget",
+            f"{format_duration(budget)} is too short for any network here: the smallest, "
+            f"{smallest.name}, needs about {format_duration(smallest.min_budget)} (data "
+            f"loading and probing included); give {math.ceil(smallest.min_budget)}s or more",
         )
     chosen = max(feasible, key=lambda o: o.expected_acc or 0.0)
     return Plan(

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from cifarlab.errors import CifarlabError
-from cifarlab.report.io import atomic_write
+from cifarlab.files import atomic_write
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -22,11 +22,6 @@ def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        if (path.parent / "config.json").is_file() and not any(path.parent.glob("*.pt")):
-            raise CifarlabError(
-                f"{path}: no checkpoint there: that run stopped before it saved one; "
-                f"train it again with --out {path.parent}"
-            )
         raise CifarlabError(f"{path}: no checkpoint there")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

@@ -1,14 +1,31 @@
-"""TrainConfig: every setting of a training run, saved as ``config.json`` in the run folder."""
+"""TrainConfig: every setting of a training run, saved as ``config.json`` in the run folder, and
+the configuration logic around it (one function each, used by the CLI, the Python API and the
+benchmarks alike):
+
+- :meth:`TrainConfig.resolved`: fill the fields left ``None`` from the recipe the config names,
+  else from the model's default recipe (:func:`cifarlab.train.recipes.default_recipe`), then
+  check every value. Recipes (``train/recipes.py``) are the one source of training defaults.
+- :func:`make_config`: a recipe (or a model's default recipe) with changes applied: what
+  ``cifarlab train --recipe R --model M --lr X --set k=v`` means.
+- :func:`apply_changes`: set fields by name; unknown names and ill-typed values are errors.
+- :func:`parse_setting`: ``"FIELD=VALUE"`` (``--set``) → (field, value).
+- :func:`resume_config`: what a resumed run may change (:data:`RESUME_CHANGES`).
+- :func:`budget_config`: what ``--budget`` leaves to the user (:data:`BUDGET_FIELDS`).
+
+Errors about a setting are :class:`SettingError`, which names the field; the CLI names the
+option instead (``epochs`` → ``--epochs``).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cifarlab.data.augment import Augment
-from cifarlab.errors import CifarlabError
-from cifarlab.models import get_entry
+from cifarlab.errors import CifarlabError, SettingError  # noqa: F401 - SettingError: here too
 
 OPTIMIZERS = ("adam", "sgd", "muon")
 NORMALIZE = ("unit", "standard")
@@ -16,15 +33,21 @@ SCHEDULES = ("constant", "triangle", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
 _WANT = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
 
+# Shorthands for the augmentation settings (``augment`` is a dict of Augment fields): the CLI's
+# --translate/--flip/--cutout and ``--set translate=4`` change one key of it.
+AUGMENT_KEYS = ("translate", "flip", "cutout")
+
 
 @dataclass
 class TrainConfig:
-    """A complete training set-up. Fields left ``None`` take the model's own defaults (its
-    registered recipe), then the values below."""
+    """A complete training set-up. A field left ``None`` takes the value of the recipe named
+    in ``recipe``, else of the model's default recipe (``cifarlab models`` lists them), when
+    the config is :meth:`resolved`; ``TrainConfig(model="fastnet_m", epochs=3)`` trains
+    FastNet-M the way the ``fast`` recipe does, for 3 epochs."""
 
-    model: str = "simple_cnn"
+    model: str | None = None  # a registered name, or an import path "package.module:callable"
     model_args: dict[str, Any] = field(default_factory=dict)  # builder options (e.g. widths)
-    recipe: str | None = None  # the named recipe this config started from, if any
+    recipe: str | None = None  # the named recipe this config starts from
     dataset: str = "cifar10"
     labels: str = "fine"  # CIFAR-100: fine (100) or coarse (20)
     root: str | None = None  # data folder; None: $CIFARLAB_DATA, then the user cache
@@ -36,39 +59,37 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None  # PyTorch's lr, for the mean loss of a batch
     optimizer: str | None = None  # adam | sgd (Nesterov momentum) | muon (Muon on conv filters)
-    momentum: float = 0.9
-    muon_lr: float = 0.24  # optimizer muon: the conv filters' lr (the rest use lr, momentum)
-    muon_momentum: float = 0.6
-    weight_decay: float = 0.0  # PyTorch's (coupled) weight decay
-    label_smoothing: float = 0.0
+    momentum: float | None = None
+    muon_lr: float | None = None  # optimizer muon: the conv filters' lr (the rest use lr)
+    muon_momentum: float | None = None
+    weight_decay: float | None = None  # PyTorch's (coupled) weight decay
+    label_smoothing: float | None = None
     normalize: str | None = None  # unit: pixels / 255 | standard: dataset mean/std
-    augment: dict[str, Any] = field(default_factory=dict)  # Augment fields
+    augment: dict[str, Any] | None = None  # Augment fields
     # Progressive resizing: {"SIZE": UNTIL, ...} trains on SIZE×SIZE images (the augmented
     # batch, resized with antialiasing) until that share of the steps, then on the next size,
     # and on full-size images for the rest: a CPU pays per pixel. {} is off.
-    progressive: dict[str, Any] = field(default_factory=dict)
+    progressive: dict[str, Any] | None = None
     # learning-rate schedule over all steps: constant | triangle | cosine
-    schedule: str = "constant"
-    warmup: float = 0.0  # share of the steps spent rising from lr_start·lr to lr
-    lr_start: float = 0.0  # first multiplier of lr (triangle, cosine)
-    lr_end: float = 0.0  # last multiplier of lr (triangle, cosine)
-    bias_lr_scale: float = 1.0  # lr multiplier for normalization-layer biases
-    lookahead_every: int = 0  # average the weights every N steps (0: off)
-    lookahead_start: float = 0.0  # ...from this share of training on
+    schedule: str | None = None
+    warmup: float | None = None  # share of the steps spent rising from lr_start·lr to lr
+    lr_start: float | None = None  # first multiplier of lr (triangle, cosine)
+    lr_end: float | None = None  # last multiplier of lr (triangle, cosine)
+    bias_lr_scale: float | None = None  # lr multiplier for normalization-layer biases
+    lookahead_every: int | None = None  # average the weights every N steps (0: off)
+    lookahead_start: float | None = None  # ...from this share of training on
     whiten_bias_epochs: int | None = None  # FastNet: train the whitening bias this many epochs
-    precision: str = "fp32"  # fp32 | bf16 | auto (bf16 where the device runs it fast)
-    channels_last: bool = False  # NHWC memory format for model and batches
+    precision: str | None = None  # fp32 | bf16 | auto (measured: the faster one here)
+    channels_last: bool | None = None  # NHWC memory format for model and batches
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # distributed on CUDA: synchronize BatchNorm statistics across GPUs
-    tta: int = 0  # test-time augmentation: 0 none, 1 + mirror, 2 + mirror and 1-px shifts
+    tta: int | None = None  # test-time augmentation: 0 none, 1 + mirror, 2 + mirror and shifts
     threads: int | None = None  # CPU threads (None: PyTorch's default)
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | mps
     train_size: int | None = None  # a stratified subset of the training split
     val_size: int = 5000
-    eval_batch_size: int = 1000
-
-    _BASE = {"epochs": 10, "batch_size": 32, "lr": 1e-3, "optimizer": "adam", "normalize": "unit"}
+    eval_batch_size: int | None = None
 
     def check_types(self) -> None:
         """Every field holds a value of its declared type (``--set`` values come from JSON)."""
@@ -86,82 +107,152 @@ class TrainConfig:
             }.get(base, isinstance(value, dict))
             if not ok:
                 want = _WANT.get(base, 'a JSON object like {"key": 1}')
-                raise CifarlabError(
-                    f"setting {f.name} must be {want}, got {value!r} ({type(value).__name__})"
+                raise SettingError(
+                    f.name, f"must be {want}, got {value!r} ({type(value).__name__})"
                 )
             if base == "float":
                 setattr(self, f.name, float(value))
 
     def resolved(self) -> TrainConfig:
-        """A copy with every ``None`` filled from the model's defaults, validated."""
+        """A complete, validated copy: every ``None`` training setting filled from the recipe
+        (``recipe``, else the model's default recipe); ``recipe`` then names that recipe."""
+        from cifarlab.train.recipes import default_recipe, get_recipe
+
         self.check_types()
-        entry = get_entry(self.model)
+        name = self.recipe or default_recipe(self.model)
+        base = get_recipe(name).config
         values = asdict(self)
-        for key, base in self._BASE.items():
+        for key, value in asdict(base).items():
             if values[key] is None:
-                values[key] = entry.defaults.get(key, base)
-        if not values["augment"] and isinstance(entry.defaults.get("augment"), dict):
-            values["augment"] = dict(entry.defaults["augment"])
+                values[key] = value
+        values["recipe"] = name
         cfg = TrainConfig(**values)
         cfg.validate()
+        changed = [k for k in _ONLY_WITH if getattr(self, k) not in (None, getattr(base, k))]
+        for key in changed:
+            acts, when = _ONLY_WITH[key]
+            if not acts(cfg):
+                raise SettingError(key, f"has no effect here: it acts {when} only (this set-up: "
+                                   f"{_setup(cfg)})")  # fmt: skip
         return cfg
 
     def validate(self) -> None:
+        """Every value is one this setting can have (a resolved config: nothing missing)."""
+        missing = [f.name for f in dataclasses.fields(self)
+                   if f.name not in OPTIONAL and getattr(self, f.name) is None]  # fmt: skip
+        if missing:
+            raise SettingError(missing, "must be set (or come from a recipe: call resolved())")
+        self.check_types()
         checks = [
-            (
-                self.epochs is not None and self.epochs >= 1,
-                f"--epochs must be ≥ 1, got {self.epochs}",
-            ),
-            (
-                self.batch_size is not None and self.batch_size >= 1,
-                f"--batch-size must be ≥ 1, got {self.batch_size}",
-            ),
-            (self.steps is None or self.steps >= 1, f"steps must be ≥ 1, got {self.steps}"),
-            (self.budget is None or self.budget > 0, f"--budget must be > 0, got {self.budget}"),
-            (self.lr is not None and self.lr > 0, f"--lr must be > 0, got {self.lr}"),
-            (self.optimizer in OPTIMIZERS, f"--optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (self.normalize in NORMALIZE, f"--normalize must be one of {', '.join(NORMALIZE)}"),
-            (
-                self.train_size is None or self.train_size >= 1,
-                f"--train-size must be ≥ 1, got {self.train_size}",
-            ),
-            (self.val_size >= 0, f"--val-size must be ≥ 0, got {self.val_size}"),
-            (0 <= self.label_smoothing < 1, "--label-smoothing must be in [0, 1)"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}"),
-            (0 <= self.warmup < 1, f"--warmup must be in [0, 1), got {self.warmup}"),
-            (self.lr_start >= 0 and self.lr_end >= 0, "lr_start and lr_end must be ≥ 0"),
-            (0 <= self.momentum < 1, f"--momentum must be in [0, 1), got {self.momentum}"),
-            (self.weight_decay >= 0, f"--weight-decay must be ≥ 0, got {self.weight_decay}"),
-            (self.bias_lr_scale > 0, f"--bias-lr-scale must be > 0, got {self.bias_lr_scale}"),
-            (self.lookahead_every >= 0, "--lookahead-every must be ≥ 0"),
-            (0 <= self.lookahead_start < 1, "--lookahead-start must be in [0, 1)"),
-            (self.precision in PRECISIONS, f"--precision must be one of {', '.join(PRECISIONS)}"),
-            (self.tta in (0, 1, 2), f"--tta must be 0, 1 or 2, got {self.tta}"),
-            (self.threads is None or self.threads >= 1, "--threads must be ≥ 1"),
-        ]
-        for ok, message in checks:
+            ("epochs", self.epochs >= 1, f"must be ≥ 1, got {self.epochs}"),
+            ("batch_size", self.batch_size >= 1, f"must be ≥ 1, got {self.batch_size}"),
+            ("steps", self.steps is None or self.steps >= 1, f"must be ≥ 1, got {self.steps}"),
+            ("budget", self.budget is None or self.budget > 0, f"must be > 0, got {self.budget}"),
+            ("lr", self.lr > 0, f"must be > 0, got {self.lr}"),
+            ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
+            ("normalize", self.normalize in NORMALIZE, f"must be one of {', '.join(NORMALIZE)}"),
+            ("train_size", self.train_size is None or self.train_size >= 1,
+             f"must be ≥ 1, got {self.train_size}"),
+            ("val_size", self.val_size >= 0, f"must be ≥ 0, got {self.val_size}"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
+            ("warmup", 0 <= self.warmup < 1, f"must be in [0, 1), got {self.warmup}"),
+            ("lr_start", self.lr_start >= 0, f"must be ≥ 0, got {self.lr_start}"),
+            ("lr_end", self.lr_end >= 0, f"must be ≥ 0, got {self.lr_end}"),
+            ("momentum", 0 <= self.momentum < 1, f"must be in [0, 1), got {self.momentum}"),
+            ("muon_lr", self.muon_lr > 0, f"must be > 0, got {self.muon_lr}"),
+            ("muon_momentum", 0 <= self.muon_momentum < 1,
+             f"must be in [0, 1), got {self.muon_momentum}"),
+            ("weight_decay", self.weight_decay >= 0, f"must be ≥ 0, got {self.weight_decay}"),
+            ("bias_lr_scale", self.bias_lr_scale > 0, f"must be > 0, got {self.bias_lr_scale}"),
+            ("lookahead_every", self.lookahead_every >= 0, "must be ≥ 0"),
+            ("lookahead_start", 0 <= self.lookahead_start < 1, "must be in [0, 1)"),
+            ("whiten_bias_epochs", self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,
+             "must be ≥ 0"),
+            ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
+            ("tta", self.tta in (0, 1, 2), f"must be 0, 1 or 2, got {self.tta}"),
+            ("threads", self.threads is None or self.threads >= 1, "must be ≥ 1"),
+            ("eval_batch_size", self.eval_batch_size >= 1, "must be ≥ 1"),
+        ]  # fmt: skip
+        for name, ok, problem in checks:
             if not ok:
-                raise CifarlabError(message)
+                raise SettingError(name, problem)
         _check_progressive(self.progressive)
         unknown = set(self.augment) - {f.name for f in dataclasses.fields(Augment)}
         if unknown:
-            raise CifarlabError(f"unknown augmentation setting(s): {', '.join(sorted(unknown))}")
+            raise SettingError(sorted(unknown), "is not an augmentation setting")
         Augment(**self.augment)  # validates values
 
     def image_size(self, progress: float, full: int = 32) -> int:
         """The training image size at ``progress`` (0-1) of the steps (``progressive``)."""
-        for size, until in sorted(self.progressive.items(), key=lambda kv: kv[1]):
+        for size, until in sorted((self.progressive or {}).items(), key=lambda kv: kv[1]):
             if progress < until:
                 return int(size)
         return full
+
+    def normalization(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+        """The (mean, std) images are normalized with: the dataset's for ``standard``,
+        (None, None) for ``unit`` (pixels / 255). The one place this rule is written."""
+        from cifarlab.data.sources import get_info
+
+        if self.normalize != "standard":
+            return None, None
+        info = get_info(self.dataset)
+        return info.mean, info.std
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """A config from its fields; a key that is not a field is an error naming it."""
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise SettingError(unknown, "is not a setting (see `cifarlab recipes --show NAME`)")
+        cfg = cls(**d)
+        cfg.check_types()
+        return cfg
+
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config of a run folder's ``config.json`` (which also holds records such as
+        ``class_names``: ignored here). A run written by an older version may lack fields
+        added since: they take the ``original`` recipe's values, the defaults of that time."""
+        from cifarlab.train.recipes import get_recipe
+
+        names = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        for key, value in asdict(get_recipe("original").config).items():
+            if values.get(key) is None and key not in OPTIONAL and key != "model":
+                values[key] = value
+        cfg = cls(**values)
+        cfg.check_types()
+        return cfg
+
+
+# Fields a resolved config may leave None.
+OPTIONAL = frozenset({"recipe", "root", "steps", "budget", "whiten_bias_epochs", "threads",
+                      "train_size"})  # fmt: skip
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+# Settings that act only together with another: set (to other than the recipe's value) where
+# they cannot act, they would be ignored silently, so that is an error.
+_ONLY_WITH: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
+    "momentum": (lambda c: c.optimizer in ("sgd", "muon"), "with optimizer sgd or muon"),
+    "muon_lr": (lambda c: c.optimizer == "muon", "with optimizer muon"),
+    "muon_momentum": (lambda c: c.optimizer == "muon", "with optimizer muon"),
+    "warmup": (lambda c: c.schedule != "constant", "with a triangle or cosine schedule"),
+    "lr_start": (lambda c: c.schedule != "constant", "with a triangle or cosine schedule"),
+    "lr_end": (lambda c: c.schedule != "constant", "with a triangle or cosine schedule"),
+    "lookahead_start": (lambda c: c.lookahead_every > 0, "with lookahead_every above 0"),
+}
+
+
+def _setup(cfg: TrainConfig) -> str:
+    return (f"optimizer {cfg.optimizer}, schedule {cfg.schedule}, lookahead_every "
+            f"{cfg.lookahead_every}")  # fmt: skip
 
 
 def _check_progressive(stages: dict[str, Any]) -> None:
@@ -169,7 +260,99 @@ def _check_progressive(stages: dict[str, Any]) -> None:
         ok_size = str(size).isdigit() and 8 <= int(size) <= 31
         ok_until = isinstance(until, int | float) and not isinstance(until, bool) and 0 < until <= 1
         if not (ok_size and ok_until):
-            raise CifarlabError(
-                f'progressive: each entry must be "SIZE": UNTIL with SIZE 8-31 pixels and UNTIL '
-                f"a share of the steps in (0, 1], got {size!r}: {until!r}"
+            raise SettingError(
+                "progressive",
+                f'must map "SIZE": UNTIL with SIZE 8-31 pixels and UNTIL a share of the steps '
+                f"in (0, 1], got {size!r}: {until!r}",
             )
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``"FIELD=VALUE"`` → (field, value): VALUE is read as JSON, else kept as text; dashes in
+    FIELD become underscores (``--set lookahead-every=0``)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise SettingError("set", f"needs FIELD=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def apply_changes(cfg: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """A copy of ``cfg`` with ``changes`` (field → value) applied. ``translate``, ``flip`` and
+    ``cutout`` change that key of ``augment``. An unknown field or a value of the wrong type
+    is a :class:`SettingError` naming it."""
+    changes = dict(changes)
+    unknown = sorted(set(changes) - set(FIELDS) - set(AUGMENT_KEYS))
+    if unknown:
+        raise SettingError(unknown, "is not a setting (see `cifarlab recipes --show NAME`)")
+    shorthands = {k: changes.pop(k) for k in AUGMENT_KEYS if k in changes}
+    out = dataclasses.replace(cfg, **changes)
+    if shorthands:
+        base = out.augment if out.augment is not None else {}
+        if not isinstance(base, dict):
+            raise SettingError("augment", f'must be a JSON object like {{"translate": 2}}, '
+                               f"got {base!r}")  # fmt: skip
+        out.augment = {**base, **shorthands}
+    out.check_types()
+    return out
+
+
+def make_config(recipe: str | None = None, **changes: Any) -> TrainConfig:
+    """The recipe ``recipe`` (default: the default recipe of ``changes["model"]``, else
+    ``original``) with ``changes`` applied, resolved: ``make_config(model="fastnet_m",
+    epochs=3)`` is ``fast`` for 3 epochs, ``make_config("fast", lr=0.1)`` is ``fast`` with
+    another lr."""
+    from cifarlab.train.recipes import default_recipe, get_recipe
+
+    name = recipe or default_recipe(changes.get("model"))
+    cfg = apply_changes(get_recipe(name).config, {**changes, "recipe": name})
+    return cfg.resolved()
+
+
+# What may differ when a run is resumed: nothing that changes what is computed per step (the
+# data root may move, the device may be another; more epochs stretch the schedule).
+RESUME_CHANGES = ("epochs", "device", "root", "threads")
+
+
+def resume_config(saved: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
+    """The config a resumed run goes on with: its saved one, with the ``changes`` that
+    :data:`RESUME_CHANGES` allows (``None`` values are ignored); any other is an error."""
+    changes = {k: v for k, v in changes.items() if v is not None}
+    fixed = sorted(set(changes) - set(RESUME_CHANGES))
+    if fixed:
+        raise SettingError(
+            fixed,
+            "cannot change when a run is resumed (only {others} can): it goes on with its own "
+            "settings; start a new run in another folder instead",
+            others=RESUME_CHANGES,
+        )
+    if (saved.budget is not None or saved.steps is not None) and "epochs" in changes:
+        what = "trained to a budget" if saved.budget is not None else "counted in steps"
+        raise SettingError("epochs", f"cannot extend a run {what}: it keeps its length")
+    cfg = dataclasses.replace(saved, **changes)
+    cfg.validate()
+    return cfg
+
+
+# What --budget leaves to the user: the data and the run, not the training recipe.
+BUDGET_FIELDS = ("dataset", "labels", "root", "seed", "device", "threads", "train_size",
+                 "val_size", "eval_batch_size")  # fmt: skip
+
+
+def budget_config(changes: dict[str, Any]) -> TrainConfig:
+    """The data and run settings a ``--budget`` run takes from the user (``model`` restricts
+    the choice of network and is passed apart); a recipe setting is an error: the budget
+    chooses the recipe."""
+    recipe_fields = sorted(set(changes) - set(BUDGET_FIELDS))
+    if recipe_fields:
+        raise SettingError(
+            recipe_fields,
+            "cannot be combined with a budget: the budget chooses the recipe (train a recipe "
+            "or a model with a number of epochs for a fixed set-up)",
+        )
+    cfg = TrainConfig(**changes)
+    cfg.check_types()
+    return cfg

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import torch.distributed as dist
 
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import SettingError
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -17,13 +20,13 @@ def resolve_device(name: str = "auto") -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name not in ("cpu", "cuda", "mps") and not name.startswith("cuda:"):
-        raise CifarlabError(f"--device must be auto, cpu, cuda or mps, got {name!r}")
+        raise SettingError("device", f"must be auto, cpu, cuda or mps, got {name!r}")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CifarlabError("--device cuda: no CUDA GPU is available here (try --device cpu)")
+        raise SettingError("device", "cuda: no CUDA GPU is available here (try cpu)")
     if name == "mps" and not (
         getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
     ):
-        raise CifarlabError("--device mps: Apple's MPS backend is not available here")
+        raise SettingError("device", "mps: Apple's MPS backend is not available here")
     return torch.device(name)
 
 
@@ -66,14 +69,23 @@ def run_autocast(config: dict, device: torch.device) -> torch.dtype | None:
     return autocast_dtype(config.get("precision", "fp32"), device)
 
 
+def autocast_context(
+    device: torch.device, dtype: torch.dtype | None
+) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``, or nothing for ``None`` (plain float32):
+    the one place training, evaluation and prediction turn a precision into a context."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
 def rank() -> int:
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+    """This process's rank: the process group's once joined, else torchrun's ``RANK``
+    (0 outside torchrun). Only rank 0 prints and writes files."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main() -> bool:
-    """Only rank 0 prints progress and writes files."""
-    return rank() == 0

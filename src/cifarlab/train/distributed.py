@@ -16,7 +16,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, SettingError
 
 # A collective that waits longer than this ends the process with an error, so a job whose peer
 # died cannot hang forever even if torchrun did not notice (it normally stops the others within
@@ -41,7 +41,7 @@ def setup(device: str) -> str:
         raise CifarlabError("this PyTorch build has no torch.distributed")
     use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CifarlabError("--device cuda: no CUDA GPU is available here (try --device cpu)")
+        raise SettingError("device", "cuda: no CUDA GPU is available here (try cpu)")
     if use_cuda:
         torch.cuda.set_device(local_rank())
         device = f"cuda:{local_rank()}"

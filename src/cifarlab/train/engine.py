@@ -8,18 +8,17 @@ Rank-aware from the start: every rank trains on its own shard of each epoch (the
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import inspect
-import json
 import math
 import os
 import random
-import shutil
 import signal
-import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,18 +33,19 @@ from tqdm import tqdm
 from cifarlab.data.augment import Augment, normalize
 from cifarlab.data.dataset import CifarDataset, load_dataset, stratified_holdout
 from cifarlab.data.loader import BatchLoader
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, SettingError
 from cifarlab.evaluate.inference import eval_loader, loss_and_accuracy, predict_logits
-from cifarlab.models import count_parameters, create_model
-from cifarlab.report.io import atomic_write
+from cifarlab.models import count_parameters, create_model, get_entry, import_path
+from cifarlab.runs import LAST, RunFolder, provenance
 from cifarlab.train import budget as budgets
 from cifarlab.train import device as devices
 from cifarlab.train import distributed, probe
-from cifarlab.train.checkpoint import clean_state_dict, load_checkpoint, save_checkpoint
-from cifarlab.train.config import TrainConfig
+from cifarlab.train.checkpoint import clean_state_dict
+from cifarlab.train.config import BUDGET_FIELDS, TrainConfig, resume_config
 from cifarlab.train.optim import Lookahead, build_optimizer, lr_factor, set_lr
 
-LAST, BEST = "last.pt", "best.pt"
+# What ``train(model=...)`` takes: a module to train, or a builder called with num_classes.
+ModelLike = nn.Module | Callable[..., nn.Module]
 
 
 class TrainingError(CifarlabError):
@@ -70,20 +70,8 @@ def default_run_dir(cfg: TrainConfig, name: str | None = None) -> Path:
     return Path("runs") / f"{name or cfg.model}-{cfg.dataset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _check_new_run_dir(run_dir: Path) -> None:
-    if (run_dir / "config.json").exists() and any(run_dir.glob("*.pt")):
-        raise CifarlabError(
-            f"{run_dir} already holds a run: resume it with --resume {run_dir}, "
-            "or choose another --out"
-        )
-
-
 def load_data(cfg: TrainConfig) -> CifarDataset:
     return load_dataset(cfg.dataset, cfg.root, val_size=cfg.val_size, labels=cfg.labels)
-
-
-def _stats(cfg: TrainConfig, ds: CifarDataset) -> tuple[Any, Any]:
-    return (ds.mean, ds.std) if cfg.normalize == "standard" else (None, None)
 
 
 @dataclass
@@ -148,8 +136,10 @@ class Trainer:
         precision_used: str | None = None,
         budget: budgets.Budget | None = None,
         data: CifarDataset | None = None,
+        model: ModelLike | None = None,
     ) -> None:
         self.cfg, self.run_dir, self.progress = cfg, run_dir, progress
+        self.folder = RunFolder(run_dir)
         self.rank, self.world = devices.rank(), devices.world_size()
         self.main = self.rank == 0
         self.device = devices.resolve_device(device or cfg.device)
@@ -169,7 +159,7 @@ class Trainer:
             keep = torch.from_numpy(stratified_holdout(labels.numpy(), cfg.train_size, seed=0))
             images, labels = images[keep], labels[keep]
         self.num_train = len(labels)
-        self.mean, self.std = _stats(cfg, self.data)
+        self.mean, self.std = cfg.normalization()
         self.loader = BatchLoader(
             images,
             labels,
@@ -195,9 +185,13 @@ class Trainer:
                 std=self.std,
                 channels_last=cfg.channels_last,
             )
+        self.model = _build(cfg, self.data.num_classes, model)
+        # precision="auto" times fresh copies of a model passed in (its import path may not
+        # import); models by name it builds itself
+        pristine = copy.deepcopy(self.model) if model is not None else None
+        self._probe_build = (lambda: copy.deepcopy(pristine)) if pristine is not None else None
         self.precision_used, self.precision_choice = self._choose_precision(precision_used)
         self.autocast = torch.bfloat16 if self.precision_used == "bf16" else None
-        self.model = create_model(cfg.model, self.data.num_classes, **cfg.model_args)
         if cfg.sync_bn:
             if self.device.type != "cuda":
                 raise CifarlabError("sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm)")
@@ -236,6 +230,7 @@ class Trainer:
         if self.main:
             choice = probe.choose_precision(
                 cfg.model,
+                build=self._probe_build,
                 num_classes=self.data.num_classes,
                 model_args=cfg.model_args,
                 batch_size=cfg.batch_size,
@@ -292,14 +287,12 @@ class Trainer:
         if self.main:
             state = self.state()
             state["totals"].update(loss=loss, correct=correct, seen=seen)
-            save_checkpoint(self.run_dir / name, state)
+            self.folder.save_checkpoint(name, state)
 
     # ------------------------------------------------------------------ loop
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+        return devices.autocast_context(self.device, self.autocast)
 
     def init_whitening(self) -> None:
         """Set a whitening stem (FastNet) from the patches of the first training images: once,
@@ -320,7 +313,7 @@ class Trainer:
                 self._train_epoch()
                 row = self._end_epoch()
                 if self.main:
-                    _append_jsonl(self.run_dir / "metrics.jsonl", row)
+                    self.folder.append_metrics(row)
                     print(_summary_line(row, cfg.epochs), flush=True)
                 if self._stop_requested():  # Ctrl-C during validation: last.pt is saved
                     raise _StopRequested
@@ -550,18 +543,8 @@ class Trainer:
             self.best_val = score
         self.save(LAST)
         if is_best and self.main:
-            shutil.copyfile(self.run_dir / LAST, self.run_dir / f".{BEST}.tmp")
-            os.replace(self.run_dir / f".{BEST}.tmp", self.run_dir / BEST)
+            self.folder.promote_last_to_best()
         return row
-
-
-def _append_jsonl(path: Path, row: dict) -> None:
-    """Add a line to ``metrics.jsonl`` by rewriting it whole (a few dozen lines) under a
-    temporary name: a crash never leaves half a line behind."""
-    old = path.read_text() if path.is_file() else ""
-    if old and not old.endswith("\n"):
-        old += "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(old + json.dumps(row) + "\n"))
 
 
 def _summary_line(row: dict, epochs: int) -> str:
@@ -577,41 +560,6 @@ def _summary_line(row: dict, epochs: int) -> str:
     )
 
 
-def _write_config(run_dir: Path, cfg: TrainConfig, extra: dict[str, Any]) -> None:
-    data = {**cfg.to_dict(), **extra}
-    atomic_write(
-        run_dir / "config.json", lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n")
-    )
-
-
-def _read_config(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run_dir / "config.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _trim_metrics(path: Path, epochs_done: int) -> None:
-    """Drop lines for epochs after the checkpoint (written after it, before a crash)."""
-    if not path.is_file():
-        return
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            rows.append(None)  # not ours (or cut off by an older version): dropped below
-    kept = [r for r in rows if isinstance(r, dict) and r.get("epoch", math.inf) <= epochs_done]
-    if len(kept) != len(rows):
-        atomic_write(path, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in kept)))
-
-
-# What may differ when a run is resumed: nothing that changes what is computed per step (the
-# data root may move, the device may be another; more epochs stretch the schedule).
-RESUME_CHANGES = ("epochs", "device", "root", "threads")
-
-
 def train(
     config: TrainConfig | None = None,
     *,
@@ -621,20 +569,29 @@ def train(
     changes: dict[str, Any] | None = None,
     budget: str | float | None = None,
     budget_model: str | None = None,
+    model: ModelLike | None = None,
 ) -> Path:
     """Train ``config`` into a run folder (``out``, default ``runs/<model>-<dataset>-<time>``),
     or continue the interrupted run in ``resume``. Returns the run folder.
 
+    ``config`` fields left ``None`` come from its recipe, else the model's default recipe
+    (:meth:`TrainConfig.resolved`). ``model`` trains a model of your own instead of
+    ``config.model``: an ``nn.Module``, or a builder called with ``num_classes`` (and
+    ``config.model_args``). The run records its import path (``"package.module:Name"``), so
+    that ``evaluate``, ``predict`` and ``export`` can rebuild it where that module imports (a
+    module instance is rebuilt as ``type(module)(num_classes=...)``). Without a recipe it
+    trains with the ``original`` recipe's settings.
+
     A resumed run keeps its settings, except those in ``changes`` (only the fields of
-    ``RESUME_CHANGES``: more ``epochs``, another ``device``, data ``root`` or ``threads``);
-    ``config.epochs``, if given with ``resume``, extends the run as well.
+    :data:`~cifarlab.train.config.RESUME_CHANGES`: more ``epochs``, another ``device``, data
+    ``root`` or ``threads``); ``config.epochs``, if given with ``resume``, extends the run.
 
     ``budget`` (``"90s"``, ``"5m"``, ``"1h"`` or seconds) trains to a time budget instead: the
     network, precision and number of steps are chosen by measuring this machine (see
     :mod:`cifarlab.train.budget`); ``config`` then only supplies the data and run settings
-    (dataset, labels, root, seed, device, threads, train_size, val_size) and ``budget_model``
-    may restrict the choice to one network. The whole call — data loading and the probe
-    included — ends within the budget.
+    (:data:`~cifarlab.train.config.BUDGET_FIELDS`) and ``budget_model`` may restrict the
+    choice to one network. The whole call — data loading and the probe included — ends
+    within the budget.
 
     Launched by ``torchrun`` (several processes), every process calls this: they join one
     process group, each trains on its part of every global batch, and rank 0 alone prints and
@@ -644,45 +601,38 @@ def train(
     plan, data = None, None  # a budget's plan, and the data loaded to make it
     if resume is not None:
         if budget is not None:
-            raise CifarlabError("--budget starts a new run; a resumed run keeps its own budget")
+            raise SettingError("budget", "starts a new run; a resumed run keeps its own budget")
         run_dir = Path(resume)
-        state = load_checkpoint(run_dir / LAST)
-        cfg = TrainConfig.from_dict(state["config"])
-        changes = {k: v for k, v in (changes or {}).items() if v is not None}
+        state = RunFolder(run_dir).load_checkpoint("last")
+        changes = dict(changes or {})
         if config is not None and config.epochs:
             changes.setdefault("epochs", config.epochs)  # resuming may extend a run
-        fixed = sorted(set(changes) - set(RESUME_CHANGES))
-        if fixed:
-            raise CifarlabError(
-                f"a resumed run keeps its settings: {', '.join(fixed)} cannot change "
-                f"(only {', '.join(RESUME_CHANGES)} can); start a new run with --out instead"
-            )
-        if (cfg.budget is not None or cfg.steps is not None) and "epochs" in changes:
-            what = "trained to a --budget" if cfg.budget is not None else "counted in steps"
-            raise CifarlabError(f"a run {what} keeps its length: --epochs cannot extend it")
-        cfg = dataclasses.replace(cfg, **changes)
-        cfg.check_types()
-        cfg.validate()
+        cfg = resume_config(TrainConfig.from_saved(state["config"]), changes)
     else:
         if config is None and budget is None:
             raise CifarlabError("train() needs a config or resume=")
         if out is None and distributed.launched_by_torchrun():
             raise CifarlabError("under torchrun, name the run folder with --out")
         if budget is not None:
+            if model is not None:
+                raise CifarlabError("a budget chooses among cifarlab's networks: it does not "
+                                    "train a model of your own")  # fmt: skip
             base = config or TrainConfig()
             run_dir = Path(out) if out is not None else default_run_dir(base, "budget")
-            _check_new_run_dir(run_dir)
+            RunFolder(run_dir).check_new()
             cfg, plan, data = _plan_budget(base, budget, budget_model, clock)
         else:
+            if model is not None:
+                config = _own_model_config(config, model)
             cfg = config.resolved()
             run_dir = Path(out) if out is not None else default_run_dir(cfg)
-            _check_new_run_dir(run_dir)
+            RunFolder(run_dir).check_new()
         state = None
     joined = distributed.launched_by_torchrun() and not distributed.is_distributed()
     device = distributed.setup(cfg.device)
     try:
         distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
-        return _train(cfg, run_dir, state, progress, device, plan, data, clock)
+        return _train(cfg, run_dir, state, progress, device, plan, data, clock, model)
     except (RuntimeError, ConnectionError) as e:
         if not (distributed.is_distributed() and distributed.is_peer_error(e)):
             raise
@@ -696,40 +646,34 @@ def train(
             distributed.teardown()
 
 
-@contextlib.contextmanager
-def _run_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the run folder while training into it, so that a second
-    ``cifarlab train --out`` (or ``--resume``) of the same folder is refused instead of mixing
-    two runs' files. The lock dies with the process; the ``.lock`` file itself stays, unless
-    the folder was made here and nothing else was written into it (a run that failed at once
-    leaves no empty folder behind)."""
+def _own_model_config(config: TrainConfig, model: ModelLike) -> TrainConfig:
+    """``config`` for a model passed in: ``model`` names its import path, and without a
+    recipe the ``original`` recipe's settings fill what is not given."""
+    if not (isinstance(model, nn.Module) or callable(model)):
+        raise CifarlabError(f"model must be an nn.Module or a builder, got {model!r}")
+    source = type(model) if isinstance(model, nn.Module) else model
+    path = import_path(source)
+    cfg = dataclasses.replace(config, model=path, recipe=config.recipe or "original")
     try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; go on without
-        yield
-        return
-    created = not run_dir.exists()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a+") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            f.seek(0)
-            holder = f.read().strip() or "another process"
-            raise CifarlabError(
-                f"{run_dir} is being trained right now ({holder}): wait for it to finish, "
-                "or choose another --out"
-            ) from None
-        f.seek(0)
-        f.truncate()
-        f.write(f"process {os.getpid()} on {socket.gethostname()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            if created and os.listdir(run_dir) == [".lock"]:  # failed before writing anything
-                shutil.rmtree(run_dir, ignore_errors=True)
-            fcntl.flock(f, fcntl.LOCK_UN)
+        get_entry(path)
+    except CifarlabError:
+        print(f"warning: the model {path} cannot be imported by its path: this run trains, but "
+              "`cifarlab evaluate`, `predict` and `export` cannot rebuild it; define the model "
+              "at the top level of an importable module to use them", file=sys.stderr)  # fmt: skip
+    return cfg
+
+
+def _build(cfg: TrainConfig, num_classes: int, model: ModelLike | None) -> nn.Module:
+    """The model to train: ``model`` as given (a module, or a builder called here), else the
+    registered model or import path ``cfg.model``."""
+    if model is None:
+        return create_model(cfg.model, num_classes, **cfg.model_args)
+    if isinstance(model, nn.Module):
+        return model
+    built = model(num_classes=num_classes, **cfg.model_args)
+    if not isinstance(built, nn.Module):
+        raise CifarlabError(f"the model builder returned {type(built).__name__}, not an nn.Module")
+    return built
 
 
 def _plan_budget(
@@ -742,8 +686,8 @@ def _plan_budget(
 
     seconds = budgets.parse_duration(budget)
     if distributed.launched_by_torchrun():
-        raise CifarlabError("--budget measures one process on this machine: it does not run "
-                            "under torchrun; give --recipe or --epochs there")  # fmt: skip
+        raise SettingError("budget", "measures one process on this machine: it does not run "
+                           "under torchrun; give a recipe or a number of epochs there")  # fmt: skip
     base.resolved()  # every setting valid (--train-size, --threads, ...) before any work
     data = load_data(base)
     num_train = len(data.train)
@@ -752,7 +696,7 @@ def _plan_budget(
     dev = devices.resolve_device(base.device)
     if base.threads:
         torch.set_num_threads(base.threads)
-    say = print if devices.is_main() else None
+    say = print if devices.rank() == 0 else None
     if say:
         print(f"measuring this machine for --budget {budgets.format_duration(seconds)} "
               f"({probe.describe_machine()})", flush=True)  # fmt: skip
@@ -768,11 +712,10 @@ def _plan_budget(
         log=say,
     )
     c = plan.chosen
-    keep = ("dataset", "labels", "root", "seed", "device", "threads", "train_size", "val_size",
-            "eval_batch_size")  # fmt: skip
+    given = {k: getattr(base, k) for k in BUDGET_FIELDS if getattr(base, k) is not None}
     cfg = recipe_config(
         c.recipe,
-        **{k: getattr(base, k) for k in keep},
+        **given,
         batch_size=c.batch_size,
         precision=c.precision,
         steps=c.steps,
@@ -793,21 +736,25 @@ def _train(
     plan: budgets.Plan | None,
     data: CifarDataset | None,
     clock: float,
+    model: ModelLike | None = None,
 ) -> Path:
-    with _run_lock(run_dir) if devices.rank() == 0 else contextlib.nullcontext():
-        return _train_locked(cfg, run_dir, state, progress, device, plan, data, clock)
+    folder = RunFolder(run_dir)
+    with folder.lock() if devices.rank() == 0 else contextlib.nullcontext():
+        return _train_locked(cfg, folder, state, progress, device, plan, data, clock, model)
 
 
 def _train_locked(
     cfg: TrainConfig,
-    run_dir: Path,
+    folder: RunFolder,
     state: dict | None,
     progress: bool,
     device: str,
     plan: budgets.Plan | None,
     data: CifarDataset | None,
     clock: float,
+    model: ModelLike | None,
 ) -> Path:
+    run_dir = folder.path
     budget = None
     if cfg.budget is not None and distributed.is_distributed():
         raise CifarlabError("a --budget run measures one process: resume it without torchrun")
@@ -822,13 +769,14 @@ def _train_locked(
         elif state.get("device_type") == here.type:
             saved_precision = state.get("precision_used")
     trainer = Trainer(cfg, run_dir, progress=progress, device=device,
-                      precision_used=saved_precision, budget=budget, data=data)  # fmt: skip
+                      precision_used=saved_precision, budget=budget, data=data,
+                      model=model)  # fmt: skip
     if trainer.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if state is not None:
         trainer.restore(state)
         if trainer.main:
-            _trim_metrics(run_dir / "metrics.jsonl", trainer.epoch)
+            folder.trim_metrics(trainer.epoch)
         if trainer.main and trainer.epoch >= cfg.epochs:
             print(f"{run_dir} has finished all {cfg.epochs} epochs; nothing to resume")
         elif trainer.main:
@@ -836,7 +784,7 @@ def _train_locked(
                   f"{f' on {trainer.world} processes' if trainer.world > 1 else ''}")  # fmt: skip
     else:
         if trainer.main:  # a folder left by an attempt that stopped before its first checkpoint
-            _trim_metrics(run_dir / "metrics.jsonl", 0)
+            folder.trim_metrics(0)
         trainer.init_whitening()
     extra = {
         "num_classes": trainer.data.num_classes,
@@ -847,18 +795,19 @@ def _train_locked(
         "world_size": trainer.world,
         "precision_used": trainer.precision_used,
         "machine": probe.describe_machine(),
+        "provenance": provenance(trainer.device),
     }
     if trainer.precision_choice is not None:
         extra["precision_choice"] = trainer.precision_choice.to_dict()
     if plan is not None:
         extra["budget_plan"] = plan.to_dict()
     if state is not None:  # resumed: keep the record of what the first session chose
-        old = _read_config(run_dir)
+        old = folder.read_config_if_any()
         for key in ("budget_plan", "precision_choice"):
             if key in old and key not in extra:
                 extra[key] = old[key]
     if trainer.main:
-        _write_config(run_dir, cfg, extra)
+        folder.write_config({**cfg.to_dict(), **extra})
     trainer.fit()
     digests = distributed.weight_digests(trainer.model)
     if trainer.main:
@@ -868,5 +817,5 @@ def _train_locked(
                          steps_trained=trainer.total_steps)  # fmt: skip
         if trainer.world > 1:
             final["rank_weight_digests"] = digests  # equal on every rank, or DDP went wrong
-        _write_config(run_dir, cfg, final)
+        folder.write_config({**cfg.to_dict(), **final})
     return run_dir

@@ -18,16 +18,18 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from cifarlab.data.cache import cache_dir
+from cifarlab.files import atomic_write
 from cifarlab.models import create_model
-from cifarlab.report.io import atomic_write
 
 PROBE_VERSION = 1
 # CPU flags that decide how fast convolutions run here (shown by `cifarlab doctor`).
@@ -157,9 +159,10 @@ def _make_step(
     precision: str,
     channels_last: bool,
     device: torch.device,
+    build: Callable[[], nn.Module] | None = None,
 ):  # noqa: ANN202
     gen = torch.Generator().manual_seed(0)
-    model = create_model(model_name, classes, **model_args).to(device)
+    model = (build() if build else create_model(model_name, classes, **model_args)).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -194,6 +197,7 @@ def measure(
     seconds: float = 0.5,
     max_steps: int = 4,
     use_cache: bool = True,
+    build: Callable[[], nn.Module] | None = None,
 ) -> list[Speed]:
     """Images/s of ``model``'s training step for each batch size and precision.
 
@@ -202,6 +206,7 @@ def measure(
     ``seconds`` (and at least 2 steps) or ``max_steps`` steps; the fastest step counts, as in
     ``timeit``: another process on the machine can only make a step slower. Cached results (same
     machine, threads and torch) are returned without measuring unless ``use_cache=False``.
+    ``build`` makes the model instead of ``create_model(model)`` (a model passed to train()).
     """
     device = torch.device(device)
     model_args = model_args or {}
@@ -221,7 +226,7 @@ def measure(
     if todo:
         with torch.random.fork_rng(devices=[]):  # the caller's seeded generator stays as it was
             _measure(todo, results, model, model_args, num_classes, channels_last, device,
-                     seconds, max_steps, now)  # fmt: skip
+                     seconds, max_steps, now, build)  # fmt: skip
     return [results[(b, p)] for b in batch_sizes for p in precisions]
 
 
@@ -237,12 +242,14 @@ def _cached_speed(hit: Any, now: float) -> tuple[float, float, str] | None:
 
 def _measure(todo: list, results: dict, model: str, model_args: dict, num_classes: int,
              channels_last: bool, device: torch.device, seconds: float, max_steps: int,
-             now: float) -> None:  # fmt: skip
+             now: float, build: Callable[[], nn.Module] | None = None) -> None:  # fmt: skip
     """Time the configurations in ``todo`` (taking turns) into ``results`` and the cache."""
     torch.set_flush_denormal(True)
     steps = {}
     for b, p, _ in todo:
-        steps[(b, p)] = _make_step(model, model_args, num_classes, b, p, channels_last, device)
+        steps[(b, p)] = _make_step(
+            model, model_args, num_classes, b, p, channels_last, device, build
+        )
         steps[(b, p)]()  # warm-up: oneDNN builds its kernels at the first call
     times: dict[tuple[int, str], list[float]] = {(b, p): [] for b, p, _ in todo}
     spent = dict.fromkeys(times, 0.0)
@@ -318,6 +325,7 @@ def choose_precision(
     channels_last: bool = True,
     device: torch.device | str = "cpu",
     use_cache: bool = True,
+    build: Callable[[], nn.Module] | None = None,
 ) -> PrecisionChoice:
     """``precision="auto"``: bf16 autocast if it trains this model measurably faster here.
 
@@ -347,6 +355,7 @@ def choose_precision(
         channels_last=channels_last,
         device=device,
         use_cache=use_cache,
+        build=build,
     )
     probe_seconds = time.perf_counter() - t0
     by = {s.precision: s for s in speeds}

@@ -18,8 +18,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from cifarlab.errors import CifarlabError
-from cifarlab.train.config import TrainConfig
+from cifarlab.train.config import SettingError, TrainConfig, make_config
 
 
 def sgd_hyper(batch_size: int, lr_per_1024: float, wd_per_1024: float, momentum: float) -> dict:
@@ -44,6 +43,38 @@ class Recipe:
 
 
 XEON = "2 cores of an Intel Xeon (Sapphire Rapids: AVX512-BF16, AMX)"
+
+# The original study's set-up, complete: every other recipe starts from it and says what it
+# changes. These were TrainConfig's own defaults before recipes became the one source of them.
+ORIGINAL = TrainConfig(
+    recipe="original",
+    model="simple_cnn",
+    epochs=10,
+    batch_size=32,
+    lr=1e-3,
+    optimizer="adam",
+    momentum=0.9,
+    muon_lr=0.24,
+    muon_momentum=0.6,
+    weight_decay=0.0,
+    label_smoothing=0.0,
+    normalize="unit",
+    augment={},
+    progressive={},
+    schedule="constant",
+    warmup=0.0,
+    lr_start=0.0,
+    lr_end=0.0,
+    bias_lr_scale=1.0,
+    lookahead_every=0,
+    lookahead_start=0.0,
+    whiten_bias_epochs=None,
+    precision="fp32",
+    channels_last=False,
+    tta=0,
+    eval_batch_size=1000,
+)
+
 
 # Shared by the FastNet recipes: what the published fast recipes do, re-tuned for a CPU.
 _FAST_COMMON: dict[str, Any] = {
@@ -74,14 +105,26 @@ _MUON: dict[str, Any] = {
     "progressive": {"24": 0.5},
 }
 
+
+def _recipe(name: str, **changes: Any) -> TrainConfig:
+    """A recipe's config: the original set-up with ``changes``."""
+    return dataclasses.replace(ORIGINAL, recipe=name, **changes)
+
+
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
         Recipe(
+            "original",
+            "the original study: Adam lr 1e-3, batch 32, pixels / 255, no augmentation, 10 "
+            "epochs (simple_cnn 0.679, mlp 0.479: BENCHMARKS.md); mlp's and simple_cnn's default",
+            ORIGINAL,
+        ),
+        Recipe(
             "quick",
             "FastNet-S, 3 epochs: ≥ 70% in under 30 s of CPU training",
-            TrainConfig(
-                recipe="quick",
+            _recipe(
+                "quick",
                 model="fastnet_s",
                 epochs=3,
                 **{**_FAST_COMMON, "whiten_bias_epochs": 1},
@@ -98,8 +141,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "fast",
             "FastNet-M, 8 epochs: ≥ 87% in under 5 min of CPU training",
-            TrainConfig(
-                recipe="fast",
+            _recipe(
+                "fast",
                 model="fastnet_m",
                 epochs=8,
                 **_FAST_COMMON,
@@ -115,8 +158,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "max-cpu",
             "FastNet-L (airbench94's shape), 18 epochs: ≥ 90.5% in under 18 min of CPU training",
-            TrainConfig(
-                recipe="max-cpu",
+            _recipe(
+                "max-cpu",
                 model="fastnet_l",
                 epochs=18,
                 **_FAST_COMMON,
@@ -133,8 +176,8 @@ RECIPES: dict[str, Recipe] = {
             "fast-muon",
             "FastNet-M with Muon and 24-px images for the first half, 8 epochs: `fast`'s "
             "accuracy at 4/5 of its time (validation); a --budget candidate",
-            TrainConfig(
-                recipe="fast-muon",
+            _recipe(
+                "fast-muon",
                 model="fastnet_m",
                 epochs=8,
                 **{**_FAST_COMMON, **_MUON},
@@ -145,8 +188,8 @@ RECIPES: dict[str, Recipe] = {
             "max-cpu-muon",
             "FastNet-L with Muon and 24-px images for the first half, 10 epochs: airbench94's "
             "accuracy in less of its time; a --budget candidate",
-            TrainConfig(
-                recipe="max-cpu-muon",
+            _recipe(
+                "max-cpu-muon",
                 model="fastnet_l",
                 epochs=10,
                 **{**_FAST_COMMON, **_MUON},
@@ -156,8 +199,8 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             "resnet18",
             "CIFAR ResNet-18, 60 epochs of SGD + cosine: for a GPU and a long budget",
-            TrainConfig(
-                recipe="resnet18",
+            _recipe(
+                "resnet18",
                 model="resnet18",
                 epochs=60,
                 batch_size=256,
@@ -181,21 +224,22 @@ RECIPES: dict[str, Recipe] = {
 }
 
 
-def recipe_names() -> list[str]:
-    return list(RECIPES)
-
-
 def get_recipe(name: str) -> Recipe:
     if name not in RECIPES:
-        raise CifarlabError(f"unknown recipe {name!r}: choose one of {', '.join(RECIPES)}")
+        raise SettingError("recipe", f"{name!r} is unknown: choose one of {', '.join(RECIPES)}")
     return RECIPES[name]
 
 
-def recipe_config(name: str, **overrides: Any) -> TrainConfig:
-    """The recipe's config with ``overrides`` (TrainConfig fields) applied."""
-    cfg = get_recipe(name).config
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = set(overrides) - fields
-    if unknown:
-        raise CifarlabError(f"unknown setting(s) {', '.join(sorted(unknown))}")
-    return dataclasses.replace(cfg, **overrides)
+def default_recipe(model: str | None) -> str:
+    """The recipe a model trains with when none is named: the one its registration names
+    (``cifarlab models`` lists them), else ``original``."""
+    if model is None:
+        return "original"
+    from cifarlab.models import get_entry
+
+    return get_entry(model).recipe or "original"
+
+
+def recipe_config(name: str, **changes: Any) -> TrainConfig:
+    """The recipe ``name`` with ``changes`` (TrainConfig fields) applied, resolved."""
+    return make_config(name, **changes)

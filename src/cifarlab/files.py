@@ -1,7 +1,9 @@
-"""Writing output files atomically: a temp file beside the target, then a rename."""
+"""Writing files safely: :func:`atomic_write` (a temp file beside the target, then a rename)
+and :func:`append_jsonl`. Used by training, evaluation, export and the reports alike."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable
@@ -39,3 +41,13 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def append_jsonl(path: str | os.PathLike, row: dict) -> Path:
+    """Add one JSON line to ``path`` by rewriting the file whole (a few dozen lines) under a
+    temporary name: a crash never leaves half a line behind."""
+    path = Path(path)
+    old = path.read_text() if path.is_file() else ""
+    if old and not old.endswith("\n"):
+        old += "\n"
+    return atomic_write(path, lambda tmp: tmp.write_text(old + json.dumps(row) + "\n"))

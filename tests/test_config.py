@@ -1,0 +1,164 @@
+"""Configuration logic (train/config.py): defaults from recipes, overrides, --set, the resume
+and budget policies, and errors that name the setting (or, in the CLI, its option)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cifarlab.errors import SettingError
+from cifarlab.models import get_entry, model_names
+from cifarlab.train.config import (
+    TrainConfig,
+    apply_changes,
+    budget_config,
+    make_config,
+    parse_setting,
+    resume_config,
+)
+from cifarlab.train.recipes import ORIGINAL, RECIPES, default_recipe, get_recipe, recipe_config
+from conftest import run_cli
+
+
+def test_every_model_has_a_default_recipe_that_suits_it() -> None:
+    expected = {
+        "mlp": "original",
+        "simple_cnn": "original",
+        "fastnet_s": "quick",
+        "fastnet_m": "fast",
+        "fastnet_l": "max-cpu",
+        "resnet18": "resnet18",
+    }
+    assert {m: default_recipe(m) for m in model_names()} == expected
+    for name in model_names():
+        assert get_entry(name).recipe in RECIPES
+
+
+def test_a_model_without_a_recipe_trains_the_way_its_recipe_does() -> None:
+    cfg = TrainConfig(model="fastnet_m", epochs=3).resolved()
+    fast = get_recipe("fast").config
+    assert cfg.recipe == "fast" and cfg.epochs == 3
+    for key in (
+        "optimizer",
+        "lr",
+        "batch_size",
+        "augment",
+        "schedule",
+        "label_smoothing",
+        "lookahead_every",
+        "precision",
+        "tta",
+    ):
+        assert getattr(cfg, key) == getattr(fast, key), key
+    assert cfg.optimizer == "sgd" and cfg.batch_size == 256  # not the study's Adam / 32
+
+
+def test_the_study_models_keep_the_study_set_up() -> None:
+    for model in ("mlp", "simple_cnn"):
+        cfg = TrainConfig(model=model).resolved()
+        assert (cfg.optimizer, cfg.lr, cfg.batch_size, cfg.epochs, cfg.normalize, cfg.augment) == (
+            "adam",
+            1e-3,
+            32,
+            10,
+            "unit",
+            {},
+        )
+    assert TrainConfig().resolved().model == "simple_cnn"
+    assert ORIGINAL.recipe == "original" and RECIPES["original"].config is ORIGINAL
+
+
+def test_recipes_are_complete() -> None:
+    """Every recipe sets every training setting: none relies on a default elsewhere."""
+    for name, recipe in RECIPES.items():
+        cfg = recipe.config
+        cfg.validate()
+        assert cfg.recipe == name
+
+
+def test_changes_name_what_is_wrong() -> None:
+    base = get_recipe("fast").config
+    assert apply_changes(base, {"translate": 4}).augment == {**base.augment, "translate": 4}
+    with pytest.raises(SettingError, match=r"^warp_speed is not a setting") as e:
+        apply_changes(base, {"warp_speed": 9})
+    assert e.value.names == ["warp_speed"]
+    with pytest.raises(SettingError, match=r"^epochs must be an integer, got '3'"):
+        apply_changes(base, {"epochs": "3"})
+    with pytest.raises(SettingError, match=r"^model_args must be a JSON object"):
+        apply_changes(base, {"model_args": []})
+    with pytest.raises(SettingError, match=r"^lr must be > 0"):
+        make_config("fast", lr=-1.0)
+    with pytest.raises(SettingError, match=r"^bogus is not an augmentation setting"):
+        make_config("fast", augment={"bogus": 1})
+    with pytest.raises(SettingError, match=r"^recipe 'turbo' is unknown"):
+        recipe_config("turbo")
+    with pytest.raises(SettingError, match=r"^warp_speed is not a setting"):
+        TrainConfig.from_dict({"warp_speed": 1})
+
+
+def test_set_values_are_json_or_text() -> None:
+    assert parse_setting("lookahead-every=0") == ("lookahead_every", 0)
+    assert parse_setting('augment={"translate": 4}') == ("augment", {"translate": 4})
+    assert parse_setting("optimizer=sgd") == ("optimizer", "sgd")
+    with pytest.raises(SettingError, match="needs FIELD=VALUE"):
+        parse_setting("lr")
+
+
+def test_resume_and_budget_policies() -> None:
+    saved = make_config("quick", epochs=2)
+    assert resume_config(saved, {"epochs": 5, "device": None}).epochs == 5
+    with pytest.raises(SettingError, match=r"^lr cannot change when a run is resumed"):
+        resume_config(saved, {"lr": 0.1})
+    budgeted = make_config("quick", budget=60.0, steps=10)
+    with pytest.raises(SettingError, match=r"^epochs cannot extend a run trained to a budget"):
+        resume_config(budgeted, {"epochs": 9})
+    assert budget_config({"seed": 3, "val_size": 100}).seed == 3
+    with pytest.raises(SettingError, match=r"^epochs, lr cannot be combined with a budget"):
+        budget_config({"lr": 0.1, "epochs": 3})
+
+
+_cli = run_cli
+
+
+@pytest.mark.slow
+def test_the_cli_names_its_options_not_the_library_parameters(tmp_path: Path) -> None:
+    """No message names an option that does not exist."""
+    cases = [
+        (["train", "--epochs", "0"], "error: --epochs must be ≥ 1, got 0"),
+        (["train", "--set", "lookahead_start=2"], "error: --set lookahead_start must be in"),
+        (["train", "--set", "warp=1"], "error: --set warp is not a setting"),
+        (["train", "--recipe", "turbo"], "error: --recipe 'turbo' is unknown"),
+        (["train", "--budget", "5m", "--lr", "0.1"], "error: --lr cannot be combined with a"),
+        (["train", "--budget", "soon"], "error: --budget 'soon': give a duration"),
+        (["train", "--device", "tpu"], "error: --device must be auto, cpu, cuda or mps"),
+    ]
+    for args, message in cases:
+        r = _cli(*args, cwd=tmp_path)
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr.startswith(message), (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_train_help_groups_its_options(tmp_path: Path) -> None:
+    out = _cli("train", "--help", cwd=tmp_path).stdout
+    for group in (
+        "what to train:",
+        "data:",
+        "optimisation:",
+        "preprocessing and augmentation:",
+        "speed:",
+        "run:",
+    ):
+        assert group in out, group
+
+
+def test_a_setting_that_cannot_act_is_an_error_not_ignored() -> None:
+    with pytest.raises(SettingError, match=r"^momentum has no effect here: .*optimizer adam"):
+        TrainConfig(model="simple_cnn", momentum=0.5).resolved()
+    with pytest.raises(SettingError, match=r"^muon_lr has no effect here: .*optimizer muon"):
+        make_config("fast", muon_lr=0.1)
+    with pytest.raises(SettingError, match=r"^warmup has no effect here"):
+        make_config("original", warmup=0.1)
+    assert make_config("fast-muon", muon_lr=0.1).muon_lr == 0.1  # acts there
+    assert make_config("original", optimizer="sgd", momentum=0.5).momentum == 0.5
