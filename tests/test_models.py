@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,9 @@ def test_register_model_trains_with_the_loop_and_recipe(
     cfg = _small(data, model="tiny_test", precision="fp32").resolved()
     assert cfg.recipe == "quick" and cfg.optimizer == "sgd"
     run = train(cfg, out=tmp_path / "run", progress=False)
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == "tiny_test" and config["model_source"] == "test_models:build_tiny"
+    del registry._REGISTRY["tiny_test"]  # another process, where the name was never registered
     m = evaluate_run(run, "test", report=False)
     assert m["num_samples"] == 20
 
@@ -171,4 +175,43 @@ def test_a_model_defined_where_it_cannot_be_imported_still_trains(
         pass
 
     train(_small(data), model=Local(10), out=tmp_path / "run", progress=False)
-    assert "cannot be imported by its path" in capsys.readouterr().err
+    assert "cannot be rebuilt by another process (it is defined inside a function)" in (
+        capsys.readouterr().err
+    )
+
+
+def test_a_module_whose_model_args_do_not_rebuild_it_is_warned_about(
+    data: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    train(_small(data), model=TinyNet(10, width=6), out=tmp_path / "run", progress=False)
+    err = capsys.readouterr().err
+    assert "rebuilding test_models:TinyNet(num_classes=10, **{}) does not give the module" in err
+    with pytest.raises(CifarlabError, match=r"the weights do not fit model 'test_models:TinyNet' "
+                       r"with model_args \{\} \(size mismatch"):  # fmt: skip
+        load_run(tmp_path / "run")
+
+
+@pytest.mark.slow
+def test_a_model_defined_in_a_script_is_warned_about_and_refused_clearly(
+    data: Path, tmp_path: Path
+) -> None:
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\nfrom torch import nn\nfrom cifarlab import TrainConfig, train\n"
+        "class Tiny(nn.Module):\n"
+        "    def __init__(self, num_classes=10):\n"
+        "        super().__init__(); self.f = nn.Sequential(nn.Flatten(), "
+        "nn.Linear(3072, num_classes))\n"
+        "    def forward(self, x): return self.f(x)\n"
+        f"train(TrainConfig(root={str(data)!r}, epochs=1, val_size=20), model=Tiny(), "
+        f"out={str(tmp_path / 'run')!r}, progress=False)\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "cannot be rebuilt by another process (it is defined in the script being run" in (
+        r.stderr
+    )
+    r = _cli("evaluate", str(tmp_path / "run"), cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: model '__main__:Tiny': module '__main__' has no 'Tiny'")

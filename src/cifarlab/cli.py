@@ -7,7 +7,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from cifarlab.errors import CifarlabError, SettingError
 
@@ -50,6 +50,15 @@ def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> Non
         )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line like every other error (exit code 2, the
+    convention for a command line that cannot be parsed)."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _option_names(p: argparse.ArgumentParser) -> dict[str, str]:
     """dest → the option that sets it (``epochs`` → ``--epochs``), for error messages."""
     names = {}
@@ -63,7 +72,7 @@ def _option_names(p: argparse.ArgumentParser) -> dict[str, str]:
 def _option_namer(args: argparse.Namespace) -> Callable[[str], str]:
     """How an error names a setting: by its option in the command that ran (``--epochs``);
     a train setting without one, by ``--set NAME``; anything else by its own name."""
-    options = _option_names(args.parser)
+    options = {**_option_names(args.parser), "set": "--set"}
     is_train = getattr(args, "func", None) is cmd_train
 
     def name_of(name: str) -> str:
@@ -448,7 +457,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``cifarlab`` parser: one small function per command above."""
     from cifarlab import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cifarlab", description="Train, evaluate and use CIFAR-10/100 image classifiers."
     )
     parser.add_argument("--version", action="version", version=f"cifarlab {__version__}")
@@ -655,8 +664,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         print(f"{recipe.name}: {recipe.description}")
         print(json.dumps(recipe.config.to_dict(), indent=2))
         return 0
+    w = max(len(name) for name in RECIPES)
     print(
-        f"{'recipe':<10} {'model':<11} {'epochs':>6}  {'test acc (TTA)':<16} {'CPU time':>9}  "
+        f"{'recipe':<{w}} {'model':<11} {'epochs':>6}  {'test acc (TTA)':<16} {'CPU time':>9}  "
         "description"
     )
     for r in RECIPES.values():
@@ -664,7 +674,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         acc = f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" if m else "not measured"
         secs = f"{m['train_seconds']:.0f} s" if m else "–"
         print(
-            f"{r.name:<10} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
+            f"{r.name:<{w}} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
             f"{r.description}"
         )
     machines = sorted({r.measured["machine"] for r in RECIPES.values() if r.measured})
@@ -796,7 +806,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # named by the command that got them (argparse would blame the top level)
+        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -52,7 +52,7 @@ EXPORTS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 RECORDS = ("num_classes", "class_names", "params", "device_used", "train_images", "world_size",
            "precision_used", "precision_choice", "machine", "budget_plan", "train_seconds",
            "best_val_acc", "budget_used_seconds", "budget_replans", "steps_trained",
-           "rank_weight_digests", "provenance")  # fmt: skip
+           "rank_weight_digests", "provenance", "model_source")  # fmt: skip
 
 
 def _split_prefix(split: str) -> str:
@@ -315,12 +315,15 @@ def read_run(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any], list[dic
 def build_model(config: dict[str, Any]) -> nn.Module:
     """The (untrained) model a run's ``config.json`` describes: its registered name or import
     path, class count and builder options."""
-    from cifarlab.models import create_model
+    from cifarlab.models import create_model, model_names
 
     model_args = config.get("model_args") or {}
     if not isinstance(model_args, dict):
         raise CifarlabError(f"{CONFIG}: model_args must be a JSON object, got {model_args!r}")
-    return create_model(config["model"], int(config["num_classes"]), **model_args)
+    name, source = config["model"], config.get("model_source")
+    if source and name not in model_names():  # registered by the user in the training process
+        name = source
+    return create_model(name, int(config["num_classes"]), **model_args)
 
 
 def load_model(
@@ -337,8 +340,12 @@ def load_model(
     try:
         model.load_state_dict(clean_state_dict(state["model"]))
     except (RuntimeError, KeyError) as e:
-        raise CifarlabError(f"{path}: the weights do not fit model {config['model']!r} "
-                            f"({str(e).splitlines()[0]})") from None  # fmt: skip
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else type(e).__name__)[:200]
+        raise CifarlabError(
+            f"{path}: the weights do not fit model {config['model']!r} with model_args "
+            f"{config.get('model_args') or {}} ({detail})"
+        ) from None
     return model.eval(), state
 
 

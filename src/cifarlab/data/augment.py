@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, SettingError
 
 FLIP_MODES = ("none", "random", "alternate")
 
@@ -27,10 +27,12 @@ class Augment:
     cutout: int = 0  # side of the zeroed square, 0 for none
 
     def __post_init__(self) -> None:
-        if self.flip not in FLIP_MODES:
-            raise CifarlabError(f"flip must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}")
-        if not 0 <= self.translate <= 16 or not 0 <= self.cutout <= 32:
-            raise CifarlabError("translate must be 0..16 and cutout 0..32 pixels")
+        if not isinstance(self.flip, str) or self.flip not in FLIP_MODES:
+            raise SettingError("flip", f"must be one of {', '.join(FLIP_MODES)}, got {self.flip!r}")
+        for name, top in (("translate", 16), ("cutout", 32)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
+                raise SettingError(name, f"must be a whole number 0..{top} pixels, got {value!r}")
 
     @property
     def active(self) -> bool:

@@ -92,7 +92,8 @@ def find_source(info: DatasetInfo, root: Path) -> Source:
         return Source("archive", root, fmt)
     if not root.is_dir():
         raise DataNotFound(
-            f"{root}: no such folder. Run `cifarlab download --root {root}`, or point --root or "
+            f"{root}: no such folder. Run `cifarlab download --dataset {info.name} --root {root}`, "
+            "or point --root or "
             "CIFARLAB_DATA at a folder that holds the data"
         )
     py, binary = info.archives["python"], info.archives["binary"]

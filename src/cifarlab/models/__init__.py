@@ -7,6 +7,7 @@ from cifarlab.models.registry import (
     import_path,
     model_names,
     register_model,
+    reopen_problem,
 )
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "import_path",
     "model_names",
     "register_model",
+    "reopen_problem",
 ]

@@ -8,8 +8,11 @@ from cifarlab.models.keras_init import keras_init
 from cifarlab.models.registry import register
 
 
-@register("mlp", "the original study's ANN: Flatten, Dense 3000 ReLU, Dense 1000 ReLU, Dense",
-          recipe="original")  # fmt: skip
+@register(
+    "mlp",
+    "the original study's ANN: Flatten, Dense 3000 ReLU, Dense 1000 ReLU, Dense (classes)",
+    recipe="original",
+)
 def mlp(num_classes: int = 10) -> nn.Module:
     return keras_init(
         nn.Sequential(

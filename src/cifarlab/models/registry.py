@@ -82,6 +82,21 @@ def import_path(obj: Any) -> str:
     return f"{obj.__module__}:{obj.__qualname__}"
 
 
+def reopen_problem(path: str) -> str | None:
+    """Why another process could not rebuild the model at import path ``path`` (a script's
+    ``__main__``, a class defined inside a function, a module that does not import), or None."""
+    module, _, attr = path.partition(":")
+    if module == "__main__":
+        return "it is defined in the script being run (__main__)"
+    if "<locals>" in attr:
+        return "it is defined inside a function"
+    try:
+        get_entry(path)
+    except CifarlabError as e:
+        return str(e)
+    return None
+
+
 def _resolve_import_path(path: str) -> Callable[..., nn.Module]:
     module_name, _, attr = path.partition(":")
     try:

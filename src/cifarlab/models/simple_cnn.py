@@ -10,7 +10,7 @@ from cifarlab.models.registry import register
 
 
 @register("simple_cnn", "the original study's CNN: Conv 32, MaxPool, Conv 64, MaxPool, Dense 64, "
-          "Dense", recipe="original")  # fmt: skip
+          "Dense (classes)", recipe="original")  # fmt: skip
 def simple_cnn(num_classes: int = 10) -> nn.Module:
     return keras_init(
         nn.Sequential(

@@ -154,7 +154,8 @@ class TrainConfig:
             ("train_size", self.train_size is None or self.train_size >= 1,
              f"must be ≥ 1, got {self.train_size}"),
             ("val_size", self.val_size >= 0, f"must be ≥ 0, got {self.val_size}"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "must be in [0, 1)"),
+            ("label_smoothing", 0 <= self.label_smoothing < 1,
+             f"must be in [0, 1), got {self.label_smoothing}"),
             ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
             ("warmup", 0 <= self.warmup < 1, f"must be in [0, 1), got {self.warmup}"),
             ("lr_start", self.lr_start >= 0, f"must be ≥ 0, got {self.lr_start}"),
@@ -165,22 +166,28 @@ class TrainConfig:
              f"must be in [0, 1), got {self.muon_momentum}"),
             ("weight_decay", self.weight_decay >= 0, f"must be ≥ 0, got {self.weight_decay}"),
             ("bias_lr_scale", self.bias_lr_scale > 0, f"must be > 0, got {self.bias_lr_scale}"),
-            ("lookahead_every", self.lookahead_every >= 0, "must be ≥ 0"),
-            ("lookahead_start", 0 <= self.lookahead_start < 1, "must be in [0, 1)"),
+            ("lookahead_every", self.lookahead_every >= 0,
+             f"must be ≥ 0, got {self.lookahead_every}"),
+            ("lookahead_start", 0 <= self.lookahead_start < 1,
+             f"must be in [0, 1), got {self.lookahead_start}"),
             ("whiten_bias_epochs", self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,
-             "must be ≥ 0"),
+             f"must be ≥ 0, got {self.whiten_bias_epochs}"),
             ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("tta", self.tta in (0, 1, 2), f"must be 0, 1 or 2, got {self.tta}"),
-            ("threads", self.threads is None or self.threads >= 1, "must be ≥ 1"),
-            ("eval_batch_size", self.eval_batch_size >= 1, "must be ≥ 1"),
+            ("threads", self.threads is None or self.threads >= 1,
+             f"must be ≥ 1, got {self.threads}"),
+            ("eval_batch_size", self.eval_batch_size >= 1,
+             f"must be ≥ 1, got {self.eval_batch_size}"),
         ]  # fmt: skip
         for name, ok, problem in checks:
             if not ok:
                 raise SettingError(name, problem)
         _check_progressive(self.progressive)
-        unknown = set(self.augment) - {f.name for f in dataclasses.fields(Augment)}
+        keys = [f.name for f in dataclasses.fields(Augment)]
+        unknown = sorted(set(self.augment) - set(keys))
         if unknown:
-            raise SettingError(sorted(unknown), "is not an augmentation setting")
+            raise SettingError("augment", f"has no setting {', '.join(map(repr, unknown))}: its "
+                               f"settings are {', '.join(keys)}")  # fmt: skip
         Augment(**self.augment)  # validates values
 
     def image_size(self, progress: float, full: int = 32) -> int:

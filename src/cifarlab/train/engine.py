@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import hashlib
 import inspect
+import json
 import math
 import os
 import random
@@ -18,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +38,13 @@ from cifarlab.data.dataset import CifarDataset, load_dataset, stratified_holdout
 from cifarlab.data.loader import BatchLoader
 from cifarlab.errors import CifarlabError, SettingError
 from cifarlab.evaluate.inference import eval_loader, loss_and_accuracy, predict_logits
-from cifarlab.models import count_parameters, create_model, get_entry, import_path
+from cifarlab.models import (
+    count_parameters,
+    create_model,
+    get_entry,
+    import_path,
+    reopen_problem,
+)
 from cifarlab.runs import LAST, RunFolder, provenance
 from cifarlab.train import budget as budgets
 from cifarlab.train import device as devices
@@ -158,6 +167,9 @@ class Trainer:
         if cfg.train_size is not None and cfg.train_size < len(labels):
             keep = torch.from_numpy(stratified_holdout(labels.numpy(), cfg.train_size, seed=0))
             images, labels = images[keep], labels[keep]
+        elif cfg.train_size is not None and cfg.train_size > len(labels) and self.main:
+            warnings.warn(f"train_size {cfg.train_size} is more than the {len(labels)} training "
+                          "images: training on all of them", stacklevel=2)  # fmt: skip
         self.num_train = len(labels)
         self.mean, self.std = cfg.normalization()
         self.loader = BatchLoader(
@@ -232,7 +244,7 @@ class Trainer:
                 cfg.model,
                 build=self._probe_build,
                 num_classes=self.data.num_classes,
-                model_args=cfg.model_args,
+                model_args=self._probe_key_args(),
                 batch_size=cfg.batch_size,
                 channels_last=cfg.channels_last,
                 device=self.device,
@@ -241,6 +253,14 @@ class Trainer:
             print(f"precision auto → {choice.precision}: {choice.reason}", flush=True)
         (bf16,) = distributed.all_sum([bf16], self.device)
         return ("bf16" if bf16 > 0 else "fp32"), choice
+
+    def _probe_key_args(self) -> dict[str, Any]:
+        """What tells the probe cache this model from others: its options, and for a model
+        passed in (whose source may change under the same name) the shapes of its weights."""
+        if self._probe_build is None:
+            return self.cfg.model_args
+        shapes = json.dumps([(k, list(v.shape)) for k, v in self.model.state_dict().items()])
+        return {**self.cfg.model_args, "_shapes": hashlib.sha1(shapes.encode()).hexdigest()[:12]}
 
     # ------------------------------------------------------------------ state
 
@@ -653,14 +673,52 @@ def _own_model_config(config: TrainConfig, model: ModelLike) -> TrainConfig:
         raise CifarlabError(f"model must be an nn.Module or a builder, got {model!r}")
     source = type(model) if isinstance(model, nn.Module) else model
     path = import_path(source)
-    cfg = dataclasses.replace(config, model=path, recipe=config.recipe or "original")
+    _warn_if_not_reopenable(path)
+    return dataclasses.replace(config, model=path, recipe=config.recipe or "original")
+
+
+def _warn_if_not_reopenable(path: str) -> None:
+    problem = reopen_problem(path)
+    if problem and devices.rank() == 0:
+        print(f"warning: the model {path} cannot be rebuilt by another process ({problem}): "
+              "this run trains, but `cifarlab evaluate`, `predict` and `export` will not open "
+              "it; define the model at the top level of an importable module to use them",
+              file=sys.stderr)  # fmt: skip
+
+
+def _model_source(cfg: TrainConfig) -> str | None:
+    """For a model registered by the user (``register_model``): its builder's import path,
+    which a run records so that another process, where the name is not registered, can still
+    rebuild it. None for cifarlab's own models and import paths."""
+    if ":" in cfg.model:
+        return None
+    builder = get_entry(cfg.model).builder
+    if builder.__module__.split(".")[0] == "cifarlab":
+        return None
+    path = import_path(builder)
+    _warn_if_not_reopenable(path)
+    return path
+
+
+def _check_rebuild(cfg: TrainConfig, num_classes: int, model: nn.Module) -> None:
+    """A module passed in is recorded as its class's import path with ``model_args``: warn
+    if rebuilding it from those gives other shapes than the module trained (the run could
+    not be reopened)."""
+    if reopen_problem(cfg.model):
+        return  # already said
     try:
-        get_entry(path)
-    except CifarlabError:
-        print(f"warning: the model {path} cannot be imported by its path: this run trains, but "
-              "`cifarlab evaluate`, `predict` and `export` cannot rebuild it; define the model "
-              "at the top level of an importable module to use them", file=sys.stderr)  # fmt: skip
-    return cfg
+        rebuilt = create_model(cfg.model, num_classes, **cfg.model_args)
+        same = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == {
+            k: tuple(v.shape) for k, v in model.state_dict().items()
+        }
+        problem = None if same else "its parameters have other shapes"
+    except CifarlabError as e:
+        problem = str(e)
+    if problem and devices.rank() == 0:
+        print(f"warning: rebuilding {cfg.model}(num_classes={num_classes}, **{cfg.model_args}) "
+              f"does not give the module being trained ({problem}): give its constructor's "
+              "arguments as model_args, or `cifarlab evaluate`, `predict` and `export` will "
+              "not open this run", file=sys.stderr)  # fmt: skip
 
 
 def _build(cfg: TrainConfig, num_classes: int, model: ModelLike | None) -> nn.Module:
@@ -786,6 +844,8 @@ def _train_locked(
         if trainer.main:  # a folder left by an attempt that stopped before its first checkpoint
             folder.trim_metrics(0)
         trainer.init_whitening()
+    if isinstance(model, nn.Module) and state is None:
+        _check_rebuild(cfg, trainer.data.num_classes, trainer.model)
     extra = {
         "num_classes": trainer.data.num_classes,
         "class_names": trainer.data.class_names,
@@ -797,6 +857,11 @@ def _train_locked(
         "machine": probe.describe_machine(),
         "provenance": provenance(trainer.device),
     }
+    source = (
+        _model_source(cfg) if state is None else folder.read_config_if_any().get("model_source")
+    )
+    if source:
+        extra["model_source"] = source
     if trainer.precision_choice is not None:
         extra["precision_choice"] = trainer.precision_choice.to_dict()
     if plan is not None:

@@ -23,8 +23,10 @@ def _fused_or_foreach(model: nn.Module) -> dict[str, bool]:
 
 
 def param_groups(cfg: TrainConfig, model: nn.Module) -> list[dict]:
-    """The trainable parameters in two groups: BatchNorm biases, whose learning rate is
-    ``bias_lr_scale`` times larger (their weight decay per step stays the same), and the rest."""
+    """The trainable parameters in two groups: the 1-D parameters of normalization layers
+    (BatchNorm, GroupNorm, LayerNorm: their biases, and their scales where those train; FastNet
+    freezes its scales), whose learning rate is ``bias_lr_scale`` times larger (their weight
+    decay per step stays the same), and the rest."""
     norm_biases, others = [], []
     norm_types = (nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)
     norm_params = {
