@@ -343,8 +343,13 @@ class Trainer:
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, wherever the loop was
             raise self._interrupted(saved=False) from None
         finally:
+            # Leaving with an error under torchrun (e.g. a peer died), torchrun's SIGTERM may
+            # arrive before the message saying why is printed: keep catching it (the process
+            # ends right after) so that it does not kill the process silently.
+            stopping = sys.exc_info()[0] is not None and self.world > 1
             for signum, handler in previous.items():
-                signal.signal(signum, handler)
+                if not (stopping and signum == signal.SIGTERM):
+                    signal.signal(signum, handler)
 
     def _interrupted(self, saved: bool = True) -> TrainingInterrupted:
         if not saved:
