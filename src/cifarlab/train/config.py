@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -213,10 +213,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         """A config from its fields; a key that is not a field is an error naming it."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise SettingError(unknown, "is not a setting (see `cifarlab recipes --show NAME`)")
+        _check_known(d, FIELDS)
         cfg = cls(**d)
         cfg.check_types()
         return cfg
@@ -262,6 +259,13 @@ def _setup(cfg: TrainConfig) -> str:
             f"{cfg.lookahead_every}")  # fmt: skip
 
 
+def _check_known(names: Iterable[str], known: Iterable[str]) -> None:
+    """Every name is a setting; an unknown one is an error naming it."""
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise SettingError(unknown, "is not a setting (see `cifarlab recipes --show NAME`)")
+
+
 def _check_progressive(stages: dict[str, Any]) -> None:
     for size, until in stages.items():
         ok_size = str(size).isdigit() and 8 <= int(size) <= 31
@@ -292,9 +296,7 @@ def apply_changes(cfg: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
     ``cutout`` change that key of ``augment``. An unknown field or a value of the wrong type
     is a :class:`SettingError` naming it."""
     changes = dict(changes)
-    unknown = sorted(set(changes) - set(FIELDS) - set(AUGMENT_KEYS))
-    if unknown:
-        raise SettingError(unknown, "is not a setting (see `cifarlab recipes --show NAME`)")
+    _check_known(changes, (*FIELDS, *AUGMENT_KEYS))
     shorthands = {k: changes.pop(k) for k in AUGMENT_KEYS if k in changes}
     out = dataclasses.replace(cfg, **changes)
     if shorthands:

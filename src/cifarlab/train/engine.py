@@ -198,10 +198,7 @@ class Trainer:
                 channels_last=cfg.channels_last,
             )
         self.model = _build(cfg, self.data.num_classes, model)
-        # precision="auto" times fresh copies of a model passed in (its import path may not
-        # import); models by name it builds itself
-        pristine = copy.deepcopy(self.model) if model is not None else None
-        self._probe_build = (lambda: copy.deepcopy(pristine)) if pristine is not None else None
+        self._own_model = model is not None
         self.precision_used, self.precision_choice = self._choose_precision(precision_used)
         self.autocast = torch.bfloat16 if self.precision_used == "bf16" else None
         if cfg.sync_bn:
@@ -242,7 +239,9 @@ class Trainer:
         if self.main:
             choice = probe.choose_precision(
                 cfg.model,
-                build=self._probe_build,
+                # a model passed in may not import by its path: the probe times copies of it
+                # (untrained yet: precision is chosen before the first step)
+                build=(lambda: copy.deepcopy(self.model)) if self._own_model else None,
                 num_classes=self.data.num_classes,
                 model_args=self._probe_key_args(),
                 batch_size=cfg.batch_size,
@@ -257,9 +256,9 @@ class Trainer:
     def _probe_key_args(self) -> dict[str, Any]:
         """What tells the probe cache this model from others: its options, and for a model
         passed in (whose source may change under the same name) the shapes of its weights."""
-        if self._probe_build is None:
+        if not self._own_model:
             return self.cfg.model_args
-        shapes = json.dumps([(k, list(v.shape)) for k, v in self.model.state_dict().items()])
+        shapes = json.dumps(sorted(_shapes(self.model).items()))
         return {**self.cfg.model_args, "_shapes": hashlib.sha1(shapes.encode()).hexdigest()[:12]}
 
     # ------------------------------------------------------------------ state
@@ -713,9 +712,7 @@ def _check_rebuild(cfg: TrainConfig, num_classes: int, model: nn.Module) -> None
         return  # already said
     try:
         rebuilt = create_model(cfg.model, num_classes, **cfg.model_args)
-        same = {k: tuple(v.shape) for k, v in rebuilt.state_dict().items()} == {
-            k: tuple(v.shape) for k, v in model.state_dict().items()
-        }
+        same = _shapes(rebuilt) == _shapes(model)
         problem = None if same else "its parameters have other shapes"
     except CifarlabError as e:
         problem = str(e)
@@ -724,6 +721,11 @@ def _check_rebuild(cfg: TrainConfig, num_classes: int, model: nn.Module) -> None
               f"does not give the module being trained ({problem}): give its constructor's "
               "arguments as model_args, or `cifarlab evaluate`, `predict` and `export` will "
               "not open this run", file=sys.stderr)  # fmt: skip
+
+
+def _shapes(model: nn.Module) -> dict[str, list[int]]:
+    """The shape of every tensor in ``model``'s state: what tells two architectures apart."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
 def _build(cfg: TrainConfig, num_classes: int, model: ModelLike | None) -> nn.Module:
@@ -862,9 +864,7 @@ def _train_locked(
         "machine": probe.describe_machine(),
         "provenance": provenance(trainer.device),
     }
-    source = (
-        _model_source(cfg) if state is None else folder.read_config_if_any().get("model_source")
-    )
+    source = _model_source(cfg) if state is None else None
     if source:
         extra["model_source"] = source
     if trainer.precision_choice is not None:
@@ -873,7 +873,7 @@ def _train_locked(
         extra["budget_plan"] = plan.to_dict()
     if state is not None:  # resumed: keep the record of what the first session chose
         old = folder.read_config_if_any()
-        for key in ("budget_plan", "precision_choice"):
+        for key in ("budget_plan", "precision_choice", "model_source"):
             if key in old and key not in extra:
                 extra[key] = old[key]
     if trainer.main:
