@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from cifarlab.errors import CifarlabError
-from cifarlab.files import append_jsonl, atomic_write
+from cifarlab.files import append_jsonl, atomic_write, open_private
 
 CONFIG = "config.json"
 METRICS = "metrics.jsonl"
@@ -143,7 +143,7 @@ class RunFolder:
             return
         created = not self.path.exists()
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / LOCK, "a+") as f:
+        with open_private(self.path / LOCK, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
