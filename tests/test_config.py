@@ -165,3 +165,89 @@ def test_a_setting_that_cannot_act_is_an_error_not_ignored() -> None:
         make_config("original", warmup=0.1)
     assert make_config("fast-muon", muon_lr=0.1).muon_lr == 0.1  # acts there
     assert make_config("original", optimizer="sgd", momentum=0.5).momentum == 0.5
+
+
+# --------------------------------------------------------------------------- every value checked
+
+OUT_OF_RANGE = [
+    ({"augment": {"translate": "2"}}, "translate", r"must be a whole number 0\.\.16 pixels"),
+    ({"augment": 2.5}, "augment", r"must be a JSON object"),
+    ({"translate": 2.5}, "translate", r"must be a whole number"),
+    ({"model_args": {"num_classes": 5}}, "model_args", r"cannot set num_classes: the dataset"),
+    ({"model_args": []}, "model_args", r"must be a JSON object"),
+    ({"seed": 2**70}, "seed", r"must be at most 9223372036854775807 \(2\*\*63 - 1\)"),
+    ({"seed": -1}, "seed", r"must be 0\.\.9223372036854775807"),
+    ({"lr": float("inf")}, "lr", r"must be a finite number, got inf"),
+    ({"weight_decay": float("nan")}, "weight_decay", r"must be a finite number, got nan"),
+    ({"threads": 10**9}, "threads", r"must be 1\.\.1024"),
+    ({"batch_size": 2**40}, "batch_size", r"must be at most"),
+    ({"eval_batch_size": 0}, "eval_batch_size", r"must be 1\.\."),
+    ({"epochs": 10**7}, "epochs", r"must be at most 1,000,000"),
+    ({"steps": 2**50}, "steps", r"must be at most"),
+    ({"val_size": 10**30}, "val_size", r"must be at most"),
+    ({"train_size": 2**40}, "train_size", r"must be at most"),
+    ({"budget": 1e300}, "budget", r"must be at most"),
+    ({"lookahead_every": -1}, "lookahead_every", r"must be 0\.\."),
+    ({"whiten_bias_epochs": 10**9}, "whiten_bias_epochs", r"must be 0\.\."),
+    ({"dataset": "mnist"}, "dataset", r"must be one of cifar10, cifar100"),
+    ({"labels": "medium"}, "labels", r"must be fine or coarse"),
+    ({"device": ""}, "device", r"must be auto, cpu, cuda or mps"),
+    ({"model": ""}, "model", r"must name a model"),
+    ({"epochs": 2.5}, "epochs", r"must be an integer, got 2\.5"),
+    ({"channels_last": "yes"}, "channels_last", r"must be true or false"),
+]
+
+
+@pytest.mark.parametrize("changes,name,problem", OUT_OF_RANGE,
+                         ids=[f"{n}-{i}" for i, (_, n, _) in enumerate(OUT_OF_RANGE)])  # fmt: skip
+def test_every_value_is_range_and_type_checked_where_it_enters(
+    changes: dict, name: str, problem: str
+) -> None:
+    with pytest.raises(SettingError, match=f"^{name} {problem}") as e:
+        make_config("quick", **changes)
+    assert e.value.names == [name] and "\n" not in str(e.value)
+
+
+def test_a_value_of_the_wrong_type_is_refused_for_every_field() -> None:
+    from cifarlab.train.config import FIELDS
+
+    base = get_recipe("quick").config
+    for name in FIELDS:
+        with pytest.raises(SettingError) as e:
+            apply_changes(base, {name: [1]}).resolved()
+        assert e.value.names == [name], (name, str(e.value))
+
+
+def test_the_largest_seed_the_generators_take_trains() -> None:
+    assert make_config("quick", seed=2**63 - 1).seed == 2**63 - 1
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--set", 'augment={"translate":"2"}'], "error: --translate must be a whole number"),
+        (["--set", "augment=2.5"], "error: --set augment must be a JSON object"),
+        (["--set", 'model_args={"num_classes":5}'], "error: --set model_args cannot set num_"),
+        (["--seed", str(2**70)], "error: --seed must be at most 9223372036854775807"),
+        (["--set", "lr=Infinity"], "error: --lr must be a finite number, got inf"),
+        (["--threads", str(10**9)], "error: --threads must be 1..1024"),
+        (
+            ["--set", 'model_args={"widths":[1000000,1000000,1000000]}', "--model", "fastnet_s"],
+            "error: --set model_args {'widths': [1000000, 1000000, 1000000]} give model",
+        ),
+    ],
+)
+def test_the_cli_refuses_bad_values_in_one_line(
+    args: list[str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:  # fmt: skip
+    from cifarlab.cli import main
+    from fakedata import write_cifar10_python
+
+    monkeypatch.chdir(tmp_path)
+    write_cifar10_python(tmp_path / "data", per_batch=20, test=20)
+    rc = main(["train", "--root", str(tmp_path / "data"), "--val-size", "20", "--no-progress",
+               "--out", str(tmp_path / "r"), *args])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1 and err.startswith(message) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
+import tarfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
-from cifarlab import CifarlabError, load_dataset
+from cifarlab import CifarlabError, DataError, load_dataset
 from cifarlab.data.dataset import stratified_holdout
-from fakedata import write_cifar10_python, write_cifar100_python
+from fakedata import make_tar_gz, write_cifar10_binary, write_cifar10_python, write_cifar100_python
 
 
 def _load(*args, **kwargs):
@@ -232,3 +238,140 @@ def test_split_in_a_torch_dataloader(tmp_path: Path) -> None:
     ds.val.transform = lambda t: t.float().div(255)
     xf, yf = next(iter(DataLoader(ds.val, batch_size=64)))
     assert xf.dtype == torch.float32 and xf.shape == (30, 3, 32, 32) and float(xf.max()) <= 1
+
+
+# --------------------------------------------------------------------------- hostile sources
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 5.0) -> Iterator[None]:
+    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
+
+    def alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def load_error(*args, **kwargs) -> str:
+    with no_hang(), pytest.raises(DataError) as info:
+        _load(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg and "\r" not in msg, msg
+    return msg
+
+
+def cache_leftovers(cache: Path) -> list[str]:
+    """What the archive reads left in the cache's extracted/ folder."""
+    extracted = cache / "extracted"
+    return sorted(p.name for p in extracted.iterdir()) if extracted.exists() else []
+
+
+def test_an_archive_without_the_dataset_leaves_nothing_in_the_cache(
+    tmp_path: Path, isolated_cache: Path
+) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        info = tarfile.TarInfo("junk/big.bin")
+        info.size = 500_000
+        tar.addfile(info, io.BytesIO(bytes(info.size)))
+    msg = load_error("cifar10", tmp_path)
+    assert str(archive) in msg and "does not hold CIFAR-10" in msg
+    assert cache_leftovers(isolated_cache) == []
+
+
+def test_an_archive_with_a_damaged_file_leaves_nothing_in_the_cache(
+    tmp_path: Path, isolated_cache: Path
+) -> None:
+    folder = write_cifar10_python(tmp_path / "src")["folder"]
+    batch = folder / "data_batch_4"
+    batch.write_bytes(batch.read_bytes()[:1000])
+    archive = make_tar_gz(folder, tmp_path / "data" / "cifar-10-python.tar.gz")
+    msg = load_error("cifar10", archive.parent)
+    assert "data_batch_4: truncated or corrupt pickle" in msg
+    assert f"in the archive {archive}; its extracted copy was removed" in msg
+    assert cache_leftovers(isolated_cache) == []
+
+
+def test_an_archive_over_the_expansion_cap_leaves_nothing(
+    tmp_path: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = write_cifar10_python(tmp_path / "src", per_batch=200)["folder"]  # 3.7 MB
+    archive = make_tar_gz(folder, tmp_path / "data" / "cifar-10-python.tar.gz")
+    monkeypatch.setenv("CIFARLAB_MAX_EXTRACT_MB", "2")
+    msg = load_error("cifar10", archive.parent)
+    assert str(archive) in msg and "expands to more than 2.0 MB" in msg
+    assert cache_leftovers(isolated_cache) == []
+
+
+def test_an_archive_that_is_a_fifo_or_a_sparse_file(tmp_path: Path) -> None:
+    archive = tmp_path / "cifar-10-python.tar.gz"
+    os.mkfifo(archive)
+    msg = load_error("cifar10", tmp_path)
+    assert str(archive) in msg and "named pipe (FIFO)" in msg
+    msg = load_error("cifar10", archive)  # named as the source itself
+    assert str(archive) in msg and "named pipe (FIFO)" in msg
+    archive.unlink()
+    with open(archive, "wb") as f:
+        f.truncate(300 << 30)
+    t0 = time.monotonic()
+    msg = load_error("cifar10", tmp_path)
+    assert time.monotonic() - t0 < 2  # neither hashed nor read
+    assert str(archive) in msg and "over the limit" in msg and "CIFARLAB_MAX_DATA_FILE_MB" in msg
+
+
+def test_a_source_that_is_neither_folder_nor_archive(tmp_path: Path) -> None:
+    fifo = tmp_path / "data"
+    os.mkfifo(fifo)
+    msg = load_error("cifar10", fifo)
+    assert str(fifo) in msg and "named pipe (FIFO)" in msg
+    loop = tmp_path / "loop.tar.gz"
+    loop.symlink_to(loop)  # a link to itself
+    msg = load_error("cifar10", loop)
+    assert str(loop) in msg
+
+
+def test_the_cached_path_opens_no_data_file(
+    tmp_path: Path, isolated_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checks above cost nothing on a cache hit: the source files are only stat'ed and the
+    arrays come memory-mapped from the cache."""
+    from cifarlab import files
+    from cifarlab.data import download, extract, formats
+
+    real = files.open_input
+    opened = []
+
+    def watched(path, *args, **kwargs):  # noqa: ANN001, ANN202
+        opened.append(Path(path))
+        return real(path, *args, **kwargs)
+
+    for module in (files, formats, download, extract):  # every way a data file is opened
+        monkeypatch.setattr(module, "open_input", watched)
+    for writer, root in ((write_cifar10_python, tmp_path / "py"), (write_cifar10_binary,
+                                                                   tmp_path / "bin")):  # fmt: skip
+        writer(root)
+        _load("cifar10", root, val_size=0)
+        assert any(isolated_cache not in p.parents for p in opened)  # parsed: files were read
+        opened.clear()
+        ds = _load("cifar10", root, val_size=0)
+        assert ds.meta["from_cache"] is True
+        assert [p for p in opened if isolated_cache not in p.parents] == []
+        assert isinstance(ds.train.images, torch.Tensor)
+
+
+def test_a_fifo_in_the_cache_is_not_opened(tmp_path: Path, isolated_cache: Path) -> None:
+    write_cifar10_python(tmp_path)
+    _load("cifar10", tmp_path, val_size=0)
+    (entry,) = (isolated_cache / "parsed").iterdir()
+    (entry / "train_x.npy").unlink()
+    os.mkfifo(entry / "train_x.npy")
+    with no_hang():
+        ds = _load("cifar10", tmp_path, val_size=0)  # a damaged entry: parsed again
+    assert ds.meta["from_cache"] is False and len(ds.train) == 100

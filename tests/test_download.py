@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import random
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +26,7 @@ import pytest
 from cifarlab.data.download import NETWORK_HINT, download_dataset, download_file, md5sum
 from cifarlab.data.extract import safe_extract
 from cifarlab.data.sources import get_info
-from cifarlab.errors import DownloadError
+from cifarlab.errors import CifarlabError, DataError, DownloadError
 
 FAST = {"backoff": 0.01, "timeout": 5.0, "progress": False}
 PAYLOAD = random.Random(0).randbytes(200_000)  # several read chunks, incompressible
@@ -40,8 +42,10 @@ class Server:
 
     base: str = ""
     files: dict[str, bytes] = field(default_factory=dict)
-    # normal | cut | 404 | error_once | no_range | stall_headers | stall_body
+    # normal | cut | 404 | error_once | no_range | stall_headers | stall_body | trickle
+    # | long_reason | no_length
     mode: str = "normal"
+    trickle_every: float = 0.5  # seconds between the bytes of "trickle"
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range)
     release: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -74,6 +78,31 @@ class Handler(BaseHTTPRequestHandler):
             return
         if st.mode == "stall_headers":
             st.release.wait(10)  # longer than any client timeout used in the tests
+            return
+        if st.mode == "long_reason":
+            self.send_response(404, "Not\tFound " + "very " * 300)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        if st.mode == "trickle":  # one byte at a time, never stalling long enough to time out
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(st.files[self.path])))
+            self.end_headers()
+            try:
+                for b in st.files[self.path]:
+                    self.wfile.write(bytes([b]))
+                    self.wfile.flush()
+                    if st.release.wait(st.trickle_every):
+                        break
+            except OSError:
+                pass  # the client gave up
+            self.close_connection = True
+            return
+        if st.mode == "no_length":  # the whole body, its end marked by closing the connection
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(st.files[self.path])
+            self.close_connection = True
             return
         body = st.files[self.path]
         start = 0
@@ -400,3 +429,284 @@ def test_cli_download_then_load(
     assert ds.train.labels.tolist() == expected["train_y"].tolist()
     assert main(args) == 0  # already there: nothing fetched again
     assert len(server.requests) == 1
+
+
+# --------------------------------------------------------------------------- hostile input
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 5.0) -> Iterator[None]:
+    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
+
+    def alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def one_line(e: BaseException) -> str:
+    msg = str(e)
+    assert "\n" not in msg and "\r" not in msg, msg
+    return msg
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KB tmpfs (needs root to mount; skipped where that is not allowed)."""
+    d = tmp_path / "tiny"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
+                       capture_output=True)  # fmt: skip
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """An empty read-only tmpfs (root only)."""
+    d = tmp_path / "ro"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)],
+                       capture_output=True)  # fmt: skip
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+def test_md5sum_refuses_a_fifo_and_a_huge_sparse_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "data_batch_1"
+    os.mkfifo(fifo)
+    with no_hang(), pytest.raises(DataError) as info:
+        md5sum(fifo)
+    assert str(fifo) in one_line(info.value) and "named pipe" in str(info.value)
+    sparse = tmp_path / "cifar-10-python.tar.gz"
+    with open(sparse, "wb") as f:
+        f.truncate(300 << 30)  # 300 GB, no block on disk
+    t0 = time.monotonic()
+    with pytest.raises(DataError) as info:
+        md5sum(sparse)
+    assert time.monotonic() - t0 < 1  # refused by its size, not read
+    msg = one_line(info.value)
+    assert str(sparse) in msg and "over the limit" in msg and "CIFARLAB_MAX_DATA_FILE_MB" in msg
+    with pytest.raises(DownloadError):  # the error class is the caller's
+        md5sum(sparse, error=DownloadError)
+
+
+def test_a_trickling_server_is_dropped_below_the_minimum_rate(
+    server: Server, tmp_path: Path
+) -> None:
+    server.mode = "trickle"
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), retries=1, min_rate=1000,
+                      rate_window=1.0, **FAST)  # fmt: skip
+    assert time.monotonic() - t0 < 5
+    msg = one_line(info.value)
+    assert "below the minimum of" in msg and "CIFARLAB_DOWNLOAD_MIN_RATE_KBS" in msg
+    assert "2 attempts" in msg and server.url("/a.bin") in msg
+    assert len(server.requests) == 2
+    assert server.ranges[1] is not None  # the second attempt resumed the bytes of the first
+    assert not dest.exists()
+    assert "the partial file is kept" in msg  # and it says so
+
+
+def test_the_deadline_bounds_the_whole_download(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fast enough for the minimum rate, but never done: the deadline ends it, whatever the
+    retries; the default deadline comes from the environment."""
+    server.mode = "trickle"
+    server.trickle_every = 0.05
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    monkeypatch.setenv("CIFARLAB_DOWNLOAD_DEADLINE_S", "1.5")
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, None, retries=5, min_rate=1, **FAST)
+    assert time.monotonic() - t0 < 4
+    msg = one_line(info.value)
+    assert "deadline of 1.5 s" in msg and "CIFARLAB_DOWNLOAD_DEADLINE_S" in msg
+    assert "the partial file is kept" in msg and NETWORK_HINT not in msg
+    assert len(server.requests) == 1 and not dest.exists()
+
+
+def test_a_bad_limit_in_the_environment_is_named(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFARLAB_DOWNLOAD_MIN_RATE_KBS", "fast")
+    with pytest.raises(CifarlabError, match="CIFARLAB_DOWNLOAD_MIN_RATE_KBS='fast'"):
+        download_file(server.url("/a.bin"), tmp_path / "a.bin", None, **FAST)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "dangling-symlink", "fifo", "folder"])
+def test_a_part_file_that_is_not_a_regular_file_is_never_written_through(
+    server: Server, tmp_path: Path, kind: str
+) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "data" / "a.bin"
+    dest.parent.mkdir()
+    part = dest.with_name("a.bin.part")
+    victim = tmp_path / "victim"
+    if kind == "symlink":
+        victim.write_bytes(b"precious")
+        part.symlink_to(victim)
+    elif kind == "dangling-symlink":
+        part.symlink_to(victim)
+    elif kind == "fifo":
+        os.mkfifo(part)
+    else:
+        part.mkdir()
+    with no_hang(), pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    msg = one_line(info.value)
+    assert str(part) in msg and "remove it" in msg
+    assert server.requests == []  # refused before any request
+    assert not dest.exists()
+    if kind == "symlink":
+        assert victim.read_bytes() == b"precious" and part.is_symlink()
+    if kind == "dangling-symlink":
+        assert not victim.exists()
+
+
+def test_the_part_file_is_opened_without_following_links(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A link that appears between the check and the open (a race) is refused by the open
+    itself (O_NOFOLLOW)."""
+    from cifarlab.data import download
+
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    part = dest.with_name("a.bin.part")
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    real = download._part_size
+
+    def racing(p: Path) -> int:
+        n = real(p)
+        if not p.is_symlink():
+            p.symlink_to(victim)
+        return n
+
+    monkeypatch.setattr(download, "_part_size", racing)
+    with pytest.raises(DownloadError, match="symbolic link"):
+        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert victim.read_bytes() == b"precious" and part.is_symlink()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "folder"])
+def test_a_destination_that_is_not_a_file_is_refused(
+    server: Server, tmp_path: Path, kind: str
+) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    os.mkfifo(dest) if kind == "fifo" else dest.mkdir()
+    with no_hang(), pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    msg = one_line(info.value)
+    assert str(dest) in msg and "not a regular file" in msg
+    assert server.requests == [] and not dest.with_name("a.bin.part").exists()
+
+
+def test_a_huge_sparse_destination_is_replaced_without_hashing(
+    server: Server, tmp_path: Path
+) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    with open(dest, "wb") as f:
+        f.truncate(300 << 30)
+    t0 = time.monotonic()
+    download_file(server.url("/a.bin"), dest, md5(PAYLOAD), **FAST)
+    assert time.monotonic() - t0 < 2
+    assert dest.read_bytes() == PAYLOAD
+
+
+@pytest.mark.parametrize(
+    "url,why",
+    [
+        ("not a url", "spaces"),
+        ("not-a-url", "must start with http:// or https://"),
+        ("ftp://example.com/x", "scheme 'ftp' is not supported"),
+        ("file:///etc/passwd", "scheme 'file' is not supported"),
+        ("http://", "names no host"),
+        ("http:///x.tar.gz", "names no host"),
+        ("http://example.com:99999/x", "not a URL"),
+        ("http://example.com/\nx", "control characters"),
+        ("", "empty"),
+    ],
+)
+def test_bad_urls_are_one_line_errors(tmp_path: Path, url: str, why: str) -> None:
+    with pytest.raises(DownloadError) as info:
+        download_file(url, tmp_path / "x", None, **FAST)
+    msg = one_line(info.value)
+    assert why in msg and msg.startswith("bad download URL")
+    assert not list(tmp_path.iterdir())  # nothing made
+
+
+def test_bad_mirror_urls_are_refused_before_anything(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(DownloadError, match=r"bad download URL 'not a url': .*spaces"):
+        download_dataset("cifar10", tmp_path / "d", base_url="not a url", **FAST)
+    monkeypatch.setenv("CIFARLAB_MIRROR", "gopher://x/")
+    with pytest.raises(DownloadError, match=r"\(from CIFARLAB_MIRROR\): the scheme 'gopher'"):
+        download_dataset("cifar10", tmp_path / "d", **FAST)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_long_reason_from_the_server_stays_one_short_line(server: Server, tmp_path: Path) -> None:
+    server.mode = "long_reason"
+    server.files["/a.bin"] = PAYLOAD
+    with pytest.raises(DownloadError, match="HTTP 404 Not Found very") as info:
+        download_file(server.url("/a.bin"), tmp_path / "a.bin", None, **FAST)
+    assert len(one_line(info.value)) < 300 and "\t" not in str(info.value)
+
+
+@pytest.mark.parametrize("mode", ["normal", "no_length"])
+def test_a_file_over_the_size_limit_is_refused(server: Server, tmp_path: Path, mode: str) -> None:
+    """Told in advance (Content-Length) or found while it arrives: refused, nothing kept."""
+    server.mode = mode
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, None, max_bytes=100_000, **FAST)
+    msg = one_line(info.value)
+    assert "the limit of 100,000 bytes" in msg and "CIFARLAB_MAX_DATA_FILE_MB" in msg
+    assert len(server.requests) == 1  # not retried
+    assert no_leftovers(dest)
+
+
+def test_a_full_disk_is_not_a_network_error(server: Server, tiny_disk: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD  # 200 KB into 64 KB
+    dest = tiny_disk / "a.bin"
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), retries=3, **FAST)
+    msg = one_line(info.value)
+    assert "disk is full" in msg and str(tiny_disk) in msg
+    assert NETWORK_HINT not in msg and "no network" not in msg and "attempt" not in msg
+    assert len(server.requests) == 1  # a full disk is not retried
+    assert list(tiny_disk.iterdir()) == []  # the partial file is gone: the space is free
+
+
+def test_a_read_only_folder_is_said_so(server: Server, read_only_dir: Path) -> None:
+    server.files["/a.bin"] = PAYLOAD
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), read_only_dir / "a.bin", None, **FAST)
+    msg = one_line(info.value)
+    assert "read-only file system" in msg and NETWORK_HINT not in msg
+    assert list(read_only_dir.iterdir()) == []

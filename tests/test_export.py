@@ -4,6 +4,9 @@ against PyTorch, for every model and from the CLI."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import warnings
 from pathlib import Path
 
@@ -112,3 +115,75 @@ def test_export_of_a_cifar100_run_names_100_classes(tmp_path: Path) -> None:
 
     meta = {p.key: p.value for p in onnx.load(str(run / "model.onnx")).metadata_props}
     assert len(json.loads(meta["class_names"])) == 100
+
+
+# --------------------------------------------------------------------------- refused, never stored
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_class_names_that_do_not_match_the_outputs_are_refused(tmp_path: Path) -> None:
+    from cifarlab.errors import SettingError
+
+    model = create_model("simple_cnn", 10)
+    for names, problem in [
+        ([f"c{i}" for i in range(9)], r"^class_names has 9 names but the model gives \[2, 10\]"),
+        (list(range(10)), r"^class_names must be a list of strings"),
+        ("abcdefghij", r"^class_names must be a list of strings"),
+    ]:
+        with pytest.raises(SettingError, match=problem):
+            export_model(model, tmp_path / "m.pt", fmt="torchscript", class_names=names,
+                         mean=None, std=None)  # fmt: skip
+    assert not list(tmp_path.iterdir())  # nothing written, not even a temporary file
+
+
+def test_export_of_a_run_whose_class_names_do_not_fit_is_refused(tmp_path: Path) -> None:
+    from cifarlab.errors import CifarlabError
+    from cifarlab.export import export_run
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run_v0_1", run)
+    config = json.loads((run / "config.json").read_text())
+    config["class_names"] = config["class_names"][:9]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CifarlabError, match=r"class_names has 9 names but num_classes is 10"):
+        export_run(run, "torchscript")
+    config["num_classes"] = 9
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CifarlabError, match=r"best.pt: the weights do not fit .*parameter .* \[10"):
+        export_run(run, "torchscript")
+    assert not (run / "model.pt").exists()
+
+
+def test_export_and_compare_refuse_a_fifo_or_a_device_as_out(tmp_path: Path) -> None:
+    """Checked before the run is read; a named pipe or a device is never opened (no hang) nor
+    replaced by a regular file."""
+    from cifarlab.cli import main
+
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run_v0_1", run)
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    targets = [fifo]
+    try:  # a character device of our own (root only), like /dev/null
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+        targets.append(tmp_path / "null")
+    except PermissionError:
+        pass
+    for out in targets:
+        kind = os.lstat(out).st_mode
+        for args in (["export", str(run), "--out", str(out)],
+                     ["compare", str(run), "--out", str(out)]):  # fmt: skip
+            assert main(args) == 1
+        assert os.lstat(out).st_mode == kind  # still what it was
+
+
+@pytest.mark.parametrize("command", ["export", "compare"])
+def test_out_dev_null_is_refused_and_stays_a_device(tmp_path: Path, command: str) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURES / "run_v0_1", run)
+    r = _cli(command, str(run), "--out", "/dev/null", timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip() == ("error: cannot write /dev/null: it is a character device, not a "
+                                "regular file; name a file")  # fmt: skip
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)

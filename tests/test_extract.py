@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import random
+import signal
+import subprocess
 import tarfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cifarlab.data.extract import safe_extract
+from cifarlab.data.extract import one_line, safe_extract
 from cifarlab.errors import DataError
 
 
@@ -151,3 +157,197 @@ def test_refused_archive_leaves_no_new_folder(tmp_path: Path) -> None:
     with pytest.raises(DataError):
         safe_extract(archive, tmp_path / "new" / "target")
     assert not (tmp_path / "new").exists()  # the folders it made for the target are gone
+
+
+# --------------------------------------------------------------------------- hostile archives
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 5.0) -> Iterator[None]:
+    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
+
+    def alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def message(info: pytest.ExceptionInfo) -> str:
+    msg = str(info.value)
+    assert "\n" not in msg and "\r" not in msg, msg
+    return msg
+
+
+def _mount_tmpfs(d: Path, options: str) -> Iterator[Path]:
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)],
+                       capture_output=True)  # fmt: skip
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KB tmpfs (needs root to mount; skipped where that is not allowed)."""
+    yield from _mount_tmpfs(tmp_path / "tiny", "size=64k")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    yield from _mount_tmpfs(tmp_path / "ro", "ro,size=64k")
+
+
+def test_one_line() -> None:
+    assert one_line("a\nb\r\n\t c") == "a b c"
+    assert one_line("bell\x07 esc\x1b[31m") == "bell\\x07 esc\\x1b[31m"
+    long = one_line("word " * 500)
+    assert len(long) <= 200 and long.endswith("...")
+
+
+def test_an_archive_that_is_a_fifo_is_refused_without_blocking(
+    tmp_path: Path, target: Path
+) -> None:
+    fifo = tmp_path / "cifar-10-python.tar.gz"
+    os.mkfifo(fifo)
+    with no_hang(), pytest.raises(DataError) as info:
+        safe_extract(fifo, target)
+    assert str(fifo) in message(info) and "named pipe" in message(info)
+    assert list(target.iterdir()) == []
+
+
+def test_a_huge_sparse_archive_is_refused_by_its_size(tmp_path: Path, target: Path) -> None:
+    sparse = tmp_path / "cifar-10-python.tar.gz"
+    with open(sparse, "wb") as f:
+        f.truncate(300 << 30)
+    t0 = time.monotonic()
+    with pytest.raises(DataError) as info:
+        safe_extract(sparse, target)
+    assert time.monotonic() - t0 < 1
+    msg = message(info)
+    assert str(sparse) in msg and "over the limit" in msg and "CIFARLAB_MAX_DATA_FILE_MB" in msg
+    assert list(target.iterdir()) == []
+
+
+def test_too_many_members_are_refused_before_writing(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFARLAB_MAX_EXTRACT_MEMBERS", "5")
+    archive = tmp_path / "many.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for i in range(10):
+            add_file(tar, f"pkg/f{i}", b"x")
+    with pytest.raises(DataError) as info:
+        safe_extract(archive, target)
+    msg = message(info)
+    assert "many.tar.gz" in msg and "more than 5 entries" in msg
+    assert "CIFARLAB_MAX_EXTRACT_MEMBERS" in msg
+    assert list(target.iterdir()) == []
+
+
+def test_a_gzip_bomb_is_refused_from_its_headers(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small .tar.gz whose members would expand past the cap: refused from the declared
+    sizes, before a byte is written (and without decompressing the members)."""
+    monkeypatch.setenv("CIFARLAB_MAX_EXTRACT_MB", "1")
+    archive = tmp_path / "bomb.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        add_file(tar, "pkg/small", b"fine")
+        for i in range(3):
+            add_file(tar, f"pkg/zeros{i}", bytes(600_000))
+    assert archive.stat().st_size < 10_000
+    with pytest.raises(DataError) as info:
+        safe_extract(archive, target)
+    msg = message(info)
+    assert "bomb.tar.gz" in msg and "expands to more than 1.0 MB" in msg
+    assert "CIFARLAB_MAX_EXTRACT_MB" in msg
+    assert list(target.iterdir()) == []
+
+
+def test_a_huge_header_block_is_bounded_too(
+    tmp_path: Path, target: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pax header (read whole by tarfile) that decompresses to more than the cap stops at
+    the cap: the decompressed bytes are counted as they come, headers included."""
+    monkeypatch.setenv("CIFARLAB_MAX_EXTRACT_MB", "1")
+    monkeypatch.setenv("CIFARLAB_MAX_EXTRACT_MEMBERS", "10")
+    archive = tmp_path / "pax.tar.gz"
+    with tarfile.open(archive, "w:gz", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("pkg/a")
+        info.pax_headers = {"comment": "z" * (4 << 20)}
+        tar.addfile(info, io.BytesIO(b""))
+    assert archive.stat().st_size < 50_000
+    with pytest.raises(DataError, match="expands to more than 1.0 MB") as info:
+        safe_extract(archive, target)
+    assert "pax.tar.gz" in message(info)
+    assert list(target.iterdir()) == []
+
+
+@pytest.mark.parametrize("mode", ["w:bz2", "w:xz"])
+def test_other_compressions(tmp_path: Path, target: Path, mode: str) -> None:
+    archive = make_good(tmp_path / f"good.tar.{mode[2:]}", mode)
+    assert safe_extract(archive, target) == ["README", "pkg"]
+    assert (target / "pkg" / "sub" / "b.bin").read_bytes() == b"\x00\x01\x02"
+
+
+def test_members_that_clash_are_refused(tmp_path: Path, target: Path) -> None:
+    archive = tmp_path / "clash.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_file(tar, "pkg", b"a file")
+        add_file(tar, "pkg/inside", b"needs pkg to be a folder")
+    with pytest.raises(DataError, match=r"member 'pkg/inside' clashes") as info:
+        safe_extract(archive, target)
+    assert "clash.tar" in message(info)
+    assert list(target.iterdir()) == []
+
+
+def test_a_repeated_member_is_the_last_one(tmp_path: Path, target: Path) -> None:
+    archive = tmp_path / "twice.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_file(tar, "pkg/a", b"first")
+        add_file(tar, "pkg/a", b"second")
+    safe_extract(archive, target)
+    assert (target / "pkg" / "a").read_bytes() == b"second"
+
+
+def test_member_names_in_messages_stay_one_line(tmp_path: Path, target: Path) -> None:
+    archive = tmp_path / "bad.tar"
+    with tarfile.open(archive, "w") as tar:
+        add_special(tar, "x\n" * 300, tarfile.SYMTYPE, "/etc/passwd\nroot")
+    with pytest.raises(DataError, match="symbolic link") as info:
+        safe_extract(archive, target)
+    assert len(message(info)) < 400
+    assert list(target.iterdir()) == []
+
+
+def test_a_full_disk_is_not_a_corrupt_archive(tmp_path: Path, tiny_disk: Path) -> None:
+    archive = tmp_path / "big.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        add_file(tar, "pkg/a.txt", b"hello")
+        add_file(tar, "pkg/big.bin", random.Random(0).randbytes(300_000))  # 300 KB into 64 KB
+    with pytest.raises(DataError) as info:
+        safe_extract(archive, tiny_disk)
+    msg = message(info)
+    assert "disk is full" in msg and str(tiny_disk) in msg and "big.tar.gz" in msg
+    assert "corrupt" not in msg and "download it again" not in msg
+    assert list(tiny_disk.iterdir()) == []  # what was written is gone: the space is free
+
+
+def test_a_read_only_target_is_said_so(tmp_path: Path, read_only_dir: Path) -> None:
+    archive = make_good(tmp_path / "good.tar.gz")
+    with pytest.raises(DataError) as info:
+        safe_extract(archive, read_only_dir)
+    msg = message(info)
+    assert "read-only file system" in msg and "corrupt" not in msg
+    with pytest.raises(DataError, match="read-only file system"):
+        safe_extract(archive, read_only_dir / "new" / "folder")  # a folder it cannot create

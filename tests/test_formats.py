@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import os
 import pickle
+import re
+import resource
+import shutil
+import signal
+import struct
+import tempfile
 import warnings
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -280,3 +290,392 @@ def test_differing_checksums_warn_once(tmp_path: Path) -> None:
         ds = load_dataset("cifar10", tmp_path, val_size=0)
     assert len(rec) == 1
     assert ds.meta["checksum"]["status"] == "differs"
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 5.0) -> Iterator[None]:
+    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
+
+    def alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def load_error(*args, **kwargs) -> str:
+    """The one-line message of the DataError that loading raises (within 5 s)."""
+    with no_hang(), pytest.raises(DataError) as info:
+        _quiet_load(*args, **kwargs)
+    msg = str(info.value)
+    assert "\n" not in msg and "\r" not in msg, msg
+    return msg
+
+
+_LAYOUT_FILES = [
+    (write_cifar10_python, "cifar-10-batches-py/data_batch_1"),
+    (write_cifar10_python, "cifar-10-batches-py/test_batch"),
+    (write_cifar10_python, "cifar-10-batches-py/batches.meta"),
+    (write_cifar10_binary, "cifar-10-batches-bin/data_batch_3.bin"),
+    (write_cifar10_binary, "cifar-10-batches-bin/batches.meta.txt"),
+    (write_image_folder, "train/cat/00010.png"),
+    (write_image_folder, "test/ship/00025.png"),
+]
+_IDS = [name.split("/", 1)[1] for _, name in _LAYOUT_FILES]
+
+
+@pytest.mark.parametrize("writer,name", _LAYOUT_FILES, ids=_IDS)
+def test_a_fifo_where_a_data_file_should_be(tmp_path: Path, writer, name: str) -> None:
+    """A named pipe would block open() forever: it is refused at once, naming it."""
+    writer(tmp_path)
+    path = tmp_path / name
+    assert path.is_file()
+    path.unlink()
+    os.mkfifo(path)
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert str(path) in msg and "named pipe (FIFO)" in msg
+
+
+@pytest.mark.parametrize("writer,name", _LAYOUT_FILES[:5], ids=_IDS[:5])
+def test_a_huge_sparse_data_file_is_refused_by_its_size(tmp_path: Path, writer, name: str) -> None:
+    writer(tmp_path)
+    path = tmp_path / name
+    with open(path, "r+b") as f:
+        f.truncate(300 << 30)  # 300 GB, no block on disk
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert str(path) in msg and "over the limit of 512.0 MB" in msg
+    assert "CIFARLAB_MAX_DATA_FILE_MB" in msg
+
+
+def test_a_broken_link_where_a_data_file_should_be(tmp_path: Path) -> None:
+    write_cifar10_python(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.unlink()
+    path.symlink_to(tmp_path / "gone")
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert str(path) in msg and "no such file" in msg
+
+
+class _Reduce:
+    """Pickles as whatever ``__reduce__`` tuple it is given: crafted numpy payloads."""
+
+    def __init__(self, *reduce: object) -> None:
+        self.reduce = reduce
+
+    def __reduce__(self) -> tuple:
+        return self.reduce
+
+
+def _numpy(module: str, name: str) -> object:
+    import importlib
+
+    return getattr(importlib.import_module(module), name)
+
+
+_RECONSTRUCT = _numpy("numpy._core.multiarray", "_reconstruct")
+_SCALAR = _numpy("numpy._core.multiarray", "scalar")
+_FROMBUFFER = _numpy("numpy._core.numeric", "_frombuffer")
+_HUGE = (1_000_000, 1_000_000)  # a terabyte of uint8
+
+
+def _array_state(shape: tuple, dtype: object, data: object) -> _Reduce:
+    return _Reduce(_RECONSTRUCT, (np.ndarray, (0,), b"b"), (1, shape, dtype, False, data))
+
+
+_ROW = [0] * 3072
+_ZEROS = np.zeros((20, 3072), np.uint8)
+_MB_TEXT = "x" * (1 << 20)
+_SHARED = [np.zeros(1, np.uint8)] * 100_000
+_BOMBS = {
+    # the array's header asks for a terabyte, its data is empty
+    "reconstruct-huge-shape": (
+        {"data": _array_state(_HUGE, np.dtype("u1"), b""), "labels": [0] * 20},
+        r"corrupt pickle: an array of shape \(1000000, 1000000\) needs 1,000,000,000,000 bytes",
+    ),
+    "object-dtype": (
+        {"data": _array_state((10**9,), np.dtype("O"), []), "labels": [0] * 20},
+        r"refused to unpickle numpy.dtype\('O8'\)",
+    ),
+    "sub-array-dtype": (
+        {"data": _array_state((4,), np.dtype(("u1", (10**4, 10**5))), b""), "labels": [0] * 20},
+        r"refused to unpickle numpy.dtype\('V1000000000'\)",
+    ),
+    "structured-dtype": (
+        {"data": _array_state((4,), np.dtype([("a", "u1")]), b"xxxx"), "labels": [0] * 20},
+        r"refused to unpickle numpy.dtype\('V1'\)",
+    ),
+    "ndarray-called-directly": (
+        {"data": _Reduce(np.ndarray, (_HUGE,)), "labels": [0] * 20},
+        r"refused to unpickle numpy.ndarray called directly",
+    ),
+    "frombuffer-huge-shape": (
+        {"data": _Reduce(_FROMBUFFER, (b"", np.dtype("u1"), _HUGE, "C")), "labels": [0] * 20},
+        r"corrupt pickle: an array of shape \(1000000, 1000000\) needs",
+    ),
+    "scalar-of-a-huge-dtype": (
+        {"data": _ZEROS, "labels": [_Reduce(_SCALAR, (np.dtype("S9999999"), b""))] * 20},
+        r"refused to unpickle numpy.dtype\('S9999999'\)",
+    ),
+    "scalar-without-its-bytes": (
+        {"data": _ZEROS, "labels": [_Reduce(_SCALAR, (np.dtype("i8"), b""))] * 20},
+        r"corrupt pickle: a numpy scalar of int64 without its 8 bytes",
+    ),
+    "codecs-to-another-encoding": (
+        {"data": _Reduce(codecs.encode, ("x" * 100, "utf-32")), "labels": [0] * 20},
+        r"refused to unpickle _codecs.encode to 'utf-32'",
+    ),
+    # one row, referenced 200,000 times: a 600 KB file that np.asarray would make 4.9 GB of
+    "rows-repeated-by-reference": (
+        {"data": [_ROW] * 200_000, "labels": [0] * 200_000},
+        r"'data' lists 200,000 images, 614,400,000 values: more than the file can hold",
+    ),
+    "rows-of-rows": (
+        {"data": [[_ROW] * 3072] * 20, "labels": [0] * 20},
+        r"'data' holds list values, expected integers 0\.\.255",
+    ),
+    # one 1 MB string encoded 1,000 times: a 1 MB file asking for 1 GB of bytes
+    "encode-again-and-again": (
+        {"data": [_Reduce(codecs.encode, (_MB_TEXT, "latin1")) for _ in range(1000)],
+         "labels": [0] * 20},
+        r"corrupt pickle: its strings, encoded, add up to more than the file holds",
+    ),
+    # one list of 100,000 arrays under 100,000 keys: each gone through once, not 100,000 times
+    "one-list-under-many-keys": (
+        {"data": _SHARED, **{f"k{i}": _SHARED for i in range(100_000)}},
+        r"'data' lists 100,000 images, 307,200,000 values: more than the file can hold",
+    ),
+    "labels-of-lists": (
+        {"data": np.zeros((20, 3072), np.uint8), "labels": [[[0] * 1000] * 1000] * 20},
+        r"'labels' must be a list of class numbers \(list of list\)",
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(_BOMBS))
+def test_a_small_pickle_cannot_ask_for_a_huge_array(tmp_path: Path, name: str) -> None:
+    """Each payload is refused before numpy allocates: no MemoryError, no time spent, the
+    process's peak memory unchanged (give or take)."""
+    batch, message = _BOMBS[name]
+    write_cifar10_python(tmp_path, str_keys=True)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+    assert path.stat().st_size < 3_000_000
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak) / 1024
+    assert str(path) in msg
+    assert re.search(message, msg), msg
+    assert grown_mb < 300
+
+
+def test_python2_pickles_are_read(tmp_path: Path) -> None:
+    """The official files were written by Python 2: str keys and dtype names are bytes."""
+
+    def s(b: bytes) -> bytes:  # SHORT_BINSTRING
+        return b"U" + bytes([len(b)]) + b
+
+    pixels = bytes(range(256)) * 24  # 2 images
+    data = (
+        b"\x80\x02}q\x00(" + s(b"data")
+        + b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b")
+        + b"\x87R(K\x01K\x02M\x00\x0c\x86cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R"
+        + b"(K\x03" + s(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89"
+        + b"T" + struct.pack("<I", len(pixels)) + pixels + b"tb"
+        + s(b"labels") + b"]q\x01(K\x03K\x07e" + b"u."
+    )  # fmt: skip
+    path = tmp_path / "batch"
+    path.write_bytes(data)
+    d = load_pickle(path)
+    assert set(d) == {"data", "labels"} and d["labels"] == [3, 7]
+    assert d["data"].dtype == np.uint8 and d["data"].shape == (2, 3072)
+    assert d["data"].tobytes() == pixels
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4, 5])
+def test_every_pickle_protocol_is_read(tmp_path: Path, protocol: int) -> None:
+    expected = write_cifar10_python(tmp_path, str_keys=True)
+    folder = expected["folder"]
+    for p in folder.iterdir():
+        with open(p, "rb") as f:
+            d = pickle.load(f)
+        if "data" in d:  # arrays (big-endian labels too) and numpy scalars
+            d = {"data": d["data"], "labels": np.asarray(d["labels"], ">i8")}
+            if p.name == "data_batch_2":
+                d["labels"] = [np.int64(v) for v in d["labels"]]
+        p.write_bytes(pickle.dumps(d, protocol=protocol))
+    ds = _quiet_load("cifar10", tmp_path, val_size=0)
+    _check(ds, expected)
+
+
+def test_a_pickle_with_odd_keys_names_them_on_one_line(tmp_path: Path) -> None:
+    write_cifar10_python(tmp_path, str_keys=True)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    with open(path, "wb") as f:
+        pickle.dump({1: 2, b"x\ny": 3, "z" * 500: 4, None: 5}, f)
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert str(path) in msg and "missing key 'data'" in msg and len(msg) < 600
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header says ``width`` x ``height`` (its data is one short row)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    rows = zlib.compress(b"\x00" + bytes(3 * min(width, 64)))
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+
+
+@pytest.mark.parametrize(
+    "width,height,message",
+    [
+        (20000, 20000, r"image header claims 400,000,000 pixels, expected 32x32"),
+        (1, 3_000_000, r"image is 1x3000000, expected 32x32"),
+        (64, 32, r"image is 64x32, expected 32x32"),
+    ],
+)
+def test_an_image_claiming_another_size_is_not_decoded(
+    tmp_path: Path, width: int, height: int, message: str
+) -> None:
+    write_image_folder(tmp_path)
+    bad = tmp_path / "train" / "dog" / "huge.png"
+    bad.write_bytes(_png_claiming(width, height))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning, if any
+        msg = load_error("cifar10", tmp_path, val_size=0)
+    assert re.search(message, msg) and str(bad) in msg
+    assert "DecompressionBomb" not in msg and "could be decompression bomb" not in msg
+
+
+@pytest.mark.parametrize(
+    "exc", [IndexError, TypeError, struct.error, ValueError, MemoryError, ZeroDivisionError,
+            RecursionError, OSError, SyntaxError],
+)  # fmt: skip
+def test_any_decoder_failure_is_an_error_naming_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exc: type[BaseException]
+) -> None:
+    """Pillow's plugins raise all sorts on fuzzed files (seen: IndexError, TypeError,
+    struct.error from GIF and TIFF): whatever it is, it names the file."""
+    from PIL import Image
+
+    write_image_folder(tmp_path)
+    bad = tmp_path / "train" / "frog" / "00018.png"
+    Image.new("L", (32, 32)).save(bad)  # the one grey image: its decoding fails
+    convert = Image.Image.convert
+
+    def failing(self: Image.Image, *args: object, **kw: object) -> Image.Image:
+        if self.mode == "L":
+            raise exc("decoder blew up\non two lines")
+        return convert(self, *args, **kw)
+
+    monkeypatch.setattr(Image.Image, "convert", failing)
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert f"{bad}: not a readable image ({exc.__name__}: decoder blew up on two lines)" in msg
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\nshowpage\n",  # would run Ghostscript
+        b"P6 32 32 255\n" + bytes(3072),  # a PPM: a format no image folder suffix names
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,  # a PNG cut short
+        b"GIF89a\x20\x00\x20\x00\xf7\x00\x00" + bytes(50),  # a GIF without its image
+    ],
+    ids=["eps", "ppm", "cut-png", "empty-gif"],
+)
+def test_files_that_are_not_images_of_the_suffix_formats(tmp_path: Path, content: bytes) -> None:
+    write_image_folder(tmp_path)
+    bad = tmp_path / "test" / "horse" / "x.png"
+    bad.write_bytes(content)
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert f"{bad}: not a readable image" in msg
+
+
+def test_an_image_file_over_the_size_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_image_folder(tmp_path)
+    monkeypatch.setenv("CIFARLAB_MAX_IMAGE_FILE_MB", "0.001")  # about 1 KB: a 32x32 PNG is 3 KB
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert "over the limit of 1,048 bytes" in msg and "CIFARLAB_MAX_IMAGE_FILE_MB" in msg
+
+
+def test_image_folder_listing_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_image_folder(tmp_path)
+    monkeypatch.setenv("CIFARLAB_MAX_FOLDER_FILES", "25")
+    msg = load_error("cifar10", tmp_path, val_size=0)
+    assert "more than 25 files" in msg and "CIFARLAB_MAX_FOLDER_FILES" in msg
+
+
+def test_an_unreadable_class_folder_is_an_error(tmp_path: Path) -> None:
+    """Never skipped silently. Root reads any folder, so as root the read runs in a child
+    process that has dropped to an ordinary user."""
+    from cifarlab.data.formats import read_image_folder
+    from cifarlab.data.sources import CIFAR10
+
+    root = Path(tempfile.mkdtemp(prefix="cifarlab-perm-"))  # in /tmp: reachable by anyone
+    try:
+        root.chmod(0o755)
+        write_image_folder(root)
+        for p in root.rglob("*"):
+            p.chmod(0o755 if p.is_dir() else 0o644)
+        locked = root / "train" / "deer"
+        locked.chmod(0)
+        if os.geteuid() != 0:
+            if os.access(locked, os.R_OK):
+                pytest.skip("this user can read a folder with mode 000")
+            with pytest.raises(DataError) as info:
+                read_image_folder(root, CIFAR10)
+            msg = str(info.value)
+        else:
+            msg = _as_nobody(lambda: read_image_folder(root, CIFAR10))
+        assert f"{locked}: cannot list this folder (Permission denied)" in msg
+    finally:
+        (root / "train" / "deer").chmod(0o755)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _as_nobody(call) -> str:  # noqa: ANN001
+    """The DataError message ``call()`` raises in a forked child running as user nobody."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                call()
+                os.write(w, b"no error")
+            except DataError as e:
+                os.write(w, str(e).encode("utf-8", "replace"))
+            code = 0
+        except BaseException as e:  # noqa: BLE001
+            with contextlib.suppress(Exception):
+                os.write(w, f"child failed: {e!r}".encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    with no_hang(10):
+        out = b""
+        while chunk := os.read(r, 65536):
+            out += chunk
+        _, status = os.waitpid(pid, 0)
+    os.close(r)
+    if out.startswith(b"child failed: PermissionError"):
+        pytest.skip("cannot drop to user nobody here")
+    assert status == 0, out
+    return out.decode()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from cifarlab.evaluate.metrics import compute_metrics
 from cifarlab.report import plots
@@ -249,3 +250,82 @@ def test_a_val_report_does_not_overwrite_the_test_report(tmp_path: Path) -> None
         assert (tmp_path / name).read_bytes() != (tmp_path / f"val_{name}").read_bytes() or (
             name == "training_curves.png"
         )
+
+
+# User text: class names (image-folder names), run names, file and model names, config values.
+ODD_NAMES = [
+    "$\\frac{a}{b}$",
+    "$x^$",  # not even valid mathtext: matplotlib raised on it
+    "<script>alert(1)</script>",
+    "100% {x} \\ _y",
+    "\udcff.png",  # a folder name that was not UTF-8
+    "two\nlines",
+    "&amp; \"q\" 'q'",
+    "$$",
+    "\\textbf{x}",
+    "ok",
+]
+
+
+def _texts(fig: object) -> list:
+    from matplotlib.text import Text
+
+    return fig.findobj(Text)
+
+
+def test_user_text_is_never_markup_or_math(tmp_path: Path) -> None:
+    import matplotlib
+
+    from cifarlab.report.samples import sample_grid, save_sample_grid
+
+    run = synthetic_run(10, n=60)
+    names = list(ODD_NAMES)
+    m = compute_metrics(run["labels"], run["probs"], names)
+    m["split"] = "<i>test</i>"
+    config = {**run["config"], "class_names": names, "model": "<img src=x onerror=alert(1)>",
+              "recipe": "$r$", "notes": "</td><script>alert(2)</script>", "params": float("nan"),
+              "machine": "<b>cpu</b>"}  # fmt: skip
+    run_dir = tmp_path / "<b>run $x$"
+    # usetex on, as a user's matplotlibrc may say: no LaTeX is installed here, and none is run
+    with matplotlib.rc_context({"text.usetex": True, "text.parse_math": True}):
+        preds, top = run["probs"].argmax(1), run["probs"].max(1)
+        images, labels = torch.from_numpy(run["images"]), torch.from_numpy(run["labels"])
+        figures = [
+            lambda: plots.confusion_heatmap(m),
+            lambda: plots.predicted_vs_true(m),
+            lambda: plots.prediction_grid(run["images"], run["labels"], preds, top, names, n=16),
+            lambda: plots.confident_mistakes(run["images"], run["labels"], preds, top, names),
+            lambda: plots.f1_bars([("$x^$", m), ("<b>", m)]),
+            lambda: plots.val_accuracy_overlay([("$x^$", run["history"]), ("\udcff", [])]),
+            lambda: plots.training_curves(run["history"]),
+            lambda: sample_grid(images, labels, names, per_class=2, title="$x^$ <b>"),
+            lambda: sample_grid(images, labels % 30, names * 3, per_class=1),  # > 20 classes
+        ]
+        for draw in figures:
+            fig = draw()
+            assert all(not t.get_usetex() and not t.get_parse_math() for t in _texts(fig))
+            assert plots.png_bytes(fig).startswith(PNG_MAGIC)
+        fig = plots.predicted_vs_true(m)
+        shown = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+        assert shown[:4] == [
+            "$\\frac{a}{b}$",
+            "$x^$",
+            "<script>alert(1)</script>",
+            "100% {x} \\  y",
+        ]
+        page = write_report(run_dir, config, run["history"], m, run["images"], run["probs"],
+                            labels=run["labels"]).read_text(encoding="utf-8")  # fmt: skip
+        out = save_sample_grid(torch.from_numpy(run["images"]), torch.from_numpy(run["labels"]),
+                               names, tmp_path / "s.png", per_class=1)  # fmt: skip
+        assert out.read_bytes().startswith(PNG_MAGIC)
+        runs = [("<script>alert(1)</script>", config, m, run["history"]),
+                ("$x^$", {**config, "model": "\udcff"}, {**m, "accuracy": 0.1}, [])]  # fmt: skip
+        compare = write_comparison(tmp_path / "c.html", runs).read_text(encoding="utf-8")
+    for text in (page, compare):
+        assert "<script" not in text and "<img src=x" not in text and "<b>" not in text
+        assert "<i>" not in text and "</td><script>" not in text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text and "\\xff" in text
+    assert "&lt;img src=x onerror=alert(1)&gt;" in page and "&lt;b&gt;run $x$" in page
+    assert "&lt;/td&gt;&lt;script&gt;alert(2)&lt;/script&gt;" in page
+    assert "&amp;amp; &quot;q&quot; &#x27;q&#x27;" in page
+    assert "Best: &lt;script&gt;alert(1)&lt;/script&gt; with" in compare

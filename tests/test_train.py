@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -365,3 +366,136 @@ def test_a_checkpoint_that_carries_code_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CifarlabError, match=r"last\.pt: not a readable checkpoint \(") as e:
         load_checkpoint(tmp_path / "last.pt")
     assert "weights_only" not in str(e.value) and "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- losing track of a run
+
+
+def _tiny(tmp_path: Path, epochs: int = 1) -> TrainConfig:
+    from fakedata import write_cifar10_python
+
+    root = tmp_path / "data"
+    if not root.exists():
+        write_cifar10_python(root, per_batch=20, test=20, seed=0)
+    return TrainConfig(model="fastnet_s", model_args={"widths": [8, 16, 16]}, root=str(root),
+                       epochs=epochs, val_size=20, precision="fp32", device="cpu")  # fmt: skip
+
+
+def test_disk_full_while_copying_best_is_repaired_by_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """The copy of best.pt fails half-way (a full disk): no partial file is left, and once
+    there is space again --resume rebuilds best.pt and the metrics row the crash lost (both
+    from last.pt) instead of calling the run finished."""
+    import errno
+
+    import cifarlab.runs as runs
+
+    real_copy = runs.shutil.copyfileobj
+
+    def disk_full(src, dst, length=0):  # noqa: ANN001, ANN202
+        dst.write(src.read(4096))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.shutil, "copyfileobj", disk_full)
+    run = tmp_path / "r"
+    with pytest.raises(CifarlabError, match="No space left on device"):
+        train(_tiny(tmp_path), out=run, progress=False)
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "config.json", "last.pt"]
+    monkeypatch.setattr(runs.shutil, "copyfileobj", real_copy)  # space again
+    capsys.readouterr()
+    train(resume=run, progress=False)
+    out = capsys.readouterr().out
+    assert "lacked the row of epoch 1: restored from last.pt" in out
+    assert "rebuilt from last.pt (the best epoch, 1, is the last)" in out
+    assert "has finished all 1 epochs; nothing to resume" in out
+    assert (run / "best.pt").read_bytes() == (run / "last.pt").read_bytes()
+    assert [row["epoch"] for row in _history(run)] == [1]
+    assert json.loads((run / "config.json").read_text())["best_val_acc"] is not None
+
+
+def test_resume_says_what_to_do_when_best_cannot_be_rebuilt(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = train(_tiny(tmp_path, epochs=2), out=tmp_path / "r", progress=False)
+    state = load_checkpoint(run / "last.pt", "resume")
+    state["best_epoch"] = 1  # the best epoch is not the last: best.pt cannot come from last.pt
+    save_checkpoint(run / "last.pt", state)
+    (run / "best.pt").unlink()
+    with pytest.raises(CifarlabError) as e:
+        train(resume=run, progress=False)
+    message = str(e.value)
+    assert "best.pt: no checkpoint there" in message and "(epoch 1) cannot be rebuilt" in message
+    assert f"copy {run / 'last.pt'} to {run / 'best.pt'} and resume again" in message
+    assert "nothing to resume" not in message and "\n" not in message
+    shutil.copyfile(run / "last.pt", run / "best.pt")  # as it says
+    capsys.readouterr()
+    train(resume=run, progress=False)
+    assert "has finished all 2 epochs; nothing to resume" in capsys.readouterr().out
+
+
+def test_resume_of_an_older_checkpoint_says_which_rows_are_lost(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = train(_tiny(tmp_path), out=tmp_path / "r", progress=False)
+    for name in ("last.pt", "best.pt"):  # as versions before the rows were kept in last.pt
+        state = load_checkpoint(run / name, "resume")
+        del state["row"], state["best_epoch"]
+        save_checkpoint(run / name, state)
+    (run / "metrics.jsonl").unlink()
+    capsys.readouterr()
+    train(resume=run, progress=False)
+    out = capsys.readouterr().out
+    assert "metrics.jsonl lacks the rows of epoch(s) 1: they are lost" in out
+    assert "has finished all 1 epochs (metrics.jsonl lacks epoch(s) 1: lost)" in out
+
+
+def test_resume_without_last_goes_on_from_best(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    run = train(_tiny(tmp_path, epochs=1), out=tmp_path / "r", progress=False)
+    (run / "last.pt").unlink()
+    (run / ".last.pt.abcd1234.tmp").write_text("left by a killed process")
+    capsys.readouterr()
+    train(TrainConfig(epochs=2), resume=run, progress=False)
+    out = capsys.readouterr().out
+    assert "last.pt is missing: resuming from best.pt (epoch 1)" in out
+    assert [row["epoch"] for row in _history(run)] == [1, 2]
+    assert (run / "last.pt").is_file() and not (run / ".last.pt.abcd1234.tmp").exists()
+
+
+def test_resume_of_a_run_being_trained_names_the_process(tmp_path: Path) -> None:
+    """In its first epoch a run has no checkpoint yet: --resume must say that it is being
+    trained (by which process), not that it stopped before saving one."""
+    run = tmp_path / "r"
+    run.mkdir()
+    cfg = _tiny(tmp_path).resolved()
+    (run / "config.json").write_text(json.dumps({**cfg.to_dict(), "num_classes": 10,
+                                                 "class_names": list("abcdefghij")}))  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from cifarlab.runs import RunFolder\n"
+         "with RunFolder(sys.argv[1]).lock():\n    print('locked', flush=True); time.sleep(120)",
+         str(run)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CifarlabError) as e:
+            train(resume=run, progress=False)
+        message = str(e.value)
+        assert f"is being trained right now (process {holder.pid} on " in message
+        assert "before resuming it" in message and "train it again" not in message
+        from cifarlab.runs import open_run
+
+        with pytest.raises(
+            CifarlabError,
+            match=rf"the run is being trained right now \(process "
+            rf"{holder.pid} on .*\) and has not finished its first epoch",
+        ):
+            open_run(run)  # evaluate, predict, export
+    finally:
+        holder.kill()
+        holder.wait()
+    with pytest.raises(CifarlabError, match="stopped before it saved one; train it again"):
+        train(resume=run, progress=False)

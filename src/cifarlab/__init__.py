@@ -13,15 +13,50 @@ The public API, each with its docstring: :func:`load_dataset`, :func:`train` wit
 
 __version__ = "0.1.0"
 
-from cifarlab.data.dataset import CifarDataset, Split, load_dataset  # noqa: E402
-from cifarlab.errors import CifarlabError, DataError, DownloadError, SettingError  # noqa: E402
-from cifarlab.evaluate.run import evaluate_run  # noqa: E402
-from cifarlab.export import export_run  # noqa: E402
-from cifarlab.models import create_model, register_model  # noqa: E402
-from cifarlab.predict import Prediction, Run, load_run  # noqa: E402
-from cifarlab.runs import RunFolder, open_run  # noqa: E402
-from cifarlab.train import TrainConfig, train  # noqa: E402
-from cifarlab.train.recipes import recipe_config  # noqa: E402
+import importlib
+import sys
+import types
+from typing import Any
+
+# The public API is imported on first use, not with the package: `import cifarlab` (which every
+# `cifarlab ...` command does first) must not import torch before the CLI can catch a Ctrl-C.
+_API = {
+    "CifarDataset": "cifarlab.data.dataset", "Split": "cifarlab.data.dataset",
+    "load_dataset": "cifarlab.data.dataset", "CifarlabError": "cifarlab.errors",
+    "DataError": "cifarlab.errors", "DownloadError": "cifarlab.errors",
+    "SettingError": "cifarlab.errors", "evaluate_run": "cifarlab.evaluate.run",
+    "export_run": "cifarlab.export", "create_model": "cifarlab.models",
+    "register_model": "cifarlab.models", "Prediction": "cifarlab.predict",
+    "Run": "cifarlab.predict", "load_run": "cifarlab.predict", "RunFolder": "cifarlab.runs",
+    "open_run": "cifarlab.runs", "TrainConfig": "cifarlab.train.config",
+    "recipe_config": "cifarlab.train.recipes",
+}  # fmt: skip
+
+
+class _Package(types.ModuleType):
+    """The package module: API names resolved on first use. ``train`` is both a subpackage and
+    the function users call: importing the subpackage must not replace the function."""
+
+    @property
+    def train(self) -> Any:
+        return importlib.import_module("cifarlab.train.engine").train
+
+    @train.setter
+    def train(self, value: Any) -> None:  # the import system binds the subpackage here
+        pass
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _API:
+            value = getattr(importlib.import_module(_API[name]), name)
+            setattr(self, name, value)
+            return value
+        raise AttributeError(f"module 'cifarlab' has no attribute {name!r}")
+
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *_API, "train"})
+
+
+sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "CifarDataset",

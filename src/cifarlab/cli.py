@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -470,12 +471,35 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
+def _check_url(url: str) -> None:
+    """--url: an http(s) URL with a host, on one line (it goes into a request line)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as e:
+        raise CifarlabError(f"--url {url!r} is not a URL ({e})") from None
+    if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
+        raise CifarlabError(
+            f"--url must be the http:// or https:// address of a mirror, got {url!r}"
+        )
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from cifarlab.data.dataset import data_root
     from cifarlab.data.download import download_dataset
 
+    if args.url is not None:
+        _check_url(args.url)
     root, _ = data_root(args.root)
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise CifarlabError(f"--root {root} is not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CifarlabError(f"cannot create the data folder {root}: {e.strerror or e}") from None
     folder = download_dataset(args.dataset, root, args.format, base_url=args.url)
     print(f"{args.dataset} ready in {folder}")
     return 0
@@ -484,6 +508,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 def _load(args: argparse.Namespace):  # noqa: ANN202
     from cifarlab.data.dataset import load_dataset
 
+    if args.val_size < 0:
+        raise CifarlabError(f"--val-size must be at least 0, got {args.val_size}")
     return load_dataset(
         args.dataset, args.root, val_size=args.val_size, labels=args.labels, download=args.download
     )
@@ -517,6 +543,7 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 # The sample grid's limits: beyond them the PNG is too large to look at (CIFAR-100 at 10 per
 # class is already 100 rows, 15,500 pixels tall) and slow to draw.
 MAX_PER_CLASS, MAX_THUMBNAILS = 50, 1000
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take
 
 
 def cmd_data_show(args: argparse.Namespace) -> int:
@@ -524,6 +551,8 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
     if args.per_class < 1:
         raise CifarlabError(f"--per-class must be at least 1, got {args.per_class}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise CifarlabError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
     if args.out.suffix.lower() != ".png":
         raise CifarlabError(f"--out must name a .png file, got {args.out}")
     ds = _load(args)
@@ -552,10 +581,12 @@ def cmd_data_show(args: argparse.Namespace) -> int:
 
 def cmd_models(args: argparse.Namespace) -> int:
     from cifarlab.models import count_parameters, create_model, get_entry, model_names
+    from cifarlab.models.registry import check_num_classes
 
+    num_classes = check_num_classes(args.num_classes, "--num-classes")
     print(f"{'model':<12} {'parameters':>12}  {'default recipe':<15} description")
     for name in model_names():
-        n = count_parameters(create_model(name, args.num_classes))
+        n = count_parameters(create_model(name, num_classes))
         entry = get_entry(name)
         print(f"{name:<12} {n:>12,}  {entry.recipe or 'original':<15} {entry.description}")
     print(
@@ -742,31 +773,44 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+MAX_PREDICT_BATCH = 65536  # images per forward pass; more only costs memory
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from cifarlab.predict import load_run
-
     if args.top_k < 1:
         raise CifarlabError(f"--top-k must be at least 1, got {args.top_k}")
-    if args.batch_size < 1:
-        raise CifarlabError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if not 1 <= args.batch_size <= MAX_PREDICT_BATCH:
+        raise CifarlabError(
+            f"--batch-size must be between 1 and {MAX_PREDICT_BATCH}, got {args.batch_size}"
+        )
+    from cifarlab.predict import load_run, shown
+
     run = load_run(args.run, args.checkpoint, device=args.device)
     results = run.predict_files(args.paths, batch_size=args.batch_size, resize=args.resize)
     if not results:
-        raise CifarlabError("no image files found in " + ", ".join(map(str, args.paths)))
+        raise CifarlabError("no image files found in " + ", ".join(shown(p) for p in args.paths))
     k = min(args.top_k, len(run.class_names))
+    if args.top_k > k:
+        print(
+            f"warning: --top-k {args.top_k} is more than the run's {k} classes; showing {k}",
+            file=sys.stderr,
+        )
     if args.json:
-        print(json.dumps([r.to_dict(k) for r in results], indent=1))
+        # allow_nan=False: never NaN or Infinity (not JSON); predict_files has made a file
+        # whose probabilities are not finite an error already
+        print(json.dumps([r.to_dict(k) for r in results], indent=1, allow_nan=False))
     elif any(r.prediction is not None for r in results):
-        width = min(60, max(len(str(r.path)) for r in results))
-        cell = max(len(n) for n in run.class_names) + 9
+        names = {r.path: shown(r.path) for r in results}
+        width = min(60, max(len(n) for n in names.values()))
+        cell = max(len(shown(n)) for n in run.class_names) + 9
         print(f"{'file':<{width}}  " + "".join(f"{'top ' + str(i + 1):<{cell}}" for i in range(k)))
         for r in results:
             if r.prediction is not None:
                 top = r.prediction.top_k(k)[0]
-                cells = "".join(f"{f'{c} ({p:.1%})':<{cell}}" for c, p in top)
-                print(f"{str(r.path):<{width}}  {cells.rstrip()}")
+                cells = "".join(f"{f'{shown(c)} ({p:.1%})':<{cell}}" for c, p in top)
+                print(f"{names[r.path]:<{width}}  {cells.rstrip()}")
     failed = [r for r in results if r.error is not None]
     for r in failed:
         print(f"error: {r.error}", file=sys.stderr)
@@ -786,9 +830,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
+    from cifarlab.files import check_output
     from cifarlab.report.html import write_comparison
     from cifarlab.runs import RunFolder, read_run
 
+    # the page's file: a folder gets comparison.html inside; a device or a FIFO is refused
+    # (never replaced) before any run is read
+    check_output(args.out / "comparison.html" if args.out.is_dir() else args.out)
     runs = []
     for run_dir in args.runs:
         run, config, history = read_run(run_dir)
@@ -804,20 +852,153 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if extra:  # named by the command that got them (argparse would blame the top level)
-        getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    warnings.showwarning = _show_warning
-    from cifarlab.train.device import rank
+DEBUG_ENV = "CIFARLAB_DEBUG"  # set to 1: an unexpected error shows its traceback
 
-    if rank() > 0:
-        warnings.simplefilter("ignore")  # rank 0 has said it already
-    from cifarlab.train.engine import TrainingInterrupted
+
+def _one_line(text: object) -> str:
+    """A message on one line: line breaks (from Pillow, tar, urllib...) become spaces."""
+    import re
+
+    return re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", str(text)).strip()
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever state the streams are in."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # stderr closed or gone: nothing left to tell
+        pass
+
+
+def _printable_streams() -> None:
+    """stdout and stderr print any text: a character the terminal's encoding cannot show
+    (a file name that is not UTF-8, kept by Python as a lone surrogate) as an escape, never
+    an error (PYTHONIOENCODING=utf-8:strict included)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            try:
+                reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):
+                pass
+
+
+def _debug() -> bool:
+    import os
+
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
+
+
+class _CtrlC:
+    """main()'s SIGINT handler: Ctrl-C raises KeyboardInterrupt as Python's own handler does,
+    and is remembered (``seen``). While ``deferred`` (start-up: importing torch, whose C++
+    code aborts the process, or leaves a half-imported module behind, when interrupted in the
+    middle) the first Ctrl-C is only noted and raised when the deferral ends; a second one
+    raises at once."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self.deferred = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        again = self.seen
+        self.seen = True
+        if not self.deferred or again:
+            raise KeyboardInterrupt
+
+    @contextmanager
+    def defer(self) -> Iterator[None]:
+        self.deferred = True
+        try:
+            yield
+        finally:
+            self.deferred = False
+        if self.seen:
+            raise KeyboardInterrupt
+
+
+def _interrupted() -> int:
+    import signal
+
+    try:  # a second Ctrl-C while we say so must not print a traceback either
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except (ValueError, OSError):  # not the main thread
+        pass
+    _say("interrupted")
+    # CPython marks a KeyboardInterrupt raised inside exec() of a string (dataclasses do that
+    # while torch imports) as "unhandled", even once caught, and then ends the process by
+    # SIGINT, not with our exit code; running a string clears the mark.
+    exec("")  # noqa: S102
+    return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Whatever happens, the user gets the command's output, or one
+    ``error:`` line and exit code 1 (2: a command line that cannot be parsed; 130: Ctrl-C,
+    at any moment, start-up included), never a traceback (unless $CIFARLAB_DEBUG=1)."""
+    import signal
+
+    ctrl_c = _CtrlC()
+    previous = None
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+            previous = signal.signal(signal.SIGINT, ctrl_c)
+    except ValueError:  # not the main thread: leave signals alone
+        pass
+    interrupted = False
+    try:
+        return _main(argv, ctrl_c)
+    except KeyboardInterrupt:  # outside training (which saves and raises its own error)
+        interrupted = True
+        return _interrupted()
+    except MemoryError as e:
+        if _debug():
+            raise
+        detail = _one_line(e)
+        _say(f"error: ran out of memory{f' ({detail})' if detail else ''}; free some memory, "
+             "or give the command less to do (a smaller --batch-size, fewer files)")  # fmt: skip
+        return 1
+    except RecursionError as e:
+        if _debug():
+            raise
+        _say(f"error: ran out of stack: something is nested too deeply ({_one_line(e)})")
+        return 1
+    except Exception as e:  # noqa: BLE001 - the last resort: one line, not a traceback
+        if _debug():
+            raise
+        if ctrl_c.seen:  # what a Ctrl-C left behind (a module it stopped half-imported)
+            interrupted = True
+            return _interrupted()
+        detail = _one_line(e)
+        what = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+        _say(f"error: internal error ({what}); please report it — set {DEBUG_ENV}=1 for the "
+             "traceback")  # fmt: skip
+        return 1
+    finally:
+        if previous is not None and argv is None:
+            # the program's own run, about to exit: a Ctrl-C now (while Python shuts down its
+            # threads) would only print a traceback
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        elif previous is not None and not interrupted:  # called from Python: put it back
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(argv: Sequence[str] | None, ctrl_c: _CtrlC) -> int:
+    with ctrl_c.defer():  # start-up: parse, import torch
+        _printable_streams()
+        parser = build_parser()
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # named by the command that got them (argparse would blame the top level)
+            getattr(args, "parser", parser).error(f"unrecognized arguments: {' '.join(extra)}")
+        if not getattr(args, "func", None):
+            parser.print_help()
+            return 0
+        warnings.showwarning = _show_warning
+        from cifarlab.train.device import rank
+
+        if rank() > 0:
+            warnings.simplefilter("ignore")  # rank 0 has said it already
+        from cifarlab.train.engine import TrainingInterrupted
 
     try:
         return int(args.func(args) or 0)
@@ -826,10 +1007,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(e), file=sys.stderr)
         return 130
     except SettingError as e:  # name the option the user typed, not the library's parameter
-        print(f"error: {e.render(_option_namer(args))}", file=sys.stderr)
+        print(f"error: {_one_line(e.render(_option_namer(args)))}", file=sys.stderr)
         return 1
     except CifarlabError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `cifarlab models | head`: the reader left; so do we, quietly
         import os
@@ -837,8 +1018,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(e)}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # outside training (which saves and raises its own error)
-        print("interrupted", file=sys.stderr)
-        return 130

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from cifarlab.errors import CifarlabError, SettingError
-from cifarlab.files import atomic_write
+from cifarlab.files import atomic_write, check_output
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("uint8", "float")
@@ -118,12 +118,36 @@ def export_model(
         raise SettingError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if input_kind not in INPUTS:
         raise SettingError("input_kind", f"must be one of {', '.join(INPUTS)}, got {input_kind!r}")
+    check_output(Path(out))  # not a device or a FIFO: refused before the work
     wrapped = Preprocessed(model.float().cpu().eval(), mean, std, input_kind).eval()
-    meta = metadata(config or {}, class_names, input_kind, mean, std)
     example = _example(input_kind)
+    _check_class_names(wrapped, example, class_names)
+    meta = metadata(config or {}, class_names, input_kind, mean, std)
     if fmt == "onnx":
         return atomic_write(out, lambda tmp: _write_onnx(wrapped, example, meta, tmp))
     return atomic_write(out, lambda tmp: _write_torchscript(wrapped, example, meta, tmp))
+
+
+def _check_class_names(wrapped: nn.Module, example: Tensor, class_names: Any) -> None:
+    """The names stored in the file are a list of strings, one per output of the model: a
+    file whose names do not match its outputs would label every prediction wrongly."""
+    if not isinstance(class_names, list | tuple) or not all(
+        isinstance(n, str) for n in class_names
+    ):
+        raise SettingError("class_names", f"must be a list of strings, got {class_names!r:.60}")
+    try:
+        with torch.no_grad():
+            logits, _ = wrapped(example)
+    except Exception as e:  # noqa: BLE001 - a model that cannot run on a CIFAR image
+        raise CifarlabError(f"the model does not run on a 32×32 image ({type(e).__name__}: "
+                            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+                            ) from None  # fmt: skip
+    if logits.ndim != 2 or logits.shape[1] != len(class_names):
+        raise SettingError(
+            "class_names",
+            f"has {len(class_names)} names but the model gives {list(logits.shape)} outputs "
+            "(one per class expected): refusing to store names that do not match",
+        )
 
 
 def _write_onnx(wrapped: nn.Module, example: Tensor, meta: dict[str, str], path: Path) -> None:
@@ -187,9 +211,13 @@ def export_run(
     input_kind: str = "uint8",
 ) -> Path:
     """Export a run's ``checkpoint`` to ``out`` (default ``runs/NAME/model.onnx`` or
-    ``model.pt``)."""
+    ``model.pt``). The run is opened through :func:`cifarlab.runs.open_run`: every file is
+    checked against its schema and the class names must match the model's outputs; ``out``
+    must be a regular file or nothing (a device or a FIFO is refused, never replaced)."""
     from cifarlab.predict import load_run
 
+    if out is not None:
+        check_output(Path(out))  # /dev/null, a FIFO: refused before the run is opened
     run = load_run(run_dir, checkpoint, device="cpu")
     if out is None:
         out = run.opened.folder.export_path(fmt)

@@ -95,3 +95,12 @@ ALL = (
 def megabytes(limit: Limit) -> int:
     """A limit given in MB, in bytes."""
     return int(limit.get() * MB)
+
+
+def markdown_table() -> str:
+    """The limits as a Markdown table (SECURITY.md holds this; a test keeps them equal)."""
+    rows = ["| variable | default | what it bounds |", "|---|---|---|"]
+    for lim in ALL:
+        value = f"{lim.default:,g}" if lim.default < 1e6 else f"{int(lim.default):,}"
+        rows.append(f"| `{lim.env}` | {value} {lim.unit} | {lim.what} |".replace("  |", " |"))
+    return "\n".join(rows)

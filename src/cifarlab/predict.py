@@ -10,13 +10,24 @@ same way for every input path (files, PIL images, arrays, tensors):
    test images (``benchmarks/resize_choice.py``, ``BENCHMARKS.md``);
 3. normalize exactly as the run was trained (its ``normalize`` setting), and run the model with
    the run's test-time augmentation.
+
+Files are anyone's (images from the web): only regular files are opened (a FIFO or device is
+refused without blocking), within the limits of :mod:`cifarlab.limits` (file size, pixels and
+aspect ratio read from the header before decoding), in PNG, JPEG, BMP, WebP, GIF or TIFF; any
+failure of the decoder is that file's one-line :class:`ImageError`, and
+:meth:`Run.predict_files` goes on with the other files. Folders are walked without recursion,
+within a depth and a number of entries; a folder that cannot be listed is reported.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import stat
+import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,17 +36,44 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cifarlab import limits
 from cifarlab.errors import CifarlabError
+from cifarlab.files import open_input
 
 SIZE = 32
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+# The formats a file may be in (Pillow's names): the ones above, no others. Pillow reads many
+# more (EPS through Ghostscript, among them), none of which a photo for a CIFAR model needs.
+FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF")
 RESIZE_METHODS = ("crop", "stretch")
 DEFAULT_RESIZE = "crop"
 RESAMPLE = Image.Resampling.LANCZOS
+# ``crop`` scales the shorter side to 32: an image longer than this many times its width (or
+# the reverse) would be scaled to a strip of up to 32 × (32 × this) pixels before its centre
+# is cut out. Beyond it only the centre is scaled (the same numbers within ±1 grey level): a
+# 1 × 3,000,000 image is never scaled to 32 × 96,000,000.
+_CROP_FIRST_ASPECT = 16
 
 
 class ImageError(CifarlabError):
     """A file that cannot be read as an image."""
+
+
+def shown(text: str | os.PathLike) -> str:
+    """A file name (or a message holding one) as text that any output can print and JSON can
+    hold: bytes that are not UTF-8 (kept by Python as lone surrogates) as ``\\xff``, and on
+    one line."""
+    text = os.fspath(text)
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return one_line(text)
+
+
+def one_line(text: str) -> str:
+    """Newlines (Pillow's and zlib's messages hold some) and control characters as spaces."""
+    return re.sub(r"\s*[\x00-\x1f\x7f\x85\u2028\u2029]+\s*", " ", text).strip()
 
 
 # --------------------------------------------------------------------------- images
@@ -44,7 +82,7 @@ class ImageError(CifarlabError):
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB: first frame, EXIF orientation applied, transparency
     composited onto white."""
-    if getattr(im, "n_frames", 1) > 1:
+    if im.tell() != 0:  # never n_frames: it walks every frame (and a broken one can raise)
         im.seek(0)
     im = ImageOps.exif_transpose(im) or im
     if im.mode == "P":
@@ -83,6 +121,8 @@ def resize_to_32(im: Image.Image, method: str = DEFAULT_RESIZE) -> Image.Image:
     if method not in RESIZE_METHODS:
         raise CifarlabError(f"resize method must be one of {', '.join(RESIZE_METHODS)}")
     w, h = im.size
+    if w < 1 or h < 1:
+        raise CifarlabError(f"an image must have at least one pixel, got {w}×{h}")
     if (w, h) == (SIZE, SIZE):
         return im
     if method == "stretch":
@@ -90,6 +130,13 @@ def resize_to_32(im: Image.Image, method: str = DEFAULT_RESIZE) -> Image.Image:
     else:
         scale = SIZE / min(w, h)
         target = (max(SIZE, round(w * scale)), max(SIZE, round(h * scale)))
+        if max(target) > SIZE * _CROP_FIRST_ASPECT:
+            # Only the central 32×32 of the scaled image is kept: scale the source region
+            # that becomes it (Pillow's box), never allocating the whole scaled strip.
+            left, top = (target[0] - SIZE) // 2, (target[1] - SIZE) // 2
+            sx, sy = w / target[0], h / target[1]
+            box = (left * sx, top * sy, (left + SIZE) * sx, (top + SIZE) * sy)
+            return im.resize((SIZE, SIZE), RESAMPLE, box=box, reducing_gap=3.0)
     # Lanczos kept the most accuracy on 4× enlarged test images (0.884; box 0.882, bicubic
     # 0.879, bilinear 0.862; BENCHMARKS.md). reducing_gap: a big photo is first shrunk by a
     # whole factor with a box filter (fast), leaving at least 3× for Lanczos.
@@ -100,41 +147,176 @@ def resize_to_32(im: Image.Image, method: str = DEFAULT_RESIZE) -> Image.Image:
     return im
 
 
+def check_header(path: str | os.PathLike, size: tuple[int, int]) -> None:
+    """Refuse an image whose header declares more pixels than ``CIFARLAB_MAX_IMAGE_PIXELS`` or
+    a more extreme aspect ratio than ``CIFARLAB_MAX_ASPECT``, before a pixel is decoded."""
+    w, h = size
+    if w < 1 or h < 1:
+        raise ImageError(f"{shown(path)}: the header says {w}×{h} pixels: no image")
+    most = limits.MAX_IMAGE_PIXELS.get()
+    if w * h > most:
+        raise ImageError(
+            f"{shown(path)}: refused, too many pixels ({w:,}×{h:,} = {w * h:,}; the limit is "
+            f"{int(most):,}, raise it with {limits.MAX_IMAGE_PIXELS.env})"
+        )
+    aspect = max(w, h) / min(w, h)
+    if aspect > limits.MAX_ASPECT.get():
+        raise ImageError(
+            f"{shown(path)}: refused, {w:,}×{h:,} pixels is too long and thin for a photo "
+            f"(aspect ratio {aspect:,.0f}:1; the limit is {limits.MAX_ASPECT.get():g}:1, raise "
+            f"it with {limits.MAX_ASPECT.env})"
+        )
+
+
+def _reason(e: BaseException) -> str:
+    text = one_line(str(e))
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+_PILLOW_LIMIT_LOCK = threading.Lock()
+
+
+@contextmanager
+def _pillow_allows(pixels: float) -> Iterator[None]:
+    """Pillow refuses more than 2 × ``Image.MAX_IMAGE_PIXELS`` (179 MP) on its own: when
+    ``CIFARLAB_MAX_IMAGE_PIXELS`` is raised above that, lift Pillow's bound to it for this
+    decode (the header check has enforced ours already); otherwise leave Pillow alone."""
+    default = Image.MAX_IMAGE_PIXELS
+    if default is None or pixels <= 2 * default:
+        yield
+        return
+    with _PILLOW_LIMIT_LOCK:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = int(pixels // 2) + 1
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open an image file as RGB; :class:`ImageError` names the file if it cannot."""
+    """Open an image file as RGB; :class:`ImageError` names the file if it cannot, whatever
+    went wrong in the decoder. Only a regular file is opened (never blocks on a FIFO), of at
+    most ``CIFARLAB_MAX_IMAGE_FILE_MB``, in one of :data:`FORMATS`; its size from the header
+    is checked (:func:`check_header`) before it is decoded; only its first frame is read."""
     path = Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: no such file")
-    if path.is_dir():
-        raise ImageError(f"{path}: is a folder")
-    try:
-        with warnings.catch_warnings():
-            # 89-179 megapixels: Pillow only warns (without naming the file); such a photo
-            # is fine to shrink. Above that it raises DecompressionBombError, reported below.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                return to_rgb(im)
-    except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image (or a format Pillow cannot read)") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: refused, too many pixels to open safely ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: cannot read the image: truncated or corrupt ({e})") from None
+    max_bytes = limits.megabytes(limits.MAX_IMAGE_FILE)
+    max_pixels = limits.MAX_IMAGE_PIXELS.get()  # a bad CIFARLAB_* setting raises here,
+    limits.MAX_ASPECT.get()  # not as this file's error
+    name = shown(path)
+    with open_input(path, max_bytes, ImageError, f"{limits.MAX_IMAGE_FILE.env}=MB") as f:
+        try:
+            with warnings.catch_warnings(), _pillow_allows(max_pixels):
+                # Pillow's warnings name no file: 89-179 megapixels (the header check decides;
+                # above that Pillow raises DecompressionBombError, reported below), and the
+                # tags it skips in a damaged file (what it cannot skip is an error below).
+                warnings.simplefilter("ignore")
+                with Image.open(f, formats=FORMATS) as im:
+                    check_header(path, im.size)
+                    im.load()
+                    return to_rgb(im)
+        except ImageError:
+            raise
+        except UnidentifiedImageError:
+            kinds = ", ".join(FORMATS)
+            raise ImageError(f"{name}: not an image (or not one of {kinds})") from None
+        except Image.DecompressionBombError as e:
+            raise ImageError(
+                f"{name}: refused, too many pixels to open safely ({one_line(str(e))})"
+            ) from None
+        except MemoryError:
+            raise ImageError(f"{name}: ran out of memory decoding it") from None
+        except RecursionError:
+            raise ImageError(f"{name}: cannot read the image: nested too deeply") from None
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(
+                f"{name}: cannot read the image: truncated or corrupt ({one_line(str(e))})"
+            ) from None
+        except Exception as e:  # noqa: BLE001 - any decoder failure is this file's, one line
+            raise ImageError(f"{name}: cannot read the image: corrupt ({_reason(e)})") from None
+
+
+def _listing_error(folder: Path, e: OSError) -> str:
+    why = e.strerror or _reason(e)
+    return f"{shown(folder)}: cannot list this folder ({why}); its images are skipped"
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[FileResult]:
+    """The files named, with folders expanded to the image files inside them (sorted, any
+    depth up to ``CIFARLAB_MAX_FOLDER_DEPTH``, at most ``CIFARLAB_MAX_FOLDER_FILES`` entries
+    listed). A folder is walked without recursion; a symbolic link to a folder inside it is
+    not followed (one named in ``paths`` is), and no folder is listed twice, so no loop is
+    walked. Missing paths are kept, so that they are reported; a folder that cannot be
+    listed, or lies too deep, is a result with its error."""
+    max_depth = int(limits.MAX_FOLDER_DEPTH.get())
+    max_entries = int(limits.MAX_FOLDER_FILES.get())
+    out: list[FileResult] = []
+    for p in map(Path, paths):
+        try:
+            st = os.stat(p)
+        except (OSError, ValueError):
+            st = None
+        if st is None or not stat.S_ISDIR(st.st_mode):
+            out.append(FileResult(p))  # opened, or reported, by load_image
+            continue
+        out += _walk(p, st, max_depth, max_entries)
+    return out
+
+
+def _walk(top: Path, st: os.stat_result, max_depth: int, max_entries: int) -> list[FileResult]:
+    found: list[FileResult] = []
+    seen = {(st.st_dev, st.st_ino)}
+    stack: list[tuple[Path, int]] = [(top, 0)]
+    listed = 0
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            found.append(FileResult(folder, error=_listing_error(folder, e)))
+            continue
+        listed += len(entries)
+        if listed > max_entries:
+            found.append(FileResult(top, error=(
+                f"{shown(top)}: more than {max_entries:,} files and folders; stopped listing "
+                f"(raise the limit with {limits.MAX_FOLDER_FILES.env})")))  # fmt: skip
+            break
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                is_dir = entry.is_dir()
+                if is_dir and entry.is_symlink():
+                    continue  # a linked folder is not searched (as rglob did): no loops
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                # a FIFO or device named like an image is kept: load_image says what it is
+                if path.suffix.lower() in IMAGE_SUFFIXES:
+                    found.append(FileResult(path))
+                continue
+            try:
+                key = entry.stat()
+            except OSError as e:
+                found.append(FileResult(path, error=_listing_error(path, e)))
+                continue
+            if (key.st_dev, key.st_ino) in seen:  # a bind mount back up (a loop)
+                continue
+            seen.add((key.st_dev, key.st_ino))
+            if depth + 1 > max_depth:
+                found.append(FileResult(path, error=(
+                    f"{shown(path)}: more than {max_depth} folders deep; not searched (raise "
+                    f"the limit with {limits.MAX_FOLDER_DEPTH.env})")))  # fmt: skip
+                continue
+            stack.append((path, depth + 1))
+    found.sort(key=lambda r: r.path.parts)
+    return found
 
 
 def image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """The files named, with folders expanded to the image files inside them (recursively,
-    sorted). Missing paths are kept, so that they are reported as errors."""
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted(
-                f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
-            )
-        else:
-            out.append(p)
-    return out
+    """The files named, with folders expanded to the image files inside them (see
+    :func:`find_images`, which also says which folders could not be searched)."""
+    return [r.path for r in find_images(paths) if r.error is None]
 
 
 def as_uint8_batch(images: Any, method: str = DEFAULT_RESIZE) -> np.ndarray:
@@ -273,23 +455,42 @@ class Run:
         resize: str = DEFAULT_RESIZE,
     ) -> list[FileResult]:  # fmt: skip
         """Predict image files and folders (their image files, recursively), in order. A file
-        that cannot be read gets its error message instead of a prediction."""
+        that cannot be read (whatever its decoder raised) gets its error message instead of a
+        prediction, and so does one whose probabilities are not finite numbers (a broken
+        checkpoint); the others are predicted all the same."""
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise CifarlabError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if resize not in RESIZE_METHODS:
+            raise CifarlabError(f"resize method must be one of {', '.join(RESIZE_METHODS)}")
+        for limit in (limits.MAX_IMAGE_FILE, limits.MAX_IMAGE_PIXELS, limits.MAX_ASPECT):
+            limit.get()  # a bad CIFARLAB_* setting stops here, not as an error per file
         results: list[FileResult] = []
-        files = image_files(paths)
+        files = find_images(paths)
         for start in range(0, len(files), batch_size):
-            chunk: list[FileResult] = []
-            arrays = []
-            for f in files[start : start + batch_size]:
+            chunk = files[start : start + batch_size]
+            arrays, ok = [], []
+            for r in chunk:
+                if r.error is not None:
+                    continue
                 try:
-                    arrays.append(np.asarray(resize_to_32(load_image(f), resize), np.uint8))
-                    chunk.append(FileResult(f))
+                    arrays.append(np.asarray(resize_to_32(load_image(r.path), resize), np.uint8))
+                    ok.append(r)
                 except ImageError as e:
-                    chunk.append(FileResult(f, error=str(e)))
+                    r.error = shown(str(e))
+                except CifarlabError as e:  # e.g. an image of no pixels
+                    r.error = shown(f"{r.path}: {e}")
+                except Exception as e:  # noqa: BLE001 - this file's failure, whatever it is
+                    r.error = shown(f"{r.path}: cannot read the image ({_reason(e)})")
             if arrays:
                 probs = self.predict(np.stack(arrays), batch_size=batch_size).probs
-                ok = [r for r in chunk if r.error is None]
                 for r, p in zip(ok, probs, strict=True):
-                    r.prediction = Prediction(p[None], self.class_names)
+                    if np.isfinite(p).all():
+                        r.prediction = Prediction(p[None], self.class_names)
+                    else:
+                        r.error = shown(
+                            f"{r.path}: the model gave probabilities that are not numbers "
+                            "(NaN or infinite): its checkpoint holds broken weights"
+                        )
             results += chunk
         return results
 
@@ -303,11 +504,12 @@ class FileResult:
     error: str | None = None
 
     def to_dict(self, k: int = 3) -> dict[str, Any]:
+        """JSON-ready: the file name as printable text (see :func:`shown`)."""
         if self.prediction is None:
-            return {"file": str(self.path), "error": self.error}
+            return {"file": shown(self.path), "error": self.error}
         top = self.prediction.top_k(k)[0]
         return {
-            "file": str(self.path),
+            "file": shown(self.path),
             "label": top[0][0],
             "top_k": [{"class": c, "probability": p} for c, p in top],
         }

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import tempfile
 import warnings
 from pathlib import Path
@@ -19,8 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from cifarlab.errors import CifarlabError
+from cifarlab.files import read_input
+
 CACHE_VERSION = 2  # 2: loads re-validated (missing-class warning)
 ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y", "train_coarse", "test_coarse")
+_MAX_META = 16 << 20  # meta.json: class names and a few notes
 
 
 def cache_dir() -> Path:
@@ -31,31 +36,54 @@ def cache_dir() -> Path:
     return Path(base).expanduser() / "cifarlab"
 
 
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a link loop: the path as given will do
+        return p.absolute()
+
+
 def fingerprint(files: list[Path]) -> str:
-    """A digest of each file's path, size and modification time: cheap, and it changes when
-    a file is replaced, rewritten or touched."""
+    """A digest of each file's path, size and modification time: cheap (no file is read),
+    and it changes when a file is replaced, rewritten or touched. A file that cannot be
+    stat'ed counts as missing (its reader will say why)."""
     h = hashlib.sha1()
     for f in sorted(files):
-        st = f.stat()
-        h.update(f"{f.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = f.stat()
+        except OSError:
+            h.update(f"{f}\0missing\n".encode("utf-8", "surrogateescape"))
+            continue
+        line = f"{_resolved(f)}\0{st.st_size}\0{st.st_mtime_ns}\n"
+        h.update(line.encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
 
 def entry_dir(dataset: str, source: Path, kind: str) -> Path:
-    key = hashlib.sha1(f"{dataset}\0{kind}\0{source.resolve()}".encode()).hexdigest()[:16]
-    return cache_dir() / "parsed" / f"{dataset}-{kind}-{key}"
+    key = f"{dataset}\0{kind}\0{_resolved(source)}".encode("utf-8", "surrogateescape")
+    return cache_dir() / "parsed" / f"{dataset}-{kind}-{hashlib.sha1(key).hexdigest()[:16]}"
 
 
 def load(entry: Path, expected_fingerprint: str) -> tuple[dict[str, np.ndarray], dict] | None:
     """The cached arrays and metadata, or None when absent, stale or unreadable."""
     try:
-        meta = json.loads((entry / "meta.json").read_text())
+        meta = json.loads(read_input(entry / "meta.json", _MAX_META, CifarlabError))
+        if not isinstance(meta, dict):
+            return None
         if meta.get("version") != CACHE_VERSION or meta.get("fingerprint") != expected_fingerprint:
             return None
-        # mmap_mode="c": copy-on-write pages, so the arrays are writable (torch wants that)
-        # yet nothing is read from disk until it is used.
-        arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="c") for k in meta["arrays"]}
-    except (OSError, ValueError, KeyError):
+        names = meta["arrays"]
+        if not isinstance(names, list) or not set(names) <= set(ARRAY_KEYS):
+            return None
+        arrays = {}
+        for k in names:
+            path = entry / f"{k}.npy"
+            if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO (it would block)
+                return None
+            # mmap_mode="c": copy-on-write pages, so the arrays are writable (torch wants
+            # that) yet nothing is read from disk until it is used.
+            arrays[k] = np.load(path, mmap_mode="c")
+    except (OSError, ValueError, KeyError, TypeError, CifarlabError):
         return None
     return arrays, meta
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import operator
 import os
+import shutil
+import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,9 +22,16 @@ from torch.utils.data import Dataset
 
 from cifarlab.data import cache
 from cifarlab.data.download import md5sum
-from cifarlab.data.formats import RawData, read_binary, read_image_folder, read_python
+from cifarlab.data.formats import (
+    RawData,
+    image_files,
+    read_binary,
+    read_image_folder,
+    read_python,
+)
 from cifarlab.data.sources import DATASETS, DEFAULT_DATASET, DatasetInfo, get_info
 from cifarlab.errors import CifarlabError, DataError, SettingError
+from cifarlab.files import file_kind
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -57,8 +66,15 @@ class Source:
     archive_format: str | None = None  # for kind == "archive": "python" | "binary"
 
 
+def _is_there(p: Path) -> bool:
+    """Whether something that is not a folder is at ``p``: a file, or a FIFO, device or link
+    where a file should be (which the reader then refuses, naming it, instead of the layout
+    going unnoticed)."""
+    return os.path.lexists(p) and not p.is_dir()
+
+
 def _has_files(p: Path, names: tuple[str, ...]) -> bool:
-    return all((p / n).is_file() for n in names)
+    return all(_is_there(p / n) for n in names)
 
 
 def _is_python_dir(p: Path, info: DatasetInfo) -> bool:
@@ -85,10 +101,16 @@ def _archive_format(p: Path, info: DatasetInfo) -> str | None:
 
 def find_source(info: DatasetInfo, root: Path) -> Source:
     """Detect which form of ``info`` lives at ``root`` (a folder or an archive file)."""
-    if root.is_file():
+    if _is_there(root):
         fmt = _archive_format(root, info)
         if fmt is None:
-            raise DataError(f"{root}: not a folder nor a .tar.gz archive of {info.title}")
+            try:
+                kind = file_kind(os.stat(root).st_mode)
+            except OSError:
+                kind = "a broken link"
+            raise DataError(
+                f"{root}: not a folder nor a .tar.gz archive of {info.title} (it is {kind})"
+            )
         return Source("archive", root, fmt)
     if not root.is_dir():
         raise DataNotFound(
@@ -103,7 +125,7 @@ def find_source(info: DatasetInfo, root: Path) -> Source:
         if _is_binary_dir(folder, info):
             return Source("binary", folder)
     for fmt, archive in info.archives.items():
-        if (root / archive.filename).is_file():
+        if _is_there(root / archive.filename):
             return Source("archive", root / archive.filename, fmt)
     for folder in (root, root / info.name):
         if _is_image_dir(folder):
@@ -119,12 +141,19 @@ def find_source(info: DatasetInfo, root: Path) -> Source:
 # --------------------------------------------------------------------------- reading
 
 
+def _extracted_dir(source: Source, info: DatasetInfo) -> Path:
+    """Where an archive the user has is unpacked: in the cache (the data folder may be
+    read-only), one folder per archive and version of it."""
+    fp = cache.fingerprint([source.path])[:16]
+    return cache.cache_dir() / "extracted" / f"{info.name}-{fp}"
+
+
 def _extract_archive(source: Source, info: DatasetInfo) -> Source:
-    """Unpack an archive the user has into the cache (the data folder may be read-only)."""
+    """Unpack an archive the user has into the cache; an archive that turns out not to hold
+    the dataset leaves nothing there."""
     from cifarlab.data.extract import safe_extract
 
-    fp = cache.fingerprint([source.path])[:16]
-    target = cache.cache_dir() / "extracted" / f"{info.name}-{fp}"
+    target = _extracted_dir(source, info)
     folder = target / info.archives[source.archive_format or "python"].folder
     if not folder.is_dir():
         safe_extract(source.path, target)  # a refused archive leaves no folder behind
@@ -133,7 +162,11 @@ def _extract_archive(source: Source, info: DatasetInfo) -> Source:
             return Source("python", candidate)
         if _is_binary_dir(candidate, info):
             return Source("binary", candidate)
-    raise DataError(f"{source.path}: the archive does not hold {info.title} in a known layout")
+    shutil.rmtree(target, ignore_errors=True)
+    raise DataError(
+        f"{source.path}: the archive does not hold {info.title} in a known layout (what it "
+        "held was removed again)"
+    )
 
 
 def _checksums(source: Source, info: DatasetInfo, files: list[Path]) -> dict[str, str]:
@@ -142,7 +175,7 @@ def _checksums(source: Source, info: DatasetInfo, files: list[Path]) -> dict[str
         official = {a.filename: a.md5 for a in info.archives.values()}.get(source.path.name)
         if official is None:
             return {"status": "unverified", "detail": "not an official archive name"}
-        ok = md5sum(source.path) == official
+        ok = md5sum(source.path, error=DataError) == official
         verdict = "matches" if ok else "differs from"
         return {
             "status": "official" if ok else "differs",
@@ -153,7 +186,7 @@ def _checksums(source: Source, info: DatasetInfo, files: list[Path]) -> dict[str
             "status": "unverified",
             "detail": f"no official per-file sums for the {source.kind} layout",
         }
-    differ = [f.name for f in files if info.python_md5.get(f.name) != md5sum(f)]
+    differ = [f.name for f in files if info.python_md5.get(f.name) != md5sum(f, error=DataError)]
     if not differ:
         return {"status": "official", "detail": "md5 of every file matches the official sums"}
     return {
@@ -219,9 +252,21 @@ def read_raw(info: DatasetInfo, root: Path, *, use_cache: bool = True) -> tuple[
             class_names=meta["class_names"], coarse_names=meta.get("coarse_names"), **arrays
         )
         return raw, {**meta, "from_cache": True}
-    readable = _extract_archive(source, info) if source.kind == "archive" else source
-    raw = _read(readable, info)
-    notes = _validate(raw, info, readable.path)
+    if source.kind == "archive":
+        readable = _extract_archive(source, info)
+        try:
+            raw = _read(readable, info)
+            notes = _validate(raw, info, readable.path)
+        except DataError as e:
+            # what the archive held is of no use: do not leave it in the cache
+            shutil.rmtree(_extracted_dir(source, info), ignore_errors=True)
+            raise DataError(
+                f"{e} (in the archive {source.path}; its extracted copy was removed)"
+            ) from None
+    else:
+        readable = source
+        raw = _read(readable, info)
+        notes = _validate(raw, info, readable.path)
     meta = {
         "dataset": info.name,
         "source": str(source.path.resolve()),
@@ -246,8 +291,17 @@ def _source_files(source: Source, info: DatasetInfo) -> list[Path]:
     elif source.kind == "binary":
         names = info.binary_layout.files
     else:
-        return [f for f in p.glob("*/*/*") if f.is_file()]
-    return [p / n for n in names if (p / n).exists()]
+        # one stat per file, in the fingerprint (a file that is not regular is the reader's
+        # to refuse, naming it)
+        return image_files(p)
+    return [p / n for n in names if _is_regular(p / n)]
+
+
+def _is_regular(p: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.stat(p).st_mode)
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- splits
@@ -393,8 +447,10 @@ def load_dataset(
         if not download:
             raise
         from cifarlab.data.download import download_dataset
+        from cifarlab.data.extract import new_folder
 
-        folder.mkdir(parents=True, exist_ok=True)
+        with new_folder(folder):  # a folder that cannot be made says why (full, read-only)
+            pass
         download_dataset(info.name, folder)
         raw, meta = read_raw(info, folder, use_cache=use_cache)
     meta["root_from"] = how

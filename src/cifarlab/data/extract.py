@@ -1,15 +1,26 @@
 """Unpack tar archives safely: every member is checked before anything is written.
 
 Archives come from the network or from the user, so a crafted one must not be able to
-write outside the target folder (``../``, absolute paths, links) or create devices. The
-archive is extracted into a temporary folder inside the target and each top-level entry is
-then renamed into place, so an interrupted or failed extraction never leaves a
-half-written dataset folder behind.
+write outside the target folder (``../``, absolute paths, links) or create devices, nor fill
+the disk: the entries are counted and their declared sizes added up before anything is
+written (:data:`~cifarlab.limits.MAX_ARCHIVE_MEMBERS`,
+:data:`~cifarlab.limits.MAX_ARCHIVE_EXPANSION`), and the bytes are counted again while they
+are decompressed and written (a compressed stream can hold far more than its headers
+suggest). The archive is extracted into a temporary folder inside the target and each
+top-level entry is then renamed into place, so an interrupted or failed extraction never
+leaves a half-written dataset folder behind.
+
+A failure says what happened: a damaged archive ("download it again") is told apart from a
+full or read-only disk (which no new download fixes).
 """
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import errno
+import gzip
+import lzma
 import os
 import shutil
 import tarfile
@@ -17,24 +28,87 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import BinaryIO
 
-from cifarlab.errors import DataError
+from cifarlab import limits
+from cifarlab.errors import CifarlabError, DataError
+from cifarlab.files import open_input
 
 # What reading a damaged .tar / .tar.gz can raise, depending on where the damage is.
-_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error)
+_READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+_CHUNK = 1 << 20
+# Room for the tar headers themselves (a 512-byte header and up to 511 bytes of padding per
+# entry, long names, the end blocks) on top of the cap on the members' contents, when the
+# decompressed stream is bounded.
+_HEADER_ROOM = 1 << 20
+_ROOM_PER_MEMBER = 4096
+# The official archives hold 8 (CIFAR-10) or 5 (CIFAR-100) files in one folder and expand to
+# about 178 MB (CIFAR-10 python); the limits' texts say so.
+_NAME_MAX = 255  # bytes in one path component (most file systems)
+_PATH_MAX = 1024  # characters in a member name
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def one_line(text: object, limit: int = 200) -> str:
+    """``text`` on one line (whitespace runs, newlines included, become one space; other
+    control characters are escaped), cut to about ``limit`` characters: error messages built
+    from a server's, an archive's or the OS's text stay one line and readable."""
+    s = " ".join(str(text).split())
+    if not s.isprintable():
+        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    return s if len(s) <= limit else s[: limit - 3].rstrip() + "..."
+
+
+def size_text(n: float) -> str:
+    """A size for a message: "178.0 MB", or "90,000 bytes" below a tenth of a MB."""
+    return f"{n / limits.MB:,.1f} MB" if n >= limits.MB / 10 else f"{int(n):,} bytes"
+
+
+def disk_problem(err: OSError, where: Path | str) -> str | None:
+    """What a write error says about the disk at ``where`` (full, over quota, read-only, not
+    writable), or None when it is some other failure."""
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC:
+        return f"the disk is full (no space left on the device holding {where})"
+    if code == getattr(errno, "EDQUOT", -1):
+        return f"the disk quota is exceeded on the device holding {where}"
+    if code == errno.EROFS:
+        return f"{where} is on a read-only file system"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied writing in {where}"
+    if code == errno.EFBIG:
+        return f"the file system holding {where} cannot hold a file that large"
+    return None
+
+
+def _why(err: BaseException) -> str:
+    text = getattr(err, "strerror", None) or str(err) or type(err).__name__
+    return one_line(text)
+
+
+# --------------------------------------------------------------------------- folders
 
 
 @contextlib.contextmanager
-def new_folder(path: Path) -> Iterator[None]:
+def new_folder(path: Path, error: type[CifarlabError] = DataError) -> Iterator[None]:
     """Create ``path`` (and its parents) for the block; if the block fails, remove the folders
-    it created as long as they are still empty, so a failure leaves no empty folders behind."""
+    it created as long as they are still empty, so a failure leaves no empty folders behind.
+    A folder that cannot be created is ``error`` saying why (disk full, read-only, ...)."""
     path = Path(path)
     created = []
     p = path
     while not p.exists():
         created.append(p)
+        if p.parent == p:
+            break
         p = p.parent
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        why = disk_problem(e, p) or _why(e)
+        raise error(f"cannot create the folder {path}: {why}") from None
     try:
         yield
     except BaseException:
@@ -46,44 +120,113 @@ def new_folder(path: Path) -> Iterator[None]:
         raise
 
 
+# --------------------------------------------------------------------------- extraction
+
+
+class _TooLarge(Exception):
+    """The archive expands past the cap."""
+
+
+class _Bounded:
+    """A read-only, seekable view of a decompressed stream that refuses to go past
+    ``limit`` bytes: no read (tarfile reads a long-name or pax header whole) and no seek
+    (skipping a member decompresses it) may take the stream further."""
+
+    def __init__(self, raw: BinaryIO, limit: int, name: str) -> None:
+        self.raw, self.limit, self.name, self.pos = raw, limit, name, 0
+        self.mode = "rb"
+
+    def _check(self, end: int) -> None:
+        if end > self.limit:
+            raise _TooLarge
+
+    def read(self, n: int = -1) -> bytes:
+        if n is None or n < 0:  # the rest: in chunks, so that it stops at the limit
+            parts = []
+            while block := self.read(min(_CHUNK, self.limit - self.pos)):
+                parts.append(block)
+            if self.pos >= self.limit and self.raw.read(1):
+                raise _TooLarge
+            return b"".join(parts)
+        self._check(self.pos + n)
+        data = self.raw.read(n)
+        self.pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self.pos
+        elif whence != os.SEEK_SET:
+            raise OSError("seek from the end is not supported")
+        self._check(offset)
+        self.pos = self.raw.seek(offset)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def close(self) -> None:
+        pass
+
+
+def _decompressed(f: BinaryIO) -> BinaryIO:
+    """The tar stream inside ``f``: gzip, bzip2 or xz by their magic bytes, else as is."""
+    head = f.read(6)
+    f.seek(0)
+    if head[:2] == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=f, mode="rb")  # type: ignore[return-value]
+    if head[:3] == b"BZh":
+        return bz2.BZ2File(f, "rb")  # type: ignore[return-value]
+    if head == b"\xfd7zXZ\x00":
+        return lzma.LZMAFile(f, "rb")  # type: ignore[return-value]
+    return f
+
+
 def safe_extract(archive: Path, target: Path) -> list[str]:
     """Extract the .tar / .tar.gz ``archive`` into ``target``; return the top-level names.
 
     Refuses (with :class:`DataError`, before writing anything) members with absolute paths
-    or ``..`` components, and anything but regular files and directories. A top-level
-    entry that already exists in ``target`` is replaced as a whole.
+    or ``..`` components, anything but regular files and directories, more entries than
+    ``CIFARLAB_MAX_EXTRACT_MEMBERS`` and contents larger in all than
+    ``CIFARLAB_MAX_EXTRACT_MB``. The archive must be a regular file of at most
+    ``CIFARLAB_MAX_DATA_FILE_MB``. A top-level entry that already exists in ``target`` is
+    replaced as a whole; on any failure nothing of the archive is left in ``target``.
     """
     archive, target = Path(archive), Path(target)
-    if not archive.is_file():
-        raise DataError(f"cannot extract {archive}: no such file")
-    with new_folder(target):
-        return _extract(archive, target)
+    with (
+        open_input(
+            archive,
+            limits.megabytes(limits.MAX_DATA_FILE),
+            DataError,
+            f"{limits.MAX_DATA_FILE.env}=MB",
+        ) as f,
+        new_folder(target),
+    ):
+        return _extract(archive, f, target)
 
 
-def _extract(archive: Path, target: Path) -> list[str]:
+def _extract(archive: Path, f: BinaryIO, target: Path) -> list[str]:
+    cap = limits.megabytes(limits.MAX_ARCHIVE_EXPANSION)
+    max_members = int(limits.MAX_ARCHIVE_MEMBERS)
     try:
-        tar = tarfile.open(archive, "r:*")
+        room = _HEADER_ROOM + _ROOM_PER_MEMBER * max_members
+        stream = _Bounded(_decompressed(f), cap + room, str(archive))
+        tar = tarfile.open(fileobj=stream, mode="r:")  # type: ignore[call-overload]
+    except _TooLarge:
+        raise _too_large(archive, cap) from None
     except _READ_ERRORS as e:
-        raise DataError(f"cannot extract {archive}: not a readable tar archive ({e})") from None
+        raise DataError(
+            f"cannot extract {archive}: not a readable tar archive ({_why(e)})"
+        ) from None
     with tar:
-        try:
-            members = tar.getmembers()  # reads the whole archive: finds truncation early too
-        except _READ_ERRORS as e:
-            raise _corrupt(archive, e) from None
         root = os.path.realpath(target)
-        for member in members:
-            _check_member(archive, member, root)
-
-        tmp = Path(tempfile.mkdtemp(prefix=".cifarlab-extract-", dir=target))
+        members = _list_members(archive, tar, root, cap, max_members)
         try:
-            try:
-                if hasattr(tarfile, "data_filter"):
-                    # Python's own checks as a second line of defence (3.10.12+ / 3.11.4+).
-                    tar.extractall(tmp, members=members, filter="data")
-                else:
-                    tar.extractall(tmp, members=members)
-            except _READ_ERRORS as e:
-                raise _corrupt(archive, e) from None
+            tmp = Path(tempfile.mkdtemp(prefix=".cifarlab-extract-", dir=target))
+        except OSError as e:
+            raise _write_failed(archive, target, e) from None
+        try:
+            _write_members(archive, tar, members, tmp, target, cap)
             names = sorted(os.listdir(tmp))
             trash = Path(tempfile.mkdtemp(prefix=".old-", dir=tmp))
             for name in names:
@@ -94,18 +237,133 @@ def _extract(archive: Path, target: Path) -> list[str]:
                     os.replace(dst, trash / name)
                 os.replace(tmp / name, dst)
         except OSError as e:
-            raise DataError(f"cannot extract {archive} into {target}: {e}") from None
+            raise _write_failed(archive, target, e) from None
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return names
 
 
-def _corrupt(archive: Path, err: BaseException) -> DataError:
-    why = str(err) or type(err).__name__
+def _list_members(
+    archive: Path, tar: tarfile.TarFile, root: str, cap: int, max_members: int
+) -> list[tarfile.TarInfo]:
+    """Every member, checked, counted and its declared size added up, reading headers only
+    (the stream is bounded, so a header that claims a huge long name or pax block stops at
+    the cap too)."""
+    members: list[tarfile.TarInfo] = []
+    total = 0
+    try:
+        while (member := tar.next()) is not None:
+            members.append(member)
+            if len(members) > max_members:
+                raise DataError(
+                    f"cannot extract {archive}: it holds more than {max_members:,} entries "
+                    f"(the official archives hold fewer than 10); refusing to extract "
+                    f"anything (raise the limit with {limits.MAX_ARCHIVE_MEMBERS.env}=N)"
+                )
+            _check_member(archive, member, root)
+            total += max(member.size, 0) if member.isfile() else 0
+            if total > cap:
+                raise _TooLarge
+    except _TooLarge:
+        raise _too_large(archive, cap) from None
+    except _READ_ERRORS as e:
+        raise _corrupt(archive, e) from None
+    return members
+
+
+def _write_members(
+    archive: Path,
+    tar: tarfile.TarFile,
+    members: list[tarfile.TarInfo],
+    tmp: Path,
+    target: Path,
+    cap: int,
+) -> None:
+    """Write the (checked) members under ``tmp``, counting the bytes as they come."""
+    written = 0
+    for member in members:
+        parts = PurePosixPath(member.name.replace("\\", "/")).parts
+        parts = tuple(p for p in parts if p not in ("", "."))
+        dest = tmp.joinpath(*parts) if parts else tmp
+        if member.isdir():
+            try:
+                dest.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise _conflict(archive, member) from None
+            continue
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.is_symlink() or dest.exists():
+                if not dest.is_file() or dest.is_symlink():
+                    raise _conflict(archive, member)
+                dest.unlink()  # a later member of the same name wins, as with tar
+            fd = os.open(
+                dest,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                | getattr(os, "O_CLOEXEC", 0),
+                0o666,
+            )  # fmt: skip
+        except (FileExistsError, NotADirectoryError, IsADirectoryError):
+            raise _conflict(archive, member) from None
+        with os.fdopen(fd, "wb") as out:
+            try:
+                src = tar.extractfile(member)
+            except _TooLarge:
+                raise _too_large(archive, cap) from None
+            except _READ_ERRORS as e:
+                raise _corrupt(archive, e) from None
+            assert src is not None  # a regular file
+            while True:
+                try:
+                    block = src.read(_CHUNK)
+                except _TooLarge:
+                    raise _too_large(archive, cap) from None
+                except _READ_ERRORS as e:
+                    raise _corrupt(archive, e) from None
+                if not block:
+                    break
+                written += len(block)
+                if written > cap:
+                    raise _too_large(archive, cap)
+                out.write(block)  # an OSError here is the disk's, handled by the caller
+        with contextlib.suppress(OSError, OverflowError, ValueError, TypeError):
+            os.utime(dest, (member.mtime, member.mtime))
+
+
+def _too_large(archive: Path, cap: int) -> DataError:
     return DataError(
-        f"cannot extract {archive}: the archive is corrupt or truncated ({why}); "
+        f"cannot extract {archive}: it expands to more than {size_text(cap)} (the official "
+        "archives expand to about 180 MB); refusing it, nothing was written (raise the limit "
+        f"with {limits.MAX_ARCHIVE_EXPANSION.env}=MB)"
+    )
+
+
+def _conflict(archive: Path, member: tarfile.TarInfo) -> DataError:
+    return DataError(
+        f"cannot extract {archive}: member {_shown(member.name)} clashes with another member "
+        "(a file where a folder is, or the other way round)"
+    )
+
+
+def _write_failed(archive: Path, target: Path, err: OSError) -> DataError:
+    why = disk_problem(err, target)
+    if why is not None:
+        return DataError(
+            f"cannot extract {archive} into {target}: {why}; nothing was kept (the archive "
+            "itself is fine: make room, or choose another folder)"
+        )
+    return DataError(f"cannot extract {archive} into {target}: {_why(err)}")
+
+
+def _corrupt(archive: Path, err: BaseException) -> DataError:
+    return DataError(
+        f"cannot extract {archive}: the archive is corrupt or truncated ({_why(err)}); "
         "delete it and download it again"
     )
+
+
+def _shown(name: str) -> str:
+    return one_line(repr(name), 120)
 
 
 def _check_member(archive: Path, member: tarfile.TarInfo, root: str) -> None:
@@ -114,14 +372,14 @@ def _check_member(archive: Path, member: tarfile.TarInfo, root: str) -> None:
 
     def refuse(why: str) -> DataError:
         return DataError(
-            f"unsafe archive {archive}: member {name!r} {why}; refusing to extract anything"
+            f"unsafe archive {archive}: member {_shown(name)} {why}; refusing to extract anything"
         )
 
     if not (member.isfile() or member.isdir()):
         if member.issym():
-            raise refuse(f"is a symbolic link (to {member.linkname!r})")
+            raise refuse(f"is a symbolic link (to {_shown(member.linkname)})")
         if member.islnk():
-            raise refuse(f"is a hard link (to {member.linkname!r})")
+            raise refuse(f"is a hard link (to {_shown(member.linkname)})")
         if member.ischr() or member.isblk():
             raise refuse("is a device file")
         if member.isfifo():
@@ -129,8 +387,13 @@ def _check_member(archive: Path, member: tarfile.TarInfo, root: str) -> None:
         raise refuse(f"has unsupported type {member.type!r}")
     if name.startswith(("/", "\\")) or PureWindowsPath(name).drive:
         raise refuse("has an absolute path")
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+    parts = PurePosixPath(name.replace("\\", "/")).parts
+    if ".." in parts:
         raise refuse("has a '..' component")
+    if len(name) > _PATH_MAX or any(len(os.fsencode(p)) > _NAME_MAX for p in parts):
+        raise refuse("has a name too long for a file system")
     path = os.path.realpath(os.path.join(root, name))
     if path != root and not path.startswith(root + os.sep):
         raise refuse(f"would be written outside {root}")
+    if member.isfile() and path == root:
+        raise refuse("is a file without a name")

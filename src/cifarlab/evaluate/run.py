@@ -38,10 +38,17 @@ def evaluate_run(
         raise SettingError("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta}")
     run = open_run(run_dir, checkpoint, device)
     cfg, folder = run.cfg, run.folder
+    history = folder.read_metrics() if report else []  # checked before any work is done
     ds: CifarDataset = load_dataset(
         cfg.dataset, root if root is not None else cfg.root, val_size=cfg.val_size,
         labels=cfg.labels,
     )  # fmt: skip
+    if len(ds.class_names) != len(run.class_names):
+        raise CifarlabError(
+            f"{folder.config_path}: the run has {len(run.class_names)} classes but {cfg.dataset} "
+            f"({cfg.labels} labels) has {len(ds.class_names)}: num_classes, class_names and the "
+            "dataset must agree"
+        )
     part = ds.split(split)
     if len(part) == 0:
         raise CifarlabError(f"{folder.path}: the {split} split is empty (the run was trained "
@@ -62,6 +69,6 @@ def evaluate_run(
     if report:
         from cifarlab.report.html import write_report
 
-        metrics["report"] = str(write_report(folder.path, run.config, folder.read_metrics(),
+        metrics["report"] = str(write_report(folder.path, run.config, history,
                                              metrics, part.images.numpy(), probs))  # fmt: skip
     return metrics

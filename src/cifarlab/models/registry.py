@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,6 +35,9 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+# The most classes a model is built for: far beyond any CIFAR labelling (100), small enough
+# that a classifier head stays a few hundred MB; 10**12 would ask for terabytes.
+MAX_CLASSES = 100_000
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -140,20 +144,47 @@ def get_entry(name: str) -> ModelEntry:
 def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     """Build the model ``name`` (registered, or an import path ``"pkg.mod:build"``) for
     ``num_classes`` classes, with builder ``options`` (e.g. ``widths=(32, 64, 128)``)."""
-    if num_classes < 2:
-        raise CifarlabError(f"num_classes must be at least 2, got {num_classes}")
+    check_num_classes(num_classes)
     entry = get_entry(name)
     try:
         model = entry.builder(num_classes=num_classes, **options)
+    except CifarlabError:
+        raise
     except TypeError as e:  # an option the builder does not take
         raise CifarlabError(
             f"model {name!r} cannot be built with num_classes={num_classes} and options "
-            f"{options}: {e}"
+            f"{options}: {_one_line(e)}"
+        ) from None
+    except MemoryError:
+        raise CifarlabError(
+            f"model {name!r} with num_classes={num_classes} and options {options}: ran out "
+            "of memory building it"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - a builder (maybe the user's) failed: say which
+        raise CifarlabError(
+            f"model {name!r} cannot be built with num_classes={num_classes} and options "
+            f"{options}: {type(e).__name__}: {_one_line(e)}"
         ) from None
     if not isinstance(model, nn.Module):
         raise CifarlabError(f"model {name!r}: the builder returned {type(model).__name__}, "
                             "not a torch.nn.Module")  # fmt: skip
     return model
+
+
+def check_num_classes(num_classes: Any, what: str = "num_classes") -> int:
+    """``num_classes`` if it is an integer from 2 to :data:`MAX_CLASSES`, else a
+    :class:`CifarlabError` naming ``what`` (the CLI passes its option's name)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral):
+        raise CifarlabError(f"{what} must be an integer, got {num_classes!r}")
+    if not 2 <= num_classes <= MAX_CLASSES:
+        raise CifarlabError(
+            f"{what} must be between 2 and {MAX_CLASSES:,}, got {int(num_classes):,}"
+        )
+    return int(num_classes)
+
+
+def _one_line(e: BaseException) -> str:
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(e)).strip()
 
 
 def count_parameters(model: nn.Module) -> int:

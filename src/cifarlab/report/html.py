@@ -55,19 +55,32 @@ pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; 
 
 
 def _esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    """User text (class, run, file, model names, configuration values) as HTML text: every
+    markup character escaped, and bytes that were not UTF-8 in a file name (Python's lone
+    surrogates, which no UTF-8 page can hold) shown as ``\\xff``."""
+    text = str(value)
+    try:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return html.escape(text, quote=True)
+
+
+def _finite(x: Any) -> bool:
+    """A number that can be shown (not None, a string, a bool, NaN or infinite)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
+    return f"{100 * x:.1f}%" if _finite(x) else "–"
 
 
 def _num(x: float | None, digits: int = 3) -> str:
-    return "–" if x is None else f"{x:.{digits}f}"
+    return f"{x:.{digits}f}" if _finite(x) else "–"
 
 
 def _count(n: Any) -> str:
-    return f"{int(n):,}" if isinstance(n, (int, float)) and not isinstance(n, bool) else "–"
+    return f"{int(n):,}" if _finite(n) else "–"
 
 
 def _duration(seconds: Any) -> str:
@@ -100,7 +113,9 @@ def _page(title: str, body: str) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    # backslashreplace: a lone surrogate that reached the page unescaped cannot stop it
+    data = text.encode("utf-8", "backslashreplace")
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _cards(items: list[tuple[str, str]]) -> str:

@@ -4,16 +4,26 @@ Every function returns a ``matplotlib.figure.Figure`` drawn on the Agg canvas. T
 built without pyplot, so they need no display, leave no global state behind and are safe to
 create in a loop. ``save_png`` writes one atomically. Sizes and fonts scale with the number of
 classes so that CIFAR-100's 100 class names stay legible.
+
+Class names, run names and titles are user data (an image folder's names): they are drawn as
+they are written, never read as matplotlib mathtext (``$…$``) or LaTeX (``text.usetex`` in a
+user's matplotlibrc): every figure is built :func:`plain_text` and saved with math off, and
+:func:`safe_text` makes any string drawable (no lone surrogates, no control characters).
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
+import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -21,6 +31,7 @@ from matplotlib.colors import Normalize, PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
 from cifarlab.files import atomic_write
@@ -31,14 +42,48 @@ OVER, UNDER, EXACT = "#e8891c", "#3b75af", "#8c8c8c"
 GRID_COLS = 8
 
 
+# text.parse_math off: "$" is a dollar sign; text.usetex off: no LaTeX, whatever the user's rc.
+_PLAIN_TEXT = {"text.usetex": False, "text.parse_math": False}
+F = TypeVar("F", bound=Callable[..., Figure])
+
+
+@contextmanager
+def _plain_rc() -> Iterator[None]:
+    with matplotlib.rc_context(_PLAIN_TEXT):
+        yield
+
+
+def plain_text(build: F) -> F:
+    """Decorator for a function that returns a Figure: it is built with mathtext and LaTeX
+    off, and every Text in it is set so, in case one was made otherwise."""
+
+    @functools.wraps(build)
+    def wrapper(*args: Any, **kwargs: Any) -> Figure:
+        with _plain_rc():
+            fig = build(*args, **kwargs)
+        for text in fig.findobj(Text):
+            text.set_usetex(False)
+            text.set_parse_math(False)
+        return fig
+
+    return wrapper  # type: ignore[return-value]
+
+
+def safe_text(text: Any) -> str:
+    """Any value as text matplotlib can draw: lone surrogates (a file name that was not
+    UTF-8) as escapes, control characters and line breaks as spaces."""
+    s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", s)
+
+
 def new_figure(width: float, height: float) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 
 
-def _pretty(name: str) -> str:
-    return name.replace("_", " ")
+def _pretty(name: Any) -> str:
+    return safe_text(name).replace("_", " ")
 
 
 def _class_axis(ax: Any, axis: str, names: list[str]) -> None:
@@ -73,6 +118,7 @@ def _plot_series(ax: Any, x: list[int], y: list[float | None], **kwargs: Any) ->
     return True
 
 
+@plain_text
 def training_curves(history: list[dict]) -> Figure:
     """Loss and accuracy per epoch, train and validation, side by side."""
     fig = new_figure(11, 4.2)
@@ -104,6 +150,7 @@ def training_curves(history: list[dict]) -> Figure:
     return fig
 
 
+@plain_text
 def confusion_heatmap(metrics: dict) -> Figure:
     """Confusion matrix coloured by row (the share of each true class), counts in the cells."""
     names = metrics["class_names"]
@@ -131,13 +178,14 @@ def confusion_heatmap(metrics: dict) -> Figure:
     acc = metrics.get("accuracy")
     acc_text = f", accuracy {acc:.1%}" if acc is not None else ""
     ax.set_title(
-        f"Confusion matrix: {metrics.get('split', '')} split, "
+        f"Confusion matrix: {safe_text(metrics.get('split', ''))} split, "
         f"{metrics.get('num_samples', int(cm.sum())):,} images{acc_text}",
         fontsize=12 if few else 16,
     )
     return fig
 
 
+@plain_text
 def predicted_vs_true(metrics: dict) -> Figure:
     """How often each class is predicted (bars) against how often it is true (black marks)."""
     names = metrics["class_names"]
@@ -175,7 +223,7 @@ def predicted_vs_true(metrics: dict) -> Figure:
     ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles),
               frameon=False)  # fmt: skip
     fig.suptitle(
-        f"Predicted vs true class counts: {metrics.get('split', '')} split, "
+        f"Predicted vs true class counts: {safe_text(metrics.get('split', ''))} split, "
         f"{int(true.sum()):,} images",
         fontsize=12 if few else 15,
     )
@@ -209,6 +257,7 @@ def _image_grid(
     return fig
 
 
+@plain_text
 def prediction_grid(
     images: np.ndarray,
     labels: np.ndarray,
@@ -241,6 +290,7 @@ def prediction_grid(
     )  # fmt: skip
 
 
+@plain_text
 def confident_mistakes(
     images: np.ndarray,
     labels: np.ndarray,
@@ -264,6 +314,7 @@ def confident_mistakes(
     )  # fmt: skip
 
 
+@plain_text
 def f1_bars(runs: list[tuple[str, dict]]) -> Figure:
     """Per-class F1 of several runs (same classes) as grouped bars."""
     if not runs:
@@ -282,8 +333,8 @@ def f1_bars(runs: list[tuple[str, dict]]) -> Figure:
     x = np.arange(c)
     for k, (run_name, m) in enumerate(runs):
         f1 = [row["f1"] for row in m["per_class"]]
-        label = f"{run_name} (macro F1 {m['macro_avg']['f1']:.2f})"
-        ax.bar(x - 0.4 + bar * (k + 0.5), f1, width=bar, label=label)
+        text = f"{safe_text(run_name)} (macro F1 {m['macro_avg']['f1']:.2f})"
+        ax.bar(x - 0.4 + bar * (k + 0.5), f1, width=bar, label=text)
     ax.set_xlim(-0.6, c - 0.4)
     ax.set_ylim(0, 1.0)
     _class_axis(ax, "x", names)
@@ -295,6 +346,7 @@ def f1_bars(runs: list[tuple[str, dict]]) -> Figure:
     return fig
 
 
+@plain_text
 def val_accuracy_overlay(runs: list[tuple[str, list[dict]]]) -> Figure:
     """Validation accuracy per epoch of several runs on one axis (train accuracy, dashed, for a
     run trained without a validation split)."""
@@ -303,10 +355,10 @@ def val_accuracy_overlay(runs: list[tuple[str, list[dict]]]) -> Figure:
     for run_name, history in runs:
         epochs = [int(row["epoch"]) for row in history]
         val = _as_percent([row.get("val_acc") for row in history])
-        if not _plot_series(ax, epochs, val, label=run_name):
+        if not _plot_series(ax, epochs, val, label=safe_text(run_name)):
             train = _as_percent([row.get("train_acc") for row in history])
-            _plot_series(ax, epochs, train, label=f"{run_name} (train; no validation split)",
-                         linestyle="--")  # fmt: skip
+            text = f"{safe_text(run_name)} (train; no validation split)"
+            _plot_series(ax, epochs, train, label=text, linestyle="--")
     ax.set_xlabel("epoch")
     ax.set_ylabel("accuracy (%)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -318,9 +370,15 @@ def val_accuracy_overlay(runs: list[tuple[str, list[dict]]]) -> Figure:
 
 
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Write ``fig`` as a PNG (atomically) and close it."""
+    """Write ``fig`` as a PNG (atomically) and close it (drawn with mathtext and LaTeX off:
+    tick labels are made while drawing)."""
+
+    def write(tmp: Path) -> None:
+        with _plain_rc():
+            fig.savefig(tmp, format="png", dpi=dpi)
+
     try:
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+        return atomic_write(path, write)
     finally:
         plt.close(fig)  # a no-op for our pyplot-free figures; frees one made with pyplot
 
@@ -329,7 +387,8 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     """The figure as PNG bytes (for embedding), closing it."""
     buf = io.BytesIO()
     try:
-        fig.savefig(buf, format="png", dpi=dpi)
+        with _plain_rc():
+            fig.savefig(buf, format="png", dpi=dpi)
     finally:
         plt.close(fig)
     return buf.getvalue()

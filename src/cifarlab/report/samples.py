@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from cifarlab.report.plots import new_figure, save_png
+from cifarlab.report.plots import new_figure, plain_text, safe_text, save_png
 
 _ROWS_PER_CLASS_LIMIT = 20  # above this many classes, one title per image reads better
 
@@ -23,6 +23,7 @@ def pick_samples(labels: torch.Tensor, per_class: int, seed: int = 0) -> list[li
     return [order[ordered == c][:per_class].tolist() for c in range(num_classes)]
 
 
+@plain_text  # class names are user data: drawn as written, never as mathtext or LaTeX
 def sample_grid(
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -53,7 +54,7 @@ def sample_grid(
                     spine.set_visible(False)
                 if c < len(idx):
                     ax.imshow(np.asarray(images[idx[c]]), interpolation="nearest")
-            axes[r][0].set_ylabel(class_names[r], rotation=0, ha="right", va="center",
+            axes[r][0].set_ylabel(safe_text(class_names[r]), rotation=0, ha="right", va="center",
                                   fontsize=11)  # fmt: skip
     else:
         flat = [(i, c) for c, idx in enumerate(picks) for i in idx]
@@ -66,9 +67,9 @@ def sample_grid(
             if k < len(flat):
                 i, c = flat[k]
                 ax.imshow(np.asarray(images[i]), interpolation="nearest")
-                ax.set_title(class_names[c].replace("_", " "), fontsize=8)
+                ax.set_title(safe_text(class_names[c]).replace("_", " "), fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=13)
+        fig.suptitle(safe_text(title), fontsize=13)
     return fig
 
 

@@ -1,5 +1,6 @@
 """Checkpoints: written atomically, loadable on a CPU whatever device saved them, read with
-``weights_only=True`` (no arbitrary code from a checkpoint file)."""
+``weights_only=True`` (no arbitrary code from a checkpoint file), of bounded size, and checked
+against their schema (:data:`cifarlab.schemas.CHECKPOINT`) before anything uses them."""
 
 from __future__ import annotations
 
@@ -11,32 +12,43 @@ from typing import Any
 
 import torch
 
+from cifarlab import schemas
 from cifarlab.errors import CifarlabError
-from cifarlab.files import atomic_write
+from cifarlab.files import atomic_write, open_input
+from cifarlab.limits import MAX_RUN_FILE, megabytes
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, purpose: str = "open") -> dict[str, Any]:
+    """The checkpoint at ``path``, checked against :data:`cifarlab.schemas.CHECKPOINT`:
+    ``purpose`` "open" (weights and epoch, for inference) or "resume" (all that training
+    needs to go on). Only a regular file of at most MAX_RUN_FILE is read (a FIFO is refused
+    without blocking); ``weights_only``: a file asking for any other global is refused,
+    naming it, and nothing in it is run."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CifarlabError(f"{path}: no checkpoint there")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure means an unusable file
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        if isinstance(e, pickle.UnpicklingError) and found:  # weights_only refused a global
-            raise CifarlabError(
-                f"{path}: refused to load: it asks for {found.group(1)}, which no cifarlab "
-                "checkpoint needs (the file comes from elsewhere or was altered; nothing in it "
-                "was run)"
-            ) from None
-        raise CifarlabError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
+    with open_input(path, megabytes(MAX_RUN_FILE), limit_hint=MAX_RUN_FILE.env) as f:
+        try:
+            state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any failure means an unusable file
+            found = re.search(r"GLOBAL ([\w.]+)", str(e))
+            if isinstance(e, pickle.UnpicklingError) and found:  # weights_only refused a global
+                raise CifarlabError(
+                    f"{path}: refused to load: it asks for {found.group(1)}, which no cifarlab "
+                    "checkpoint needs (the file comes from elsewhere or was altered; nothing in "
+                    "it was run)"
+                ) from None
+            raise CifarlabError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CifarlabError(f"{path}: not a cifarlab checkpoint (no model weights)")
-    return state
+    if schemas.depth(state, schemas.MAX_DEPTH) > schemas.MAX_DEPTH:
+        raise CifarlabError(f"{path}: nested more than {schemas.MAX_DEPTH} levels deep: not a "
+                            "cifarlab checkpoint")  # fmt: skip
+    return schemas.check(schemas.CHECKPOINT, state, str(path), purpose)
 
 
 def _reason(error: BaseException) -> str:

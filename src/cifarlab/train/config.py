@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -31,7 +32,17 @@ OPTIMIZERS = ("adam", "sgd", "muon")
 NORMALIZE = ("unit", "standard")
 SCHEDULES = ("constant", "triangle", "cosine")
 PRECISIONS = ("fp32", "bf16", "auto")
+LABELS = ("fine", "coarse")
 _WANT = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false"}
+# Bounds on the numbers a setting may hold: beyond them a value is a typo (or an attack on the
+# memory: a batch of 2**70 images), and past MAX_INT the C code behind torch cannot take it.
+MAX_INT = 2**63 - 1
+MAX_EPOCHS = 1_000_000
+MAX_STEPS = 2**40
+MAX_BATCH = 1 << 24
+MAX_IMAGES = 1 << 31
+MAX_THREADS = 1024
+MAX_BUDGET = 365 * 24 * 3600.0
 
 # Shorthands for the augmentation settings (``augment`` is a dict of Augment fields): the CLI's
 # --translate/--flip/--cutout and ``--set translate=4`` change one key of it.
@@ -108,10 +119,14 @@ class TrainConfig:
             if not ok:
                 want = _WANT.get(base, 'a JSON object like {"key": 1}')
                 raise SettingError(
-                    f.name, f"must be {want}, got {value!r} ({type(value).__name__})"
+                    f.name, f"must be {want}, got {_short(value)} ({type(value).__name__})"
                 )
             if base == "float":
+                if not math.isfinite(value):  # JSON lets NaN and Infinity through
+                    raise SettingError(f.name, f"must be a finite number, got {value!r}")
                 setattr(self, f.name, float(value))
+            if base == "int" and abs(value) > MAX_INT:
+                raise SettingError(f.name, f"must be at most {MAX_INT} (2**63 - 1), got {value}")
 
     def resolved(self) -> TrainConfig:
         """A complete, validated copy: every ``None`` training setting filled from the recipe
@@ -144,16 +159,40 @@ class TrainConfig:
             raise SettingError(missing, "must be set (or come from a recipe: call resolved())")
         self.check_types()
         checks = [
+            ("model", self.model != "", "must name a model, got ''"),
+            ("dataset", _known_dataset(self.dataset),
+             f"must be one of {', '.join(_datasets())}, got {self.dataset!r}"),
+            ("labels", self.labels in LABELS, f"must be fine or coarse, got {self.labels!r}"),
+            ("model_args", all(isinstance(k, str) and k.isidentifier() for k in self.model_args),
+             f"keys must be the builder's option names, got {_short(list(self.model_args))}"),
+            ("model_args", "num_classes" not in self.model_args,
+             "cannot set num_classes: the dataset decides it (10 for cifar10, 100 or 20 for "
+             "cifar100)"),
             ("epochs", self.epochs >= 1, f"must be ≥ 1, got {self.epochs}"),
+            ("epochs", self.epochs <= MAX_EPOCHS, f"must be at most {MAX_EPOCHS:,}, got "
+             f"{self.epochs}"),
             ("batch_size", self.batch_size >= 1, f"must be ≥ 1, got {self.batch_size}"),
+            ("batch_size", self.batch_size <= MAX_BATCH, f"must be at most {MAX_BATCH:,}, got "
+             f"{self.batch_size}"),
             ("steps", self.steps is None or self.steps >= 1, f"must be ≥ 1, got {self.steps}"),
+            ("steps", self.steps is None or self.steps <= MAX_STEPS,
+             f"must be at most {MAX_STEPS:,}, got {self.steps}"),
             ("budget", self.budget is None or self.budget > 0, f"must be > 0, got {self.budget}"),
+            ("budget", self.budget is None or self.budget <= MAX_BUDGET,
+             f"must be at most {MAX_BUDGET:,.0f} seconds (a year), got {self.budget}"),
+            ("seed", 0 <= self.seed <= MAX_INT,
+             f"must be 0..{MAX_INT} (2**63 - 1, what the random generators take), got "
+             f"{self.seed}"),
             ("lr", self.lr > 0, f"must be > 0, got {self.lr}"),
             ("optimizer", self.optimizer in OPTIMIZERS, f"must be one of {', '.join(OPTIMIZERS)}"),
             ("normalize", self.normalize in NORMALIZE, f"must be one of {', '.join(NORMALIZE)}"),
             ("train_size", self.train_size is None or self.train_size >= 1,
              f"must be ≥ 1, got {self.train_size}"),
+            ("train_size", self.train_size is None or self.train_size <= MAX_IMAGES,
+             f"must be at most {MAX_IMAGES:,}, got {self.train_size}"),
             ("val_size", self.val_size >= 0, f"must be ≥ 0, got {self.val_size}"),
+            ("val_size", self.val_size <= MAX_IMAGES,
+             f"must be at most {MAX_IMAGES:,}, got {self.val_size}"),
             ("label_smoothing", 0 <= self.label_smoothing < 1,
              f"must be in [0, 1), got {self.label_smoothing}"),
             ("schedule", self.schedule in SCHEDULES, f"must be one of {', '.join(SCHEDULES)}"),
@@ -166,18 +205,20 @@ class TrainConfig:
              f"must be in [0, 1), got {self.muon_momentum}"),
             ("weight_decay", self.weight_decay >= 0, f"must be ≥ 0, got {self.weight_decay}"),
             ("bias_lr_scale", self.bias_lr_scale > 0, f"must be > 0, got {self.bias_lr_scale}"),
-            ("lookahead_every", self.lookahead_every >= 0,
-             f"must be ≥ 0, got {self.lookahead_every}"),
+            ("lookahead_every", 0 <= self.lookahead_every <= MAX_STEPS,
+             f"must be 0..{MAX_STEPS:,}, got {self.lookahead_every}"),
             ("lookahead_start", 0 <= self.lookahead_start < 1,
              f"must be in [0, 1), got {self.lookahead_start}"),
-            ("whiten_bias_epochs", self.whiten_bias_epochs is None or self.whiten_bias_epochs >= 0,
-             f"must be ≥ 0, got {self.whiten_bias_epochs}"),
+            ("whiten_bias_epochs", self.whiten_bias_epochs is None
+             or 0 <= self.whiten_bias_epochs <= MAX_EPOCHS,
+             f"must be 0..{MAX_EPOCHS:,}, got {self.whiten_bias_epochs}"),
             ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("tta", self.tta in (0, 1, 2), f"must be 0, 1 or 2, got {self.tta}"),
-            ("threads", self.threads is None or self.threads >= 1,
-             f"must be ≥ 1, got {self.threads}"),
-            ("eval_batch_size", self.eval_batch_size >= 1,
-             f"must be ≥ 1, got {self.eval_batch_size}"),
+            ("threads", self.threads is None or 1 <= self.threads <= MAX_THREADS,
+             f"must be 1..{MAX_THREADS}, got {self.threads}"),
+            ("eval_batch_size", 1 <= self.eval_batch_size <= MAX_BATCH,
+             f"must be 1..{MAX_BATCH:,}, got {self.eval_batch_size}"),
+            ("device", self.device != "", "must be auto, cpu, cuda or mps, got ''"),
         ]  # fmt: skip
         for name, ok, problem in checks:
             if not ok:
@@ -257,6 +298,23 @@ _ONLY_WITH: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
 def _setup(cfg: TrainConfig) -> str:
     return (f"optimizer {cfg.optimizer}, schedule {cfg.schedule}, lookahead_every "
             f"{cfg.lookahead_every}")  # fmt: skip
+
+
+def _datasets() -> tuple[str, ...]:
+    from cifarlab.data.sources import DATASETS
+
+    return tuple(DATASETS)
+
+
+def _known_dataset(name: str) -> bool:
+    """As :func:`cifarlab.data.sources.get_info` takes it: case, ``-`` and ``_`` aside."""
+    return name.lower().replace("-", "").replace("_", "") in _datasets()
+
+
+def _short(value: Any, width: int = 60) -> str:
+    """``repr(value)`` on one line, cut to ``width`` characters."""
+    r = repr(value)
+    return r if len(r) <= width else r[: width - 3] + "..."
 
 
 def _check_known(names: Iterable[str], known: Iterable[str]) -> None:

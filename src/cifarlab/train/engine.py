@@ -45,7 +45,16 @@ from cifarlab.models import (
     import_path,
     reopen_problem,
 )
-from cifarlab.runs import LAST, RunFolder, provenance
+from cifarlab.runs import (
+    BEST,
+    LAST,
+    ResumeCheck,
+    RunFolder,
+    planned_shapes,
+    provenance,
+    shapes,
+    weights_problem,
+)
 from cifarlab.train import budget as budgets
 from cifarlab.train import device as devices
 from cifarlab.train import distributed, probe
@@ -223,6 +232,8 @@ class Trainer:
         self._val_seconds: float | None = None
         self.lookahead: Lookahead | None = None
         self.epoch, self.step, self.best_val = 0, 0, -math.inf
+        self.best_epoch: int | None = None  # the epoch best.pt holds
+        self.last_row: dict[str, Any] | None = None  # metrics row of the last finished epoch
         self.totals = _Totals.zeros(self.device)
         self.elapsed = 0.0  # training seconds over all sessions of this run
 
@@ -258,8 +269,8 @@ class Trainer:
         passed in (whose source may change under the same name) the shapes of its weights."""
         if not self._own_model:
             return self.cfg.model_args
-        shapes = json.dumps(sorted(_shapes(self.model).items()))
-        return {**self.cfg.model_args, "_shapes": hashlib.sha1(shapes.encode()).hexdigest()[:12]}
+        text = json.dumps(sorted(shapes(self.model).items()))
+        return {**self.cfg.model_args, "_shapes": hashlib.sha1(text.encode()).hexdigest()[:12]}
 
     # ------------------------------------------------------------------ state
 
@@ -280,14 +291,34 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
             "class_names": self.data.class_names,
+            # what a resume needs to rebuild a lost metrics row or best.pt (runs.check_resume)
+            "row": self.last_row,
+            "best_epoch": self.best_epoch,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(clean_state_dict(state["model"]))
-        self.optimizer.load_state_dict(state["optimizer"])
-        if state.get("lookahead") is not None:
-            self.lookahead = Lookahead(self.model)
-            self.lookahead.load_state_dict(state["lookahead"])
+    def restore(self, state: dict[str, Any], source: str | os.PathLike = "the checkpoint") -> None:
+        """Go on from ``state`` (checked against its schema by the caller); a state that
+        does not fit this run's model, optimizer or generator is an error naming ``source``
+        and what does not fit."""
+        weights = clean_state_dict(state["model"])
+        problem = weights_problem(shapes(self.model), weights)
+        if problem:
+            raise CifarlabError(f"{source}: the weights do not fit model {self.cfg.model!r} "
+                                f"with model_args {self.cfg.model_args} ({problem}): the "
+                                "checkpoint is from another model")  # fmt: skip
+        steps = [
+            ("model weights", lambda: self.model.load_state_dict(weights)),
+            ("optimizer", lambda: self.optimizer.load_state_dict(state["optimizer"])),
+            ("lookahead", lambda: self._restore_lookahead(state.get("lookahead"))),
+            ("torch_rng", lambda: torch.set_rng_state(state["torch_rng"])),
+        ]
+        for what, step in steps:
+            try:
+                step()
+            except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+                line = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
+                raise CifarlabError(f"{source}: its {what} state does not fit this run "
+                                    f"({type(e).__name__}: {line[:200]})") from None  # fmt: skip
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_val = float(state["best_val_acc"])
         # The saved sums are the whole job's: rank 0 carries them on, the others start at 0.
@@ -296,7 +327,17 @@ class Trainer:
         self.totals = _Totals.from_state(saved, self.device)
         self.elapsed = float(state["elapsed"])
         self.replans = list(state.get("replans") or [])
-        torch.set_rng_state(state["torch_rng"])
+        self.last_row = state.get("row")
+        self.best_epoch = state.get("best_epoch")
+
+    def _restore_lookahead(self, saved: dict[str, torch.Tensor] | None) -> None:
+        if saved is None:
+            return
+        problem = weights_problem(shapes(self.model), saved)
+        if problem:
+            raise ValueError(problem)
+        self.lookahead = Lookahead(self.model)
+        self.lookahead.load_state_dict(saved)
 
     def save(self, name: str) -> None:
         """Rank 0 writes the checkpoint. Every rank calls this at the same step: the epoch's
@@ -564,7 +605,10 @@ class Trainer:
         score = row["val_acc"] if row["val_acc"] is not None else row["train_acc"]
         is_best = score > self.best_val
         if is_best:
-            self.best_val = score
+            self.best_val, self.best_epoch = score, self.epoch
+        # last.pt carries this row and which epoch is best: if what follows (best.pt, the
+        # metrics line) is lost to a crash or a full disk, --resume rebuilds it from last.pt
+        self.last_row = row
         self.save(LAST)
         if is_best and self.main:
             self.folder.promote_last_to_best()
@@ -627,11 +671,10 @@ def train(
         if budget is not None:
             raise SettingError("budget", "starts a new run; a resumed run keeps its own budget")
         run_dir = Path(resume)
-        state = RunFolder(run_dir).load_checkpoint("last")
         changes = dict(changes or {})
         if config is not None and config.epochs:
             changes.setdefault("epochs", config.epochs)  # resuming may extend a run
-        cfg = resume_config(TrainConfig.from_saved(state["config"]), changes)
+        cfg, state, found = _check_resume(RunFolder(run_dir), changes)
     else:
         if config is None and budget is None:
             raise CifarlabError("train() needs a config or resume=")
@@ -649,14 +692,16 @@ def train(
             if model is not None:
                 config = _own_model_config(config, model)
             cfg = config.resolved()
+            if model is None:
+                _check_model_size(cfg)
             run_dir = Path(out) if out is not None else default_run_dir(cfg)
             RunFolder(run_dir).check_new()
-        state = None
+        state, found = None, None
     joined = distributed.launched_by_torchrun() and not distributed.is_distributed()
     device = distributed.setup(cfg.device)
     try:
         distributed.barrier()  # every rank has checked the folder before rank 0 writes to it
-        return _train(cfg, run_dir, state, progress, device, plan, data, clock, model)
+        return _train(cfg, run_dir, state, progress, device, plan, data, clock, model, found)
     except (RuntimeError, ConnectionError) as e:
         if not (distributed.is_distributed() and distributed.is_peer_error(e)):
             raise
@@ -668,6 +713,67 @@ def train(
     finally:
         if joined:
             distributed.teardown()
+
+
+def _check_resume(
+    folder: RunFolder, changes: dict[str, Any]
+) -> tuple[TrainConfig, dict[str, Any], ResumeCheck]:
+    """The config, checkpoint state and state of the files of a run about to be resumed:
+    refused at once (before any data is loaded) if another process is training it, if its
+    checkpoint is not sound, or if a file it should hold is missing and cannot be rebuilt.
+    Reads only; what can be rebuilt is done under the lock (:meth:`RunFolder.repair`)."""
+    run_dir = folder.path
+    if not run_dir.is_dir():
+        raise CifarlabError(f"{run_dir}: no such run folder")
+    holder = folder.lock_holder()
+    if holder:
+        raise CifarlabError(f"{run_dir} is being trained right now ({holder}): wait for it to "
+                            "finish (or stop it: Ctrl-C saves a checkpoint) before resuming "
+                            "it")  # fmt: skip
+    last, best = folder.checkpoint_path("last"), folder.checkpoint_path("best")
+    note = None
+    if not os.path.lexists(last) and os.path.lexists(best):
+        source, state = best, folder.load_checkpoint("best", "resume")
+        note = (f"{LAST} is missing: resuming from {BEST} (epoch {state['epoch']}); the "
+                "epochs after it are trained again")  # fmt: skip
+    else:
+        source, state = last, folder.load_checkpoint("last", "resume")
+    try:
+        cfg = resume_config(TrainConfig.from_saved(state["config"]), changes)
+    except SettingError as e:
+        if set(e.names) & set(changes):
+            raise  # the user's change: named by its option
+        raise CifarlabError(f"{source}: config.{e}") from None
+    found = folder.check_resume(state, source)
+    if note:
+        found.notes.insert(0, note)
+    names = state.get("class_names") or found.config.get("class_names") or []
+    planned = planned_shapes(cfg.model, len(names), cfg.model_args) if len(names) >= 2 else None
+    problem = weights_problem(planned, clean_state_dict(state["model"])) if planned else None
+    if problem:
+        raise CifarlabError(f"{source}: the weights do not fit model {cfg.model!r} with "
+                            f"model_args {cfg.model_args} ({problem}): the checkpoint is from "
+                            "another model")  # fmt: skip
+    return cfg, state, found
+
+
+# The most parameters a model built from a name and model_args may have (8 GB of float32
+# weights): past it a typo in model_args (widths of 10**6) would exhaust the memory.
+MAX_PARAMS = 1 << 31
+
+
+def _check_model_size(cfg: TrainConfig) -> None:
+    """A model built from its name and ``model_args`` has at most :data:`MAX_PARAMS`
+    parameters (counted on the meta device, before any data is loaded or memory taken)."""
+    from cifarlab.data.sources import get_info
+
+    info = get_info(cfg.dataset)
+    coarse = cfg.labels == "coarse" and info.num_coarse_classes
+    planned = planned_shapes(cfg.model, coarse or info.num_classes, cfg.model_args)
+    size = sum(math.prod(s) for s in planned.values()) if planned else 0
+    if size > MAX_PARAMS:
+        raise SettingError("model_args", f"{cfg.model_args} give model {cfg.model!r} {size:,} "
+                           f"parameters, more than the {MAX_PARAMS:,} a run may have")  # fmt: skip
 
 
 def _own_model_config(config: TrainConfig, model: ModelLike) -> TrainConfig:
@@ -712,7 +818,7 @@ def _check_rebuild(cfg: TrainConfig, num_classes: int, model: nn.Module) -> None
         return  # already said
     try:
         rebuilt = create_model(cfg.model, num_classes, **cfg.model_args)
-        same = _shapes(rebuilt) == _shapes(model)
+        same = shapes(rebuilt) == shapes(model)
         problem = None if same else "its parameters have other shapes"
     except CifarlabError as e:
         problem = str(e)
@@ -721,11 +827,6 @@ def _check_rebuild(cfg: TrainConfig, num_classes: int, model: nn.Module) -> None
               f"does not give the module being trained ({problem}): give its constructor's "
               "arguments as model_args, or `cifarlab evaluate`, `predict` and `export` will "
               "not open this run", file=sys.stderr)  # fmt: skip
-
-
-def _shapes(model: nn.Module) -> dict[str, list[int]]:
-    """The shape of every tensor in ``model``'s state: what tells two architectures apart."""
-    return {k: list(v.shape) for k, v in model.state_dict().items()}
 
 
 def _build(cfg: TrainConfig, num_classes: int, model: ModelLike | None) -> nn.Module:
@@ -802,10 +903,15 @@ def _train(
     data: CifarDataset | None,
     clock: float,
     model: ModelLike | None = None,
+    found: ResumeCheck | None = None,
 ) -> Path:
     folder = RunFolder(run_dir)
-    with folder.lock() if devices.rank() == 0 else contextlib.nullcontext():
-        return _train_locked(cfg, folder, state, progress, device, plan, data, clock, model)
+    main = devices.rank() == 0
+    with folder.lock(resuming=state is not None) if main else contextlib.nullcontext():
+        if found is not None and main:
+            folder.repair(found)  # what a resume found missing and can rebuild
+        return _train_locked(cfg, folder, state, progress, device, plan, data, clock, model,
+                             found)  # fmt: skip
 
 
 def _train_locked(
@@ -818,6 +924,7 @@ def _train_locked(
     data: CifarDataset | None,
     clock: float,
     model: ModelLike | None,
+    found: ResumeCheck | None = None,
 ) -> Path:
     run_dir = folder.path
     budget = None
@@ -839,11 +946,14 @@ def _train_locked(
     if trainer.main:
         run_dir.mkdir(parents=True, exist_ok=True)
     if state is not None:
-        trainer.restore(state)
+        trainer.restore(state, found.source if found is not None else folder.path / LAST)
         if trainer.main:
             folder.trim_metrics(trainer.epoch)
         if trainer.main and trainer.epoch >= cfg.epochs:
-            print(f"{run_dir} has finished all {cfg.epochs} epochs; nothing to resume")
+            lost = found.lost_epochs if found is not None else []
+            gaps = (f" ({folder.metrics_path.name} lacks epoch(s) {', '.join(map(str, lost))}: "
+                    "lost)") if lost else ""  # fmt: skip
+            print(f"{run_dir} has finished all {cfg.epochs} epochs{gaps}; nothing to resume")
         elif trainer.main:
             print(f"resuming {run_dir} at epoch {trainer.epoch + 1}, step {trainer.step}"
                   f"{f' on {trainer.world} processes' if trainer.world > 1 else ''}")  # fmt: skip
@@ -872,7 +982,7 @@ def _train_locked(
     if plan is not None:
         extra["budget_plan"] = plan.to_dict()
     if state is not None:  # resumed: keep the record of what the first session chose
-        old = folder.read_config_if_any()
+        old = found.config if found is not None else folder.read_config_if_any()
         for key in ("budget_plan", "precision_choice", "model_source"):
             if key in old and key not in extra:
                 extra[key] = old[key]

@@ -1,0 +1,34 @@
+"""The limits table (cifarlab/limits.py): environment overrides, bad values, and SECURITY.md
+listing every limit with its default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from cifarlab import limits
+from cifarlab.errors import CifarlabError
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_security_md_lists_every_limit_as_the_code_has_it() -> None:
+    text = (REPO / "SECURITY.md").read_text()
+    assert limits.markdown_table() in text, "SECURITY.md's limits table is out of date"
+
+
+def test_a_limit_is_raised_by_its_environment_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    lim = limits.MAX_IMAGE_PIXELS
+    assert lim.get() == lim.default
+    monkeypatch.setenv(lim.env, "200000000")
+    assert lim.get() == 200_000_000
+    monkeypatch.setenv(limits.MAX_DATA_FILE.env, "2")
+    assert limits.megabytes(limits.MAX_DATA_FILE) == 2 << 20
+
+
+@pytest.mark.parametrize("bad", ["0", "-3", "lots", "nan", "inf"])
+def test_a_bad_limit_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
+    monkeypatch.setenv(limits.MAX_FRAMES.env, bad)
+    with pytest.raises(CifarlabError, match=r"CIFARLAB_MAX_FRAMES=.*must be a positive number"):
+        limits.MAX_FRAMES.get()
