@@ -96,7 +96,8 @@ def _run(tree: Path, mode: str, root: str, work: Path, cache: Path) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--old", default="e444421", help="the revision to compare with")
-    p.add_argument("--root", default=os.environ.get("CIFARLAB_DATA", str(REPO.parent / "shared/data")))
+    default_root = os.environ.get("CIFARLAB_DATA", str(REPO.parent / "shared" / "data"))
+    p.add_argument("--root", default=default_root)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--work", help=argparse.SUPPRESS)

@@ -51,8 +51,9 @@ def _child(job: dict) -> None:
 
 
 def serve() -> None:
-    import cifarlab.cli  # noqa: F401 - the expensive imports, once
     import torch  # noqa: F401
+
+    import cifarlab.cli  # noqa: F401 - the expensive imports, once
 
     for line in sys.stdin:
         job = json.loads(line)

@@ -105,3 +105,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if DATA_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.data)
             item.add_marker(pytest.mark.slow)
+
+
+def _mount_tmpfs(d: Path, options: str):  # noqa: ANN202 - a generator for the fixtures below
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)],
+                       capture_output=True)  # fmt: skip
+    if r.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        yield d
+    finally:
+        subprocess.run(["umount", "-l", str(d)], capture_output=True)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # noqa: ANN201
+    """A 64 KB tmpfs: a disk that fills (needs root to mount; skipped where not allowed)."""
+    yield from _mount_tmpfs(tmp_path / "tiny", "size=64k")
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path):  # noqa: ANN201
+    """An empty read-only tmpfs (root only)."""
+    yield from _mount_tmpfs(tmp_path / "ro", "ro,size=64k")

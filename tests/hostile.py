@@ -11,16 +11,18 @@ ill-typed run-folder files, out-of-range options.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import os
 import pickle
 import shutil
+import signal
 import struct
 import tarfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,6 +44,22 @@ class Case:
     env: dict[str, str] = field(default_factory=dict)
     check: Callable[[Path], None] | None = None  # more assertions after the run
     errors: int | None = 1  # how many `error:` lines stderr must have (None: at least one)
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 5.0) -> Iterator[None]:
+    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
+
+    def alarm(signum: int, frame: object) -> None:
+        raise TimeoutError(f"blocked for more than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 # --------------------------------------------------------------------------- file makers
@@ -109,7 +127,9 @@ def png_claiming(width: int, height: int, rows: int = 1) -> bytes:
         parts.append(z.compress(chunk[: min(left, len(chunk))]))
         left -= len(chunk)
     raw = b"".join(parts) + z.flush()
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", raw) + _chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", raw) + _chunk(b"IEND", b"")
+    )
 
 
 class _Reduce:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
-import signal
 import tarfile
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +16,7 @@ import torch
 from cifarlab import CifarlabError, DataError, load_dataset
 from cifarlab.data.dataset import stratified_holdout
 from fakedata import make_tar_gz, write_cifar10_binary, write_cifar10_python, write_cifar100_python
+from hostile import no_hang
 
 
 def _load(*args, **kwargs):
@@ -241,22 +239,6 @@ def test_split_in_a_torch_dataloader(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- hostile sources
-
-
-@contextlib.contextmanager
-def no_hang(seconds: float = 5.0) -> Iterator[None]:
-    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
-
-    def alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"blocked for more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def load_error(*args, **kwargs) -> str:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import os
 import random
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +25,7 @@ from cifarlab.data.download import NETWORK_HINT, download_dataset, download_file
 from cifarlab.data.extract import safe_extract
 from cifarlab.data.sources import get_info
 from cifarlab.errors import CifarlabError, DataError, DownloadError
+from hostile import no_hang
 
 FAST = {"backoff": 0.01, "timeout": 5.0, "progress": False}
 PAYLOAD = random.Random(0).randbytes(200_000)  # several read chunks, incompressible
@@ -434,56 +433,10 @@ def test_cli_download_then_load(
 # --------------------------------------------------------------------------- hostile input
 
 
-@contextlib.contextmanager
-def no_hang(seconds: float = 5.0) -> Iterator[None]:
-    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
-
-    def alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"blocked for more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def one_line(e: BaseException) -> str:
     msg = str(e)
     assert "\n" not in msg and "\r" not in msg, msg
     return msg
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KB tmpfs (needs root to mount; skipped where that is not allowed)."""
-    d = tmp_path / "tiny"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(d)],
-                       capture_output=True)  # fmt: skip
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """An empty read-only tmpfs (root only)."""
-    d = tmp_path / "ro"
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(d)],
-                       capture_output=True)  # fmt: skip
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
 
 
 def test_md5sum_refuses_a_fifo_and_a_huge_sparse_file(tmp_path: Path) -> None:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import random
-import signal
-import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from cifarlab.data.extract import one_line, safe_extract
-from cifarlab.errors import DataError
+from cifarlab.data.extract import safe_extract
+from cifarlab.errors import DataError, one_line
+from hostile import no_hang
 
 
 def add_file(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -162,49 +159,10 @@ def test_refused_archive_leaves_no_new_folder(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- hostile archives
 
 
-@contextlib.contextmanager
-def no_hang(seconds: float = 5.0) -> Iterator[None]:
-    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
-
-    def alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"blocked for more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def message(info: pytest.ExceptionInfo) -> str:
     msg = str(info.value)
     assert "\n" not in msg and "\r" not in msg, msg
     return msg
-
-
-def _mount_tmpfs(d: Path, options: str) -> Iterator[Path]:
-    d.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(d)],
-                       capture_output=True)  # fmt: skip
-    if r.returncode:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
-    try:
-        yield d
-    finally:
-        subprocess.run(["umount", "-l", str(d)], capture_output=True)
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    """A 64 KB tmpfs (needs root to mount; skipped where that is not allowed)."""
-    yield from _mount_tmpfs(tmp_path / "tiny", "size=64k")
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    yield from _mount_tmpfs(tmp_path / "ro", "ro,size=64k")
 
 
 def test_one_line() -> None:

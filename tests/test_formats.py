@@ -9,12 +9,10 @@ import pickle
 import re
 import resource
 import shutil
-import signal
 import struct
 import tempfile
 import warnings
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +29,7 @@ from fakedata import (
     write_cifar100_python,
     write_image_folder,
 )
+from hostile import no_hang
 
 
 def _quiet_load(*args, **kwargs):
@@ -293,22 +292,6 @@ def test_differing_checksums_warn_once(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- hostile files
-
-
-@contextlib.contextmanager
-def no_hang(seconds: float = 5.0) -> Iterator[None]:
-    """Fail (instead of blocking the test run) if the block takes longer than ``seconds``."""
-
-    def alarm(signum: int, frame: object) -> None:
-        raise TimeoutError(f"blocked for more than {seconds} s")
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
 
 
 def load_error(*args, **kwargs) -> str:

@@ -97,8 +97,13 @@ _leaves = st.one_of(
         [0, 1, 3072, 3073])),
     st.builds(lambda n: np.arange(n), st.integers(0, 40)),
 )  # fmt: skip
-_values = st.recursive(_leaves, lambda inner: st.lists(inner, max_size=6)
-                       | st.dictionaries(st.binary(max_size=8), inner, max_size=4), max_leaves=20)
+_values = st.recursive(
+    _leaves,
+    lambda inner: (
+        st.lists(inner, max_size=6) | st.dictionaries(st.binary(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=20,
+)
 _keys = st.sampled_from([b"data", b"labels", b"batch_label", b"filenames", b"label_names", "data",
                          "labels"]) | st.binary(max_size=6)  # fmt: skip
 
@@ -285,14 +290,35 @@ _option_values = st.one_of(
 _train_options = ["--epochs", "--batch-size", "--lr", "--seed", "--val-size", "--train-size",
                   "--threads", "--model", "--recipe", "--optimizer", "--momentum",
                   "--weight-decay", "--label-smoothing", "--budget", "--precision"]  # fmt: skip
-_fields = ["augment", "model_args", "translate", "flip", "cutout", "epochs", "seed", "lr",
-           "progressive", "lookahead_every", "ema", "tta", "steps", "whiten_bias_epochs"]
+_fields = [
+    "augment",
+    "model_args",
+    "translate",
+    "flip",
+    "cutout",
+    "epochs",
+    "seed",
+    "lr",
+    "progressive",
+    "lookahead_every",
+    "ema",
+    "tta",
+    "steps",
+    "whiten_bias_epochs",
+]
 
 
 @fuzz
-@given(options=st.lists(st.tuples(st.sampled_from(_train_options), _option_values), max_size=3),
-       sets=st.lists(st.tuples(st.sampled_from(_fields) | st.text(max_size=6),
-                               _json.map(json.dumps) | st.text(max_size=12)), max_size=2))
+@given(
+    options=st.lists(st.tuples(st.sampled_from(_train_options), _option_values), max_size=3),
+    sets=st.lists(
+        st.tuples(
+            st.sampled_from(_fields) | st.text(max_size=6),
+            _json.map(json.dumps) | st.text(max_size=12),
+        ),
+        max_size=2,
+    ),
+)
 def test_train_options(bounded: Path, options: list, sets: list) -> None:  # fmt: skip
     from cifarlab.cli import build_parser, train_config_from_args
 

@@ -29,6 +29,6 @@ def test_a_limit_is_raised_by_its_environment_variable(monkeypatch: pytest.Monke
 
 @pytest.mark.parametrize("bad", ["0", "-3", "lots", "nan", "inf"])
 def test_a_bad_limit_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, bad: str) -> None:
-    monkeypatch.setenv(limits.MAX_FRAMES.env, bad)
-    with pytest.raises(CifarlabError, match=r"CIFARLAB_MAX_FRAMES=.*must be a positive number"):
-        limits.MAX_FRAMES.get()
+    monkeypatch.setenv(limits.MAX_ASPECT.env, bad)
+    with pytest.raises(CifarlabError, match=r"CIFARLAB_MAX_ASPECT=.*must be a positive number"):
+        limits.MAX_ASPECT.get()

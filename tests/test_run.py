@@ -436,7 +436,7 @@ DAMAGE = {  # what is altered, the commands that must refuse it, what they say
     "last-rng-float": (_checkpoint_change("last.pt", lambda s: s.update(
         torch_rng=s["torch_rng"].float())), ("resume",), "last.pt: torch_rng must be a 1-D uint8"),
     "num-classes-text": (_config_change(num_classes="10"), ALL,
-                         "config.json: num_classes must be an integer 2..10000, got '10'"),
+                         "config.json: num_classes must be an integer 2..100000, got '10'"),
     "model-args-list": (_config_change(model_args=[]), ALL,
                         "config.json: model_args must be a JSON object, got []"),
     "class-names-ints": (_config_change(class_names=list(range(10))), ALL,

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
-from cifarlab.errors import CifarlabError, SettingError
+from cifarlab.errors import CifarlabError, SettingError, one_line
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -855,13 +855,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 DEBUG_ENV = "CIFARLAB_DEBUG"  # set to 1: an unexpected error shows its traceback
 
 
-def _one_line(text: object) -> str:
-    """A message on one line: line breaks (from Pillow, tar, urllib...) become spaces."""
-    import re
-
-    return re.sub(r"\s*[\r\n\v\f\x1c-\x1e\x85\u2028\u2029]+\s*", " ", str(text)).strip()
-
-
 def _say(line: str) -> None:
     """One line on stderr, whatever state the streams are in."""
     try:
@@ -954,14 +947,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError as e:
         if _debug():
             raise
-        detail = _one_line(e)
+        detail = one_line(e, None)
         _say(f"error: ran out of memory{f' ({detail})' if detail else ''}; free some memory, "
              "or give the command less to do (a smaller --batch-size, fewer files)")  # fmt: skip
         return 1
     except RecursionError as e:
         if _debug():
             raise
-        _say(f"error: ran out of stack: something is nested too deeply ({_one_line(e)})")
+        _say(f"error: ran out of stack: something is nested too deeply ({one_line(e, None)})")
         return 1
     except Exception as e:  # noqa: BLE001 - the last resort: one line, not a traceback
         if _debug():
@@ -969,7 +962,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if ctrl_c.seen:  # what a Ctrl-C left behind (a module it stopped half-imported)
             interrupted = True
             return _interrupted()
-        detail = _one_line(e)
+        detail = one_line(e, None)
         what = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
         _say(f"error: internal error ({what}); please report it — set {DEBUG_ENV}=1 for the "
              "traceback")  # fmt: skip
@@ -1007,10 +1000,10 @@ def _main(argv: Sequence[str] | None, ctrl_c: _CtrlC) -> int:
             print(str(e), file=sys.stderr)
         return 130
     except SettingError as e:  # name the option the user typed, not the library's parameter
-        print(f"error: {_one_line(e.render(_option_namer(args)))}", file=sys.stderr)
+        print(f"error: {one_line(e.render(_option_namer(args)), None)}", file=sys.stderr)
         return 1
     except CifarlabError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e, None)}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `cifarlab models | head`: the reader left; so do we, quietly
         import os
@@ -1018,5 +1011,5 @@ def _main(argv: Sequence[str] | None, ctrl_c: _CtrlC) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except OSError as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e, None)}", file=sys.stderr)
         return 1

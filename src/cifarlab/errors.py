@@ -7,6 +7,16 @@ The CLI prints ``str(error)`` on one line and exits non-zero; library users can 
 from collections.abc import Callable, Iterable
 
 
+def one_line(text: object, limit: int | None = 200) -> str:
+    """``text`` on one line (whitespace runs, newlines included, become one space; other
+    control characters are escaped), cut to about ``limit`` characters (None: not cut):
+    messages built from a server's, an archive's, Pillow's or the OS's text stay one line."""
+    s = " ".join(str(text).split())
+    if not s.isprintable():
+        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    return s if limit is None or len(s) <= limit else s[: limit - 3].rstrip() + "..."
+
+
 class CifarlabError(Exception):
     """Base class for every error cifarlab reports to the user."""
 

@@ -11,6 +11,7 @@ for files that are opened in place (a lock): never through a symbolic link.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
@@ -38,8 +39,26 @@ def file_kind(mode: int) -> str:
     return "a regular file" if stat.S_ISREG(mode) else "not a regular file"
 
 
-def _size(n: float) -> str:
-    return f"{n / (1 << 20):,.1f} MB" if n >= 1 << 20 else f"{int(n):,} bytes"
+def size_text(n: float) -> str:
+    """A size for a message: "178.0 MB", or "90,000 bytes" below a tenth of a MB."""
+    return f"{n / (1 << 20):,.1f} MB" if n >= (1 << 20) / 10 else f"{int(n):,} bytes"
+
+
+def disk_problem(err: OSError, where: Path | str) -> str | None:
+    """What a write error says about the disk at ``where`` (full, over quota, read-only, not
+    writable), or None when it is some other failure."""
+    code = getattr(err, "errno", None)
+    if code == errno.ENOSPC:
+        return f"the disk is full (no space left on the device holding {where})"
+    if code == getattr(errno, "EDQUOT", -1):
+        return f"the disk quota is exceeded on the device holding {where}"
+    if code == errno.EROFS:
+        return f"{where} is on a read-only file system"
+    if code in (errno.EACCES, errno.EPERM):
+        return f"permission denied writing in {where}"
+    if code == errno.EFBIG:
+        return f"the file system holding {where} cannot hold a file that large"
+    return None
 
 
 def open_input(
@@ -68,7 +87,7 @@ def open_input(
         if max_bytes is not None and st.st_size > max_bytes:
             hint = f" (raise it with {limit_hint})" if limit_hint else ""
             raise error(
-                f"{path}: {_size(st.st_size)} is over the limit of {_size(max_bytes)}{hint}"
+                f"{path}: {size_text(st.st_size)} is over the limit of {size_text(max_bytes)}{hint}"
             )
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
@@ -92,7 +111,7 @@ def read_input(
         except OSError as e:
             raise error(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
     if len(data) > max_bytes:
-        raise error(f"{path}: grew over the limit of {_size(max_bytes)} while it was read")
+        raise error(f"{path}: grew over the limit of {size_text(max_bytes)} while it was read")
     return data
 
 

@@ -53,8 +53,6 @@ MAX_IMAGE_PIXELS = Limit("MAX_IMAGE_PIXELS", 64_000_000, "pixels",
                          "the most pixels (width × height) an image may decode to")
 MAX_ASPECT = Limit("MAX_ASPECT", 100, "",
                    "the most extreme width:height (or height:width) ratio of an image")
-MAX_FRAMES = Limit("MAX_FRAMES", 10_000, "frames",
-                   "the most frames an animated image may declare (only the first is used)")
 MAX_DATA_FILE = Limit("MAX_DATA_FILE_MB", 512, "MB",
                       "the largest dataset file (pickle, record file) read; official: 155 MB")
 MAX_ARCHIVE_EXPANSION = Limit("MAX_EXTRACT_MB", 1024, "MB",
@@ -79,7 +77,6 @@ ALL = (
     MAX_IMAGE_FILE,
     MAX_IMAGE_PIXELS,
     MAX_ASPECT,
-    MAX_FRAMES,
     MAX_DATA_FILE,
     MAX_ARCHIVE_EXPANSION,
     MAX_ARCHIVE_MEMBERS,

@@ -22,7 +22,6 @@ within a depth and a number of entries; a folder that cannot be listed is report
 from __future__ import annotations
 
 import os
-import re
 import stat
 import threading
 import warnings
@@ -37,7 +36,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarlab import limits
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, one_line
 from cifarlab.files import open_input
 
 SIZE = 32
@@ -69,11 +68,6 @@ def shown(text: str | os.PathLike) -> str:
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     return one_line(text)
-
-
-def one_line(text: str) -> str:
-    """Newlines (Pillow's and zlib's messages hold some) and control characters as spaces."""
-    return re.sub(r"\s*[\x00-\x1f\x7f\x85\u2028\u2029]+\s*", " ", text).strip()
 
 
 # --------------------------------------------------------------------------- images

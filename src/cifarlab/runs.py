@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from cifarlab import schemas
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, one_line
 from cifarlab.files import append_jsonl, atomic_write, open_input, open_private, read_input
 from cifarlab.limits import MAX_JSON_FILE, MAX_RUN_FILE, megabytes
 
@@ -296,7 +296,7 @@ class RunFolder:
         except RecursionError:
             raise CifarlabError(f"{path}: not valid JSON (nested too deeply)") from None
         except ValueError as e:  # JSONDecodeError, or an integer of thousands of digits
-            raise CifarlabError(f"{path}: not valid JSON ({_one_line(e)})") from None
+            raise CifarlabError(f"{path}: not valid JSON ({one_line(e)})") from None
 
     # ------------------------------------------------------------------ config
 
@@ -583,7 +583,7 @@ class RunFolder:
             except CifarlabError:
                 raise
             except Exception as e:  # noqa: BLE001 - any failure means an unusable file
-                raise CifarlabError(f"{path}: not readable ({_one_line(e)})") from None
+                raise CifarlabError(f"{path}: not readable ({one_line(e)})") from None
         schemas.check(schemas.PREDICTIONS, data, str(path))
         return data["labels"].astype(np.int64), data["probs"]
 
@@ -610,11 +610,6 @@ def _holder_text(raw: bytes) -> str:
     line = raw.decode("utf-8", "replace").strip().splitlines()[:1]
     text = "".join(c for c in (line[0] if line else "") if c.isprintable())[:100]
     return text or "another process"
-
-
-def _one_line(error: BaseException) -> str:
-    lines = [x.strip() for x in str(error).splitlines() if x.strip()]
-    return (lines[0] if lines else type(error).__name__)[:200]
 
 
 def _check_same_run(config: dict[str, Any], state: dict[str, Any], config_path: Path,
@@ -703,7 +698,7 @@ def build_model(config: dict[str, Any], where: str | os.PathLike = CONFIG) -> nn
     except Exception as e:  # noqa: BLE001 - a builder's failure on these options
         raise CifarlabError(f"{where}: model {name!r} cannot be built with model_args "
                             f"{schemas.describe(model_args)} ({type(e).__name__}: "
-                            f"{_one_line(e)})") from None  # fmt: skip
+                            f"{one_line(e)})") from None  # fmt: skip
 
 
 def _model_name(config: dict[str, Any]) -> str:
@@ -747,7 +742,7 @@ def load_model(
     try:
         model.load_state_dict(weights)
     except (RuntimeError, KeyError, TypeError) as e:
-        raise refuse(_one_line(e)) from None
+        raise refuse(one_line(e)) from None
     return model.eval(), state
 
 
@@ -758,7 +753,7 @@ def check_outputs(model: nn.Module, class_names: list[str], where: str | os.Path
             out = model(torch.zeros(1, 3, 32, 32))
     except Exception as e:  # noqa: BLE001 - a model that cannot run on a CIFAR image
         raise CifarlabError(f"{where}: the model does not run on a 32×32 image "
-                            f"({type(e).__name__}: {_one_line(e)})") from None  # fmt: skip
+                            f"({type(e).__name__}: {one_line(e)})") from None  # fmt: skip
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
         raise CifarlabError(f"{where}: the model gives {schemas.describe(out)}, not one row of "
                             "class scores per image")  # fmt: skip

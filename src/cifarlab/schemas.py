@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from cifarlab.errors import CifarlabError, SettingError
+from cifarlab.models.registry import MAX_CLASSES  # the most classes a model is built for
 
 # --------------------------------------------------------------------------- kinds of value
 
@@ -262,8 +263,6 @@ def check_value(kind: Kind, value: Any, where: str, name: str, purpose: str | No
 
 
 # --------------------------------------------------------------------------- config.json
-
-MAX_CLASSES = 10_000  # more than any dataset cifarlab reads (100); a bound on what is built
 
 
 def _settings_problem(d: dict) -> str | None:

@@ -35,10 +35,9 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from cifarlab import limits
-from cifarlab.data.extract import disk_problem, one_line, size_text
 from cifarlab.data.sources import DatasetInfo, get_info
-from cifarlab.errors import CifarlabError, DataError, DownloadError
-from cifarlab.files import file_kind, open_input
+from cifarlab.errors import CifarlabError, DataError, DownloadError, one_line
+from cifarlab.files import disk_problem, file_kind, open_input, size_text
 
 NETWORK_HINT = (
     "no network? download it elsewhere and point cifarlab at the folder with "

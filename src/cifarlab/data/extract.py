@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bz2
 import contextlib
-import errno
 import gzip
 import lzma
 import os
@@ -31,8 +30,8 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 from cifarlab import limits
-from cifarlab.errors import CifarlabError, DataError
-from cifarlab.files import open_input
+from cifarlab.errors import CifarlabError, DataError, one_line
+from cifarlab.files import disk_problem, open_input, size_text
 
 # What reading a damaged .tar / .tar.gz can raise, depending on where the damage is.
 _READ_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
@@ -49,38 +48,6 @@ _PATH_MAX = 1024  # characters in a member name
 
 
 # --------------------------------------------------------------------------- messages
-
-
-def one_line(text: object, limit: int = 200) -> str:
-    """``text`` on one line (whitespace runs, newlines included, become one space; other
-    control characters are escaped), cut to about ``limit`` characters: error messages built
-    from a server's, an archive's or the OS's text stay one line and readable."""
-    s = " ".join(str(text).split())
-    if not s.isprintable():
-        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
-    return s if len(s) <= limit else s[: limit - 3].rstrip() + "..."
-
-
-def size_text(n: float) -> str:
-    """A size for a message: "178.0 MB", or "90,000 bytes" below a tenth of a MB."""
-    return f"{n / limits.MB:,.1f} MB" if n >= limits.MB / 10 else f"{int(n):,} bytes"
-
-
-def disk_problem(err: OSError, where: Path | str) -> str | None:
-    """What a write error says about the disk at ``where`` (full, over quota, read-only, not
-    writable), or None when it is some other failure."""
-    code = getattr(err, "errno", None)
-    if code == errno.ENOSPC:
-        return f"the disk is full (no space left on the device holding {where})"
-    if code == getattr(errno, "EDQUOT", -1):
-        return f"the disk quota is exceeded on the device holding {where}"
-    if code == errno.EROFS:
-        return f"{where} is on a read-only file system"
-    if code in (errno.EACCES, errno.EPERM):
-        return f"permission denied writing in {where}"
-    if code == errno.EFBIG:
-        return f"the file system holding {where} cannot hold a file that large"
-    return None
 
 
 def _why(err: BaseException) -> str:

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 
 from cifarlab import limits
-from cifarlab.data.extract import one_line
 from cifarlab.data.sources import IMAGE_BYTES, BinaryLayout, DatasetInfo, PythonLayout
-from cifarlab.errors import DataError
+from cifarlab.errors import DataError, one_line
 from cifarlab.files import open_input, read_input
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}

@@ -23,7 +23,7 @@ from typing import Any
 
 from torch import nn
 
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, one_line
 
 
 @dataclass(frozen=True)
@@ -153,7 +153,7 @@ def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     except TypeError as e:  # an option the builder does not take
         raise CifarlabError(
             f"model {name!r} cannot be built with num_classes={num_classes} and options "
-            f"{options}: {_one_line(e)}"
+            f"{options}: {one_line(e)}"
         ) from None
     except MemoryError:
         raise CifarlabError(
@@ -163,7 +163,7 @@ def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
     except Exception as e:  # noqa: BLE001 - a builder (maybe the user's) failed: say which
         raise CifarlabError(
             f"model {name!r} cannot be built with num_classes={num_classes} and options "
-            f"{options}: {type(e).__name__}: {_one_line(e)}"
+            f"{options}: {type(e).__name__}: {one_line(e)}"
         ) from None
     if not isinstance(model, nn.Module):
         raise CifarlabError(f"model {name!r}: the builder returned {type(model).__name__}, "
@@ -181,10 +181,6 @@ def check_num_classes(num_classes: Any, what: str = "num_classes") -> int:
             f"{what} must be between 2 and {MAX_CLASSES:,}, got {int(num_classes):,}"
         )
     return int(num_classes)
-
-
-def _one_line(e: BaseException) -> str:
-    return re.sub(r"\s*[\r\n]+\s*", " ", str(e)).strip()
 
 
 def count_parameters(model: nn.Module) -> int:
