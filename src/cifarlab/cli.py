@@ -14,7 +14,7 @@ from cifarlab.errors import CifarlabError, SettingError, one_line
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    print(f"warning: {message}", file=sys.stderr)
+    print(f"warning: {one_line(message, None)}", file=sys.stderr)
 
 
 def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> None:

@@ -36,14 +36,14 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarlab import limits
+
+# The suffixes and formats (Pillow's names) an image may have: no others. Pillow reads many
+# more (EPS through Ghostscript, among them), none of which a photo for a CIFAR model needs.
+from cifarlab.data.formats import IMAGE_SUFFIXES, PIL_FORMATS, open_image
 from cifarlab.errors import CifarlabError, one_line
 from cifarlab.files import open_input
 
 SIZE = 32
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
-# The formats a file may be in (Pillow's names): the ones above, no others. Pillow reads many
-# more (EPS through Ghostscript, among them), none of which a photo for a CIFAR model needs.
-FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF")
 RESIZE_METHODS = ("crop", "stretch")
 DEFAULT_RESIZE = "crop"
 RESAMPLE = Image.Resampling.LANCZOS
@@ -191,8 +191,8 @@ def _pillow_allows(pixels: float) -> Iterator[None]:
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open an image file as RGB; :class:`ImageError` names the file if it cannot, whatever
     went wrong in the decoder. Only a regular file is opened (never blocks on a FIFO), of at
-    most ``CIFARLAB_MAX_IMAGE_FILE_MB``, in one of :data:`FORMATS`; its size from the header
-    is checked (:func:`check_header`) before it is decoded; only its first frame is read."""
+    most ``CIFARLAB_MAX_IMAGE_FILE_MB``, in one of ``PIL_FORMATS``; its size from the header is
+    checked (:func:`check_header`) before it is decoded; only its first frame is read."""
     path = Path(path)
     max_bytes = limits.megabytes(limits.MAX_IMAGE_FILE)
     max_pixels = limits.MAX_IMAGE_PIXELS.get()  # a bad CIFARLAB_* setting raises here,
@@ -205,14 +205,14 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 # above that Pillow raises DecompressionBombError, reported below), and the
                 # tags it skips in a damaged file (what it cannot skip is an error below).
                 warnings.simplefilter("ignore")
-                with Image.open(f, formats=FORMATS) as im:
+                with open_image(f) as im:
                     check_header(path, im.size)
                     im.load()
                     return to_rgb(im)
         except ImageError:
             raise
         except UnidentifiedImageError:
-            kinds = ", ".join(FORMATS)
+            kinds = ", ".join(PIL_FORMATS)
             raise ImageError(f"{name}: not an image (or not one of {kinds})") from None
         except Image.DecompressionBombError as e:
             raise ImageError(

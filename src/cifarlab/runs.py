@@ -48,7 +48,14 @@ from torch import nn
 
 from cifarlab import schemas
 from cifarlab.errors import CifarlabError, one_line
-from cifarlab.files import append_jsonl, atomic_write, open_input, open_private, read_input
+from cifarlab.files import (
+    append_jsonl,
+    atomic_write,
+    file_kind,
+    open_input,
+    open_private,
+    read_input,
+)
 from cifarlab.limits import MAX_JSON_FILE, MAX_RUN_FILE, megabytes
 
 CONFIG = "config.json"
@@ -214,6 +221,9 @@ class RunFolder:
 
     def check_exists(self) -> None:
         if not self.path.is_dir():
+            if self.path.exists() or self.path.is_symlink():
+                kind = file_kind(os.stat(self.path).st_mode) if self.path.exists() else None
+                raise CifarlabError(f"{self.path}: is {kind or 'a broken link'}, not a run folder")
             raise CifarlabError(f"{self.path}: no such run folder")
         if not self._has(CONFIG):
             raise CifarlabError(f"{self.path}: not a run folder (no {CONFIG})")

@@ -7,7 +7,7 @@ A run folder can come from anywhere (someone else's run, an older version, a dam
 nothing read from one is used before it passed its table; what fails is one line naming the
 file and the field::
 
-    runs/x/config.json: num_classes must be an integer 2..10000, got '10'
+    runs/x/config.json: num_classes must be an integer 2..100000, got '10'
 
 A table lists its fields: the name, the kind of value (what it must be, in words, and the test),
 and when it is required (always; only to resume training from a checkpoint; or never: a field

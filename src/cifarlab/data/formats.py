@@ -16,13 +16,12 @@ list by reference many times over).
 from __future__ import annotations
 
 import codecs
-import io
+import os
 import pickle
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -35,6 +34,23 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".ti
 # The decoders an image folder may use (what the suffixes above name): a file is never handed
 # to another of Pillow's plugins, whatever its content says it is (EPS would run Ghostscript).
 PIL_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "GIF", "TIFF")
+
+
+def open_image(file: Any) -> Any:
+    """``PIL.Image.open`` limited to :data:`PIL_FORMATS`. Their plugins are imported here
+    first: otherwise Pillow imports all of its ~45 plugins on the first file of a format it has
+    not loaded yet (0.1 s, once per process)."""
+    from PIL import (  # noqa: F401 - imported to register the decoders
+        BmpImagePlugin,
+        GifImagePlugin,
+        Image,
+        JpegImagePlugin,
+        PngImagePlugin,
+        TiffImagePlugin,
+        WebPImagePlugin,
+    )
+
+    return Image.open(file, formats=PIL_FORMATS)
 
 
 @dataclass
@@ -276,9 +292,9 @@ _ALLOWED_GLOBALS: dict[tuple[str, str], _StandIn] = {
 
 
 class _CifarUnpickler(pickle.Unpickler):
-    def __init__(self, data: bytes) -> None:
-        super().__init__(io.BytesIO(data), encoding="bytes")
-        self.encode = _Encode(len(data))
+    def __init__(self, file: BinaryIO, size: int) -> None:
+        super().__init__(file, encoding="bytes")
+        self.encode = _Encode(size)
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) == ("_codecs", "encode"):
@@ -316,11 +332,14 @@ def _resolved(value: Any, path: Path, done: dict[int, Any]) -> Any:
 
 def _load_pickle(path: Path) -> tuple[dict[str, Any], int]:
     """One CIFAR pickle (keys as str) and the size of its file."""
-    data = read_input(path, _data_limit(), DataError, f"{limits.MAX_DATA_FILE.env}=MB")
+    f = open_input(path, _data_limit(), DataError, f"{limits.MAX_DATA_FILE.env}=MB")
+    size = os.fstat(f.fileno()).st_size
     try:
-        # From memory: a length in the pickle can never make the reader allocate more than
-        # the file holds (a file object's read(n) would allocate n first).
-        obj = _CifarUnpickler(data).load()
+        # Straight from the file (reading it into memory first cost a copy: +30 % parse time).
+        # A length field larger than the file reserves address space that is never touched
+        # (the read comes up short: "truncated"); the arrays are checked against `size`.
+        with f:
+            obj = _CifarUnpickler(f, size).load()
     except UnsafePickleError as e:
         raise DataError(
             f"{path}: refused to unpickle {one_line(e, 120)}: a CIFAR file holds only arrays, "
@@ -335,7 +354,7 @@ def _load_pickle(path: Path) -> tuple[dict[str, Any], int]:
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a pickled dict, found {type(obj).__name__}")
     done: dict[int, Any] = {}
-    return {_text(k): _resolved(v, path, done) for k, v in obj.items()}, len(data)
+    return {_text(k): _resolved(v, path, done) for k, v in obj.items()}, size
 
 
 def load_pickle(path: Path) -> dict[str, Any]:
@@ -604,7 +623,7 @@ def _load_image(path: Path) -> np.ndarray:
         f"{limits.MAX_IMAGE_FILE.env}=MB",
     ) as f:
         try:
-            with Image.open(f, formats=PIL_FORMATS) as im:
+            with open_image(f) as im:
                 size = im.size
                 if size == (32, 32):
                     arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
@@ -702,8 +721,9 @@ def read_image_folder(root: Path, info: DatasetInfo) -> RawData:
             labels += [label] * len(found)
         if not paths:
             raise DataError(f"{root / split}: no images found")
-        with ThreadPoolExecutor(max_workers=4) as pool:
-            images = list(pool.map(_load_image, paths))
+        # One after the other: 32×32 files decode in microseconds, and handing them to a
+        # thread pool cost 3× more than it saved (BENCHMARKS.md, issue 12).
+        images = [_load_image(p) for p in paths]
         arrays[f"{split}_x"] = np.stack(images)
         arrays[f"{split}_y"] = np.asarray(labels, dtype=np.int64)
         files += paths
