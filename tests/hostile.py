@@ -214,6 +214,23 @@ def _edit_json(path: Path, **changes) -> None:
     path.write_text(json.dumps(d))
 
 
+def _deflated_padding(path: Path, padding: int) -> None:
+    """The checkpoint rewritten with compressed entries, its pickle padded with ``padding``
+    zero bytes: small on disk, huge once inflated."""
+    import zipfile
+
+    entries = []
+    with zipfile.ZipFile(path) as z:
+        for info in z.infolist():
+            data = z.read(info)
+            if info.filename.endswith("data.pkl"):
+                data += bytes(padding)
+            entries.append((info.filename, data))
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in entries:
+            z.writestr(name, data)
+
+
 def _edit_checkpoint(path: Path, edit: Callable[[dict], None]) -> None:
     import torch
 
@@ -441,6 +458,7 @@ def run_cases() -> list[Case]:
         "best-runs-code": (lambda c: _run(c, "best.pt").write_bytes(
             pickle.dumps({"model": _Reduce(os.system, ("echo pwned",))})), ("predict", "export")),
         "best-fifo": (lambda c: fifo(_run(c, "best.pt")), ("evaluate", "predict", "export")),
+        "best-zip-bomb": (lambda c: _deflated_padding(_run(c, "best.pt"), 300 << 20), ("predict", "export")),
         "best-sparse": (lambda c: sparse(_run(c, "best.pt")), ("predict",)),
         "last-missing-keys": (ckpt(drop("optimizer"), "last.pt"), ("resume",)),
         "last-epoch-str": (ckpt(lambda s: s.update(epoch="1"), "last.pt"), ("resume",)),

@@ -284,3 +284,21 @@ def test_options_are_range_checked_where_they_enter(
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
     assert not (tmp_path / "data").exists()  # nothing written, no network
+
+
+def test_main_called_from_python_puts_ctrl_c_back_after_an_interrupt() -> None:
+    """A notebook calling cli.main: after a Ctrl-C the next one must still interrupt."""
+    import os
+    import threading
+
+    from cifarlab.cli import main
+
+    before = signal.getsignal(signal.SIGINT)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        code = main(["doctor", "--fresh"])  # measures for seconds: interrupted
+    finally:
+        timer.cancel()
+    assert code == 130
+    assert signal.getsignal(signal.SIGINT) is before

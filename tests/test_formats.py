@@ -662,3 +662,13 @@ def _as_nobody(call) -> str:  # noqa: ANN001
         pytest.skip("cannot drop to user nobody here")
     assert status == 0, out
     return out.decode()
+
+
+def test_a_resaved_pickle_with_text_arrays_is_read(tmp_path: Path) -> None:
+    """numpy string arrays (file names re-saved as an array) are plain data, not a threat."""
+    path = tmp_path / "batch"
+    names = np.array(["a.png", "bb.png"])
+    path.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [1, 2],
+                                   b"filenames": names, b"raw": names.astype("S")}, 2))  # fmt: skip
+    d = load_pickle(path)
+    assert list(d["filenames"]) == ["a.png", "bb.png"] and list(d["raw"]) == [b"a.png", b"bb.png"]

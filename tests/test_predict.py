@@ -552,3 +552,10 @@ def test_cli_predict_options_are_range_checked(
     assert main(["predict", str(tmp_path / "no-run"), str(tmp_path), *args]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+
+
+def test_long_names_are_shown_whole() -> None:
+    from cifarlab.predict import shown
+
+    long = "/tmp/" + "a_rather_long_folder_name/" * 12 + "x.png"
+    assert shown(long) == long

@@ -450,6 +450,30 @@ def test_resume_of_an_older_checkpoint_says_which_rows_are_lost(
     assert "has finished all 1 epochs (metrics.jsonl lacks epoch(s) 1: lost)" in out
 
 
+def test_resume_of_an_older_run_whose_best_epochs_tie(tmp_path: Path) -> None:
+    """Before issue 12 a checkpoint did not say which epoch was best: with two epochs tied
+    on validation accuracy, best.pt holds the first (saved on a strict gain only). Resuming
+    such a run goes on and keeps that best.pt."""
+    run = train(_tiny(tmp_path, epochs=1), out=tmp_path / "r", progress=False)
+    first_best = (run / "best.pt").read_bytes()
+    train(TrainConfig(epochs=2), resume=run, progress=False)
+    (run / "best.pt").write_bytes(first_best)  # epoch 1, tied with epoch 2 below
+    rows = _history(run)
+    tie = rows[0]["val_acc"]
+    for row in rows:
+        row["val_acc"] = tie
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    for name in ("last.pt", "best.pt"):  # as versions before issue 12 wrote them
+        state = load_checkpoint(run / name, "resume")
+        state.pop("row", None), state.pop("best_epoch", None)
+        state["best_val_acc"] = tie
+        save_checkpoint(run / name, state)
+    train(TrainConfig(epochs=3), resume=run, progress=False)
+    assert [row["epoch"] for row in _history(run)] == [1, 2, 3]
+    best = load_checkpoint(run / "best.pt")
+    assert best["epoch"] in (1, 3)  # epoch 1 kept, unless epoch 3 beat it
+
+
 def test_resume_without_last_goes_on_from_best(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -39,17 +39,32 @@ class _Package(types.ModuleType):
 
     @property
     def train(self) -> Any:
-        return importlib.import_module("cifarlab.train.engine").train
+        patched = self.__dict__.get("_train")
+        return patched if patched is not None else importlib.import_module(
+            "cifarlab.train.engine").train  # fmt: skip
 
     @train.setter
-    def train(self, value: Any) -> None:  # the import system binds the subpackage here
-        pass
+    def train(self, value: Any) -> None:
+        # the import system binds the subpackage here: the name stays the function; anything
+        # else (mock.patch, monkeypatch) replaces it until deleted
+        if not isinstance(value, types.ModuleType):
+            self.__dict__["_train"] = value
+
+    @train.deleter
+    def train(self) -> None:
+        self.__dict__.pop("_train", None)
 
     def __getattr__(self, name: str) -> Any:
         if name in _API:
             value = getattr(importlib.import_module(_API[name]), name)
             setattr(self, name, value)
             return value
+        if not name.startswith("_"):  # a subpackage or module, as `cifarlab.data` always was
+            try:
+                return importlib.import_module(f"cifarlab.{name}")
+            except ModuleNotFoundError as e:
+                if e.name != f"cifarlab.{name}":
+                    raise
         raise AttributeError(f"module 'cifarlab' has no attribute {name!r}")
 
     def __dir__(self) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -932,17 +933,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     import signal
 
     ctrl_c = _CtrlC()
-    previous = None
+    previous = original = None
     try:
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not if ignored
+        original = signal.getsignal(signal.SIGINT)
+        if original is signal.default_int_handler:  # not if ignored
             previous = signal.signal(signal.SIGINT, ctrl_c)
     except ValueError:  # not the main thread: leave signals alone
         pass
-    interrupted = False
     try:
         return _main(argv, ctrl_c)
     except KeyboardInterrupt:  # outside training (which saves and raises its own error)
-        interrupted = True
         return _interrupted()
     except MemoryError as e:
         if _debug():
@@ -960,7 +960,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _debug():
             raise
         if ctrl_c.seen:  # what a Ctrl-C left behind (a module it stopped half-imported)
-            interrupted = True
             return _interrupted()
         detail = one_line(e, None)
         what = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
@@ -972,8 +971,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # the program's own run, about to exit: a Ctrl-C now (while Python shuts down its
             # threads) would only print a traceback
             signal.signal(signal.SIGINT, signal.SIG_IGN)
-        elif previous is not None and not interrupted:  # called from Python: put it back
-            signal.signal(signal.SIGINT, previous)
+        elif argv is not None and original is not None:  # called from Python: put it back
+            with contextlib.suppress(ValueError):
+                signal.signal(signal.SIGINT, original)
 
 
 def _main(argv: Sequence[str] | None, ctrl_c: _CtrlC) -> int:

@@ -21,7 +21,9 @@ within a depth and a number of entries; a folder that cannot be listed is report
 
 from __future__ import annotations
 
+import numbers
 import os
+import re
 import stat
 import threading
 import warnings
@@ -67,7 +69,7 @@ def shown(text: str | os.PathLike) -> str:
         text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
         text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return one_line(text)
+    return one_line(text, None)
 
 
 # --------------------------------------------------------------------------- images
@@ -214,9 +216,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         except UnidentifiedImageError:
             kinds = ", ".join(PIL_FORMATS)
             raise ImageError(f"{name}: not an image (or not one of {kinds})") from None
-        except Image.DecompressionBombError as e:
+        except Image.DecompressionBombError as e:  # Pillow's own bound, above ours
+            found = re.search(r"\((\d+) pixels\)", str(e))
+            many = f"{int(found.group(1)):,} pixels; " if found else ""
             raise ImageError(
-                f"{name}: refused, too many pixels to open safely ({one_line(str(e))})"
+                f"{name}: refused, too many pixels ({many}the limit is {int(max_pixels):,}, "
+                f"raise it with {limits.MAX_IMAGE_PIXELS.env})"
             ) from None
         except MemoryError:
             raise ImageError(f"{name}: ran out of memory decoding it") from None
@@ -452,7 +457,11 @@ class Run:
         that cannot be read (whatever its decoder raised) gets its error message instead of a
         prediction, and so does one whose probabilities are not finite numbers (a broken
         checkpoint); the others are predicted all the same."""
-        if not isinstance(batch_size, int) or batch_size < 1:
+        if (
+            isinstance(batch_size, bool)
+            or not isinstance(batch_size, numbers.Integral)
+            or batch_size < 1
+        ):
             raise CifarlabError(f"batch_size must be a positive integer, got {batch_size!r}")
         if resize not in RESIZE_METHODS:
             raise CifarlabError(f"resize method must be one of {', '.join(RESIZE_METHODS)}")

@@ -478,9 +478,11 @@ class RunFolder:
         epoch, best_path = int(state["epoch"]), self.checkpoint_path("best")
         best_epoch = state.get("best_epoch")
         best_val = state.get("best_val_acc")
-        if best_epoch is None:  # an older checkpoint: the last epoch whose row scored best_val
+        scored: list[int] = []
+        if best_epoch is None:  # an older checkpoint: the epochs whose row scored best_val
             scored = [r["epoch"] for r in rows if r["epoch"] <= epoch and _score(r) == best_val]
-            best_epoch = max(scored) if scored else None
+            # training keeps the first of tied epochs (best.pt is saved on a strict gain)
+            best_epoch = min(scored) if scored else None
         at_end = int(state.get("step", 0)) == 0  # last.pt holds the weights of that epoch
         problem = None
         if source == best_path:
@@ -498,6 +500,8 @@ class RunFolder:
             )
             if other:
                 problem = f"{best_path} is not this run's ({other}, unlike {source.name})"
+            elif scored and (best["epoch"] in scored or best.get("best_val_acc") == best_val):
+                pass  # an older run's best.pt of one of the tied best epochs
             elif best_epoch is not None and best["epoch"] < best_epoch:  # (later: chosen)
                 problem = (f"{best_path} holds epoch {best['epoch']}, but the best epoch is "
                            f"{best_epoch}")  # fmt: skip

@@ -92,6 +92,9 @@ class _BadArray(pickle.UnpicklingError):
 # structured or sub-array dtypes (whose item size the header alone could make huge).
 _DTYPES = frozenset(["b1", "i1", "u1", "i2", "u2", "i4", "u4", "i8", "u8", "f2", "f4", "f8"])
 _MAX_DIMS = 8
+# ...and fixed-width text (file names saved as a numpy array by a re-saved copy): S or U of at
+# most 9,999 characters, its size known from the name alone.
+_TEXT_DTYPE = re.compile(r"[SU][1-9][0-9]{0,3}")
 
 
 def _text(value: Any) -> Any:
@@ -220,7 +223,7 @@ class _Dtype(_StandIn):
 
     def __call__(self, spec: Any, align: Any = False, copy: Any = False) -> _DtypeState:
         spec = _text(spec)
-        if not isinstance(spec, str) or spec not in _DTYPES:
+        if not isinstance(spec, str) or not (spec in _DTYPES or _TEXT_DTYPE.fullmatch(spec)):
             raise UnsafePickleError(f"numpy.dtype({one_line(repr(spec), 60)})")
         return _DtypeState(spec)
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cifarlab import schemas
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, one_line
 from cifarlab.files import atomic_write, open_input
 from cifarlab.limits import MAX_RUN_FILE, megabytes
 
@@ -32,6 +33,7 @@ def load_checkpoint(path: str | os.PathLike, purpose: str = "open") -> dict[str,
     if not os.path.lexists(path):
         raise CifarlabError(f"{path}: no checkpoint there")
     with open_input(path, megabytes(MAX_RUN_FILE), limit_hint=MAX_RUN_FILE.env) as f:
+        _check_archive(f, path)
         try:
             state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # noqa: BLE001 - any failure means an unusable file
@@ -49,6 +51,29 @@ def load_checkpoint(path: str | os.PathLike, purpose: str = "open") -> dict[str,
         raise CifarlabError(f"{path}: nested more than {schemas.MAX_DEPTH} levels deep: not a "
                             "cifarlab checkpoint")  # fmt: skip
     return schemas.check(schemas.CHECKPOINT, state, str(path), purpose)
+
+
+def _check_archive(f: Any, path: Path) -> None:
+    """A checkpoint is a zip archive whose entries ``torch.save`` stores uncompressed: an entry
+    that is compressed could expand to far more than the file (torch would allocate it whole),
+    so it is refused before ``torch.load`` reads it."""
+    try:
+        if not zipfile.is_zipfile(f):
+            return  # torch.load says what it is (the legacy format is read with weights_only)
+        with zipfile.ZipFile(f) as z:
+            entries = z.infolist()
+    except Exception as e:  # noqa: BLE001 - a damaged zip directory: unreadable
+        raise CifarlabError(f"{path}: not a readable checkpoint ({one_line(e)})") from None
+    finally:
+        f.seek(0)
+    packed = [i.filename for i in entries if i.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise CifarlabError(f"{path}: entry {one_line(packed[0], 80)} is compressed, which "
+                            "torch.save never does: not a cifarlab checkpoint")  # fmt: skip
+    size = os.fstat(f.fileno()).st_size
+    if sum(i.file_size for i in entries) > size:
+        raise CifarlabError(f"{path}: its entries claim more bytes than the file holds: "
+                            "truncated or not a cifarlab checkpoint")  # fmt: skip
 
 
 def _reason(error: BaseException) -> str:
