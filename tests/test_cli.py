@@ -261,12 +261,12 @@ def test_models_num_classes_is_range_checked(cli_main, capsys: pytest.CaptureFix
 
 
 @pytest.mark.parametrize("args,message", [
-    (["download", "--url", "not a url"], "--url must be the http:// or https:// address"),
-    (["download", "--url", "ftp://"], "--url must be the http:// or https:// address"),
-    (["download", "--url", "http://"], "--url must be the http:// or https:// address"),
-    (["download", "--url", "file:///etc"], "--url must be the http:// or https:// address"),
-    (["download", "--url", "http://host:port/"], "--url 'http://host:port/' is not a URL"),
-    (["download", "--url", "http://a b/"], "--url must be the http:// or https:// address"),
+    (["download", "--url", "not a url"], "bad download URL 'not a url' (from --url): it holds"),
+    (["download", "--url", "ftp://"], "bad download URL 'ftp://' (from --url): the scheme"),
+    (["download", "--url", "http://"], "bad download URL 'http://' (from --url): it names no"),
+    (["download", "--url", "file:///etc"], "bad download URL 'file:///etc' (from --url): the"),
+    (["download", "--url", "http://host:port/"], "bad download URL 'http://host:port/' (from"),
+    (["download", "--url", "http://a b/"], "bad download URL 'http://a b/' (from --url): it"),
     (["download", "--root", "afile"], "--root afile is not a folder"),
     (["data", "info", "--val-size", "-5"], "--val-size must be at least 0, got -5"),
     (["data", "show", "--seed", "-1"], "--seed must be between 0 and 2**63 - 1, got -1"),

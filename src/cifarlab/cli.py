@@ -472,28 +472,14 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 
-def _check_url(url: str) -> None:
-    """--url: an http(s) URL with a host, on one line (it goes into a request line)."""
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as e:
-        raise CifarlabError(f"--url {url!r} is not a URL ({e})") from None
-    if parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url):
-        raise CifarlabError(
-            f"--url must be the http:// or https:// address of a mirror, got {url!r}"
-        )
-
-
 def cmd_download(args: argparse.Namespace) -> int:
     from cifarlab.data.dataset import data_root
     from cifarlab.data.download import download_dataset
 
     if args.url is not None:
-        _check_url(args.url)
+        from cifarlab.data.download import check_url
+
+        check_url(args.url, "--url")
     root, _ = data_root(args.root)
     if root.exists() and not root.is_dir():
         raise CifarlabError(f"--root {root} is not a folder")
