@@ -98,10 +98,13 @@ def png_bytes(size: tuple[int, int] = (32, 32), seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def image_bytes(fmt: str, frames: int = 1, seed: int = 0) -> bytes:
+def image_bytes(
+    fmt: str, frames: int = 1, seed: int = 0, size: tuple[int, int] = (32, 32)
+) -> bytes:
+    """Random RGB frames of ``size`` (width, height) saved as ``fmt``."""
     rng = np.random.default_rng(seed)
     ims = [
-        Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8))
+        Image.fromarray(rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8))
         for _ in range(frames)
     ]
     buf = io.BytesIO()

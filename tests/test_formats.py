@@ -12,7 +12,6 @@ import shutil
 import struct
 import tempfile
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from fakedata import (
     write_cifar100_python,
     write_image_folder,
 )
-from hostile import no_hang
+from hostile import no_hang, png_claiming
 
 
 def _quiet_load(*args, **kwargs):
@@ -508,20 +507,6 @@ def test_a_pickle_with_odd_keys_names_them_on_one_line(tmp_path: Path) -> None:
     assert str(path) in msg and "missing key 'data'" in msg and len(msg) < 600
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header says ``width`` x ``height`` (its data is one short row)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    rows = zlib.compress(b"\x00" + bytes(3 * min(width, 64)))
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(
     "width,height,message",
     [
@@ -535,7 +520,7 @@ def test_an_image_claiming_another_size_is_not_decoded(
 ) -> None:
     write_image_folder(tmp_path)
     bad = tmp_path / "train" / "dog" / "huge.png"
-    bad.write_bytes(_png_claiming(width, height))
+    bad.write_bytes(png_claiming(width, height))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Pillow's DecompressionBombWarning, if any
         msg = load_error("cifar10", tmp_path, val_size=0)

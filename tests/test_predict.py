@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -11,7 +10,6 @@ import shutil
 import struct
 import time
 import warnings
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +32,7 @@ from cifarlab.predict import (
     shown,
 )
 from conftest import run_cli
+from hostile import image_bytes, mutate, png_claiming
 
 
 @pytest.fixture(autouse=True)
@@ -194,39 +193,6 @@ def test_transparent_pixels_of_palette_and_gray_images_come_out_white(tmp_path: 
 # --------------------------------------------------------------------------- hostile files
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_claiming(width: int, height: int, rows: int = 1) -> bytes:
-    """A tiny valid-looking 8-bit grey PNG whose header claims ``width`` × ``height``, with
-    ``rows`` rows of zeros in its IDAT."""
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * ((width + 1) * rows), 9)
-    return (
-        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
-    )
-
-
-def image_bytes(
-    fmt: str, frames: int = 1, size: tuple[int, int] = (32, 32), seed: int = 0
-) -> bytes:
-    rng = np.random.default_rng(seed)
-    ims = [Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
-           for _ in range(frames)]  # fmt: skip
-    buf = io.BytesIO()
-    ims[0].save(buf, fmt, save_all=frames > 1, append_images=ims[1:])
-    return buf.getvalue()
-
-
-def mutate(data: bytes, seed: int, flips: int = 8) -> bytes:
-    rng = np.random.default_rng(seed)
-    out = bytearray(data)
-    for i in rng.integers(0, len(out), size=flips):
-        out[i] = int(rng.integers(0, 256))
-    return bytes(out)
-
-
 def hostile_files(folder: Path) -> dict[str, str]:
     """Bad image files in ``folder``: name → what the error must say."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -271,7 +237,7 @@ def test_mutated_files_of_every_format_give_an_image_or_an_image_error(tmp_path:
         base = image_bytes(fmt, 2 if fmt in ("GIF", "TIFF") else 1)
         for seed in range(40):
             path = tmp_path / f"m{seed}.{ext}"
-            path.write_bytes(mutate(base, seed))
+            path.write_bytes(mutate(base, seed, 8))
             try:
                 im = resize_to_32(load_image(path))
                 assert im.size == (32, 32) and im.mode == "RGB"
@@ -500,7 +466,7 @@ def test_cli_predict_goes_on_past_bad_files_under_strict_utf8(
     odd = os.fsencode(str(folder)) + b"/\xff.png"
     Image.new("RGB", (40, 40), (10, 10, 200)).save(os.fsdecode(odd))
     for gif in range(2):
-        (folder / "bad" / f"m{gif}.gif").write_bytes(mutate(image_bytes("GIF", 2), gif))
+        (folder / "bad" / f"m{gif}.gif").write_bytes(mutate(image_bytes("GIF", 2), gif, 8))
     env = {"PYTHONIOENCODING": "utf-8:strict"}
     r = run_cli("predict", str(tiny_run), str(folder), "--top-k", "50", env=env, timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr

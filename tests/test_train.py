@@ -254,12 +254,8 @@ def test_run_folder_with_a_foreign_config_is_a_clear_error(tmp_path: Path) -> No
         read_run(tmp_path)
 
 
-def test_a_folder_being_trained_is_not_trained_into_again(
-    cifar10_root: Path, tmp_path: Path
-) -> None:
-    """Another process holding the run folder (here: in its first epoch, no checkpoint yet)
-    makes a second train into it fail clearly; once that process is gone, the folder is free."""
-    run = tmp_path / "r"
+def _hold_lock(run: Path) -> subprocess.Popen:
+    """Another process holding ``run``'s training lock (until killed), as a trainer does."""
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; from cifarlab.runs import RunFolder\n"
@@ -267,8 +263,21 @@ def test_a_folder_being_trained_is_not_trained_into_again(
          str(run)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert holder.stdout is not None
+    if holder.stdout.readline().strip() != "locked":
+        holder.kill()
+        raise AssertionError("the lock holder did not start")
+    return holder
+
+
+def test_a_folder_being_trained_is_not_trained_into_again(
+    cifar10_root: Path, tmp_path: Path
+) -> None:
+    """Another process holding the run folder (here: in its first epoch, no checkpoint yet)
+    makes a second train into it fail clearly; once that process is gone, the folder is free."""
+    run = tmp_path / "r"
+    holder = _hold_lock(run)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(
             CifarlabError, match=rf"is being trained right now \(process {holder.pid} "
         ):
@@ -496,15 +505,8 @@ def test_resume_of_a_run_being_trained_names_the_process(tmp_path: Path) -> None
     cfg = _tiny(tmp_path).resolved()
     (run / "config.json").write_text(json.dumps({**cfg.to_dict(), "num_classes": 10,
                                                  "class_names": list("abcdefghij")}))  # fmt: skip
-    holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time; from cifarlab.runs import RunFolder\n"
-         "with RunFolder(sys.argv[1]).lock():\n    print('locked', flush=True); time.sleep(120)",
-         str(run)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    holder = _hold_lock(run)
     try:
-        assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(CifarlabError) as e:
             train(resume=run, progress=False)
         message = str(e.value)

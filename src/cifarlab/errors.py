@@ -7,6 +7,16 @@ The CLI prints ``str(error)`` on one line and exits non-zero; library users can 
 from collections.abc import Callable, Iterable
 
 
+def printable(text: object) -> str:
+    """``text`` as any UTF-8 output (a terminal, JSON, HTML, a plot) can hold it: bytes of a
+    file name that were not UTF-8 (kept by Python as lone surrogates) shown as ``\\xff``."""
+    s = str(text)
+    try:
+        return s.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def one_line(text: object, limit: int | None = 200) -> str:
     """``text`` on one line (whitespace runs, newlines included, become one space; other
     control characters are escaped), cut to about ``limit`` characters (None: not cut):

@@ -42,7 +42,7 @@ from cifarlab import limits
 # The suffixes and formats (Pillow's names) an image may have: no others. Pillow reads many
 # more (EPS through Ghostscript, among them), none of which a photo for a CIFAR model needs.
 from cifarlab.data.formats import IMAGE_SUFFIXES, PIL_FORMATS, open_image
-from cifarlab.errors import CifarlabError, one_line
+from cifarlab.errors import CifarlabError, one_line, printable
 from cifarlab.files import open_input
 
 SIZE = 32
@@ -64,12 +64,7 @@ def shown(text: str | os.PathLike) -> str:
     """A file name (or a message holding one) as text that any output can print and JSON can
     hold: bytes that are not UTF-8 (kept by Python as lone surrogates) as ``\\xff``, and on
     one line."""
-    text = os.fspath(text)
-    try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return one_line(text, None)
+    return one_line(printable(os.fspath(text)), None)
 
 
 # --------------------------------------------------------------------------- images

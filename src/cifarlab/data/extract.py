@@ -273,22 +273,7 @@ def _write_members(
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             raise _conflict(archive, member) from None
         with os.fdopen(fd, "wb") as out:
-            try:
-                src = tar.extractfile(member)
-            except _TooLarge:
-                raise _too_large(archive, cap) from None
-            except _READ_ERRORS as e:
-                raise _corrupt(archive, e) from None
-            assert src is not None  # a regular file
-            while True:
-                try:
-                    block = src.read(_CHUNK)
-                except _TooLarge:
-                    raise _too_large(archive, cap) from None
-                except _READ_ERRORS as e:
-                    raise _corrupt(archive, e) from None
-                if not block:
-                    break
+            for block in _blocks(tar, member, archive, cap):
                 written += len(block)
                 if written > cap:
                     raise _too_large(archive, cap)
@@ -320,6 +305,22 @@ def _write_failed(archive: Path, target: Path, err: OSError) -> DataError:
             "itself is fine: make room, or choose another folder)"
         )
     return DataError(f"cannot extract {archive} into {target}: {_why(err)}")
+
+
+def _blocks(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, archive: Path, cap: int
+) -> Iterator[bytes]:
+    """The bytes of a regular ``member``, a block at a time; a read failure is the archive's
+    (corrupt, or past the expansion cap), never the disk's: the caller's writes are outside."""
+    try:
+        src = tar.extractfile(member)
+        assert src is not None  # a regular file
+        while block := src.read(_CHUNK):
+            yield block
+    except _TooLarge:
+        raise _too_large(archive, cap) from None
+    except _READ_ERRORS as e:
+        raise _corrupt(archive, e) from None
 
 
 def _corrupt(archive: Path, err: BaseException) -> DataError:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from cifarlab.errors import printable
 from cifarlab.evaluate.metrics import classification_report_text
 from cifarlab.files import atomic_write
 from cifarlab.report import plots
@@ -58,12 +59,7 @@ def _esc(value: Any) -> str:
     """User text (class, run, file, model names, configuration values) as HTML text: every
     markup character escaped, and bytes that were not UTF-8 in a file name (Python's lone
     surrogates, which no UTF-8 page can hold) shown as ``\\xff``."""
-    text = str(value)
-    try:
-        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    except UnicodeEncodeError:  # a lone surrogate that is not an escaped byte
-        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return html.escape(text, quote=True)
+    return html.escape(printable(value), quote=True)
 
 
 def _finite(x: Any) -> bool:

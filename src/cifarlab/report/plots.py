@@ -34,6 +34,7 @@ from matplotlib.patches import Patch
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
+from cifarlab.errors import printable
 from cifarlab.files import atomic_write
 
 FEW_CLASSES = 20  # up to this many classes: numbers in cells and on bars, tilted names
@@ -72,8 +73,7 @@ def plain_text(build: F) -> F:
 def safe_text(text: Any) -> str:
     """Any value as text matplotlib can draw: lone surrogates (a file name that was not
     UTF-8) as escapes, control characters and line breaks as spaces."""
-    s = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
-    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", s)
+    return re.sub(r"[\x00-\x1f\x7f\x85\u2028\u2029]+", " ", printable(text))
 
 
 def new_figure(width: float, height: float) -> Figure:
