@@ -422,6 +422,84 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     )
 
 
+def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "serve",
+        cmd_serve,
+        help="a web page and an HTTP API for trained runs (needs cifarlab[serve])",
+        description="Serve trained runs: a page at / (drop, pick or paste images; top-k "
+        "bars; the 32×32 image the model saw), the API at /v1/predict, /v1/models and "
+        "/healthz, described at /docs and /openapi.json. The same decoding and probabilities "
+        "as `cifarlab predict`. Listens on 127.0.0.1 unless --host says otherwise. Needs "
+        "pip install 'cifarlab[serve]'.",
+    )
+    p.add_argument(
+        "runs",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="run folders (runs/NAME); a request picks one by NAME (default: the first)",
+    )
+    p.add_argument(
+        "--checkpoint",
+        default="best",
+        choices=["best", "last"],
+        help="best on validation (default) or last",
+    )
+    g = p.add_argument_group("network")
+    g.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: 127.0.0.1, this machine only; 0.0.0.0: every network)",
+    )
+    g.add_argument("--port", type=int, default=8000, help="default: 8000 (0: any free port)")
+    g.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own copy of the models (default: 1)",
+    )
+    g.add_argument(
+        "--token",
+        help=f"API calls need 'Authorization: Bearer TOKEN' (default: ${_SERVE_TOKEN_ENV} if set)",
+    )
+    g.add_argument("--access-log", action="store_true", help="log every request")
+    g = p.add_argument_group("requests")
+    g.add_argument(
+        "--max-upload-mb",
+        type=float,
+        default=10.0,
+        help="largest request body, refused while it streams (default: 10)",
+    )
+    g.add_argument(
+        "--max-files", type=int, default=128, help="most images in one request (default: 128)"
+    )
+    g.add_argument(
+        "--uncertain-below",
+        type=float,
+        default=0.5,
+        help="a top-1 probability under this is marked uncertain (default: 0.5)",
+    )
+    g = p.add_argument_group("speed")
+    g.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnx"],
+        default="auto",
+        help="auto (default): ONNX Runtime if installed, exact and faster here, else PyTorch",
+    )
+    g.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        default=2.0,
+        help="how long a request waits for others to share a batch (default: 2)",
+    )
+    g.add_argument(
+        "--max-batch", type=int, default=64, help="most images per model batch (default: 64)"
+    )
+    g.add_argument("--no-batching", action="store_true", help="run every request alone")
+
+
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
     p = _command(
         sub,
@@ -452,6 +530,7 @@ COMMANDS = (
     _predict_parser,
     _export_parser,
     _compare_parser,
+    _serve_parser,
 )
 
 
@@ -839,6 +918,67 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import math
+    import os
+
+    def check(flag: str, ok: bool, what: str) -> None:
+        if not ok:
+            raise CifarlabError(f"{flag} must be {what}")
+
+    check("--port", 0 <= args.port <= 65535, f"0..65535, got {args.port}")
+    check("--workers", 1 <= args.workers <= 64, f"1..64, got {args.workers}")
+    check(
+        "--max-upload-mb",
+        math.isfinite(args.max_upload_mb) and 0 < args.max_upload_mb <= 1024,
+        f"more than 0 and at most 1024, got {args.max_upload_mb:g}",
+    )
+    check("--max-files", 1 <= args.max_files <= 10_000, f"1..10000, got {args.max_files}")
+    check(
+        "--uncertain-below",
+        0 <= args.uncertain_below <= 1,
+        f"a probability 0..1, got {args.uncertain_below:g}",
+    )
+    check(
+        "--batch-wait-ms",
+        0 <= args.batch_wait_ms <= 1000,
+        f"0..1000 ms, got {args.batch_wait_ms:g}",
+    )
+    check("--max-batch", 1 <= args.max_batch <= 4096, f"1..4096, got {args.max_batch}")
+    token = args.token if args.token is not None else os.environ.get(_SERVE_TOKEN_ENV) or None
+    if token is not None:
+        check(
+            "--token",
+            bool(token.strip()) and token.isprintable() and " " not in token,
+            "printable text without spaces",
+        )
+    from cifarlab.serve import require, serve
+
+    require()  # before the runs are read: a missing extra is the first thing to say
+    from cifarlab.serve.app import Settings
+
+    settings = Settings(
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+        token=token,
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        uncertain_below=args.uncertain_below,
+    )
+    return serve(
+        args.runs,
+        settings,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        backend=args.backend,
+        checkpoint=args.checkpoint,
+        access_log=args.access_log,
+    )
+
+
+_SERVE_TOKEN_ENV = "CIFARLAB_SERVE_TOKEN"
 DEBUG_ENV = "CIFARLAB_DEBUG"  # set to 1: an unexpected error shows its traceback
 
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -192,42 +192,50 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     checked (:func:`check_header`) before it is decoded; only its first frame is read."""
     path = Path(path)
     max_bytes = limits.megabytes(limits.MAX_IMAGE_FILE)
-    max_pixels = limits.MAX_IMAGE_PIXELS.get()  # a bad CIFARLAB_* setting raises here,
+    limits.MAX_IMAGE_PIXELS.get()  # a bad CIFARLAB_* setting raises here,
     limits.MAX_ASPECT.get()  # not as this file's error
-    name = shown(path)
     with open_input(path, max_bytes, ImageError, f"{limits.MAX_IMAGE_FILE.env}=MB") as f:
-        try:
-            with warnings.catch_warnings(), _pillow_allows(max_pixels):
-                # Pillow's warnings name no file: 89-179 megapixels (the header check decides;
-                # above that Pillow raises DecompressionBombError, reported below), and the
-                # tags it skips in a damaged file (what it cannot skip is an error below).
-                warnings.simplefilter("ignore")
-                with open_image(f) as im:
-                    check_header(path, im.size)
-                    im.load()
-                    return to_rgb(im)
-        except ImageError:
-            raise
-        except UnidentifiedImageError:
-            kinds = ", ".join(PIL_FORMATS)
-            raise ImageError(f"{name}: not an image (or not one of {kinds})") from None
-        except Image.DecompressionBombError as e:  # Pillow's own bound, above ours
-            found = re.search(r"\((\d+) pixels\)", str(e))
-            many = f"{int(found.group(1)):,} pixels; " if found else ""
-            raise ImageError(
-                f"{name}: refused, too many pixels ({many}the limit is {int(max_pixels):,}, "
-                f"raise it with {limits.MAX_IMAGE_PIXELS.env})"
-            ) from None
-        except MemoryError:
-            raise ImageError(f"{name}: ran out of memory decoding it") from None
-        except RecursionError:
-            raise ImageError(f"{name}: cannot read the image: nested too deeply") from None
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
-            raise ImageError(
-                f"{name}: cannot read the image: truncated or corrupt ({one_line(str(e))})"
-            ) from None
-        except Exception as e:  # noqa: BLE001 - any decoder failure is this file's, one line
-            raise ImageError(f"{name}: cannot read the image: corrupt ({_reason(e)})") from None
+        return decode_image(f, path)
+
+
+def decode_image(f: BinaryIO, name: str | os.PathLike) -> Image.Image:
+    """Decode an open binary file (or ``io.BytesIO``) as RGB, exactly as :func:`load_image`
+    does a file (the server decodes uploads with it): the header is checked before a pixel is
+    decoded; any decoder failure is an :class:`ImageError` naming ``name``."""
+    max_pixels = limits.MAX_IMAGE_PIXELS.get()
+    name = shown(name)
+    try:
+        with warnings.catch_warnings(), _pillow_allows(max_pixels):
+            # Pillow's warnings name no file: 89-179 megapixels (the header check decides;
+            # above that Pillow raises DecompressionBombError, reported below), and the
+            # tags it skips in a damaged file (what it cannot skip is an error below).
+            warnings.simplefilter("ignore")
+            with open_image(f) as im:
+                check_header(name, im.size)
+                im.load()
+                return to_rgb(im)
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        kinds = ", ".join(PIL_FORMATS)
+        raise ImageError(f"{name}: not an image (or not one of {kinds})") from None
+    except Image.DecompressionBombError as e:  # Pillow's own bound, above ours
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        many = f"{int(found.group(1)):,} pixels; " if found else ""
+        raise ImageError(
+            f"{name}: refused, too many pixels ({many}the limit is {int(max_pixels):,}, "
+            f"raise it with {limits.MAX_IMAGE_PIXELS.env})"
+        ) from None
+    except MemoryError:
+        raise ImageError(f"{name}: ran out of memory decoding it") from None
+    except RecursionError:
+        raise ImageError(f"{name}: cannot read the image: nested too deeply") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(
+            f"{name}: cannot read the image: truncated or corrupt ({one_line(str(e))})"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - any decoder failure is this file's, one line
+        raise ImageError(f"{name}: cannot read the image: corrupt ({_reason(e)})") from None
 
 
 def _listing_error(folder: Path, e: OSError) -> str:
