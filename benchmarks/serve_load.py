@@ -202,11 +202,46 @@ def start_server(run: str, extra: list[str]) -> tuple[subprocess.Popen, str, int
     raise SystemExit("the server did not start")
 
 
+def bare_rate(run: str, backend: str, tta: int | None, batch: int, repeats: int) -> dict:
+    """Images/s of the served model itself (the backend the server would choose, the same
+    TTA) on batches of ``batch`` decoded images: no HTTP, no decoding; median of ``repeats``
+    timings of about 3 s."""
+    from cifarlab.serve.engine import load_served
+
+    served = load_served(run, backend=backend, tta=tta)
+    x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
+    for _ in range(3):
+        served.backend(x)
+    rates = []
+    for _ in range(repeats):
+        n, t0 = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - t0) < 3.0:
+            served.backend(x)
+            n += 1
+        rates.append(n * batch / elapsed)
+    return {
+        "bare": True,
+        "run": run,
+        "backend": served.backend_name,
+        "tta": served.run.tta,
+        "batch": batch,
+        "images_per_s": round(statistics.median(rates), 1),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("run", nargs="?", help="a run folder: start `cifarlab serve RUN` for the test")
     ap.add_argument("--url", help="a server already running (instead of RUN)")
     ap.add_argument("--serve-args", default="", help="more options for cifarlab serve")
+    ap.add_argument("--backend", default="auto", help="cifarlab serve --backend (default: auto)")
+    ap.add_argument("--tta", type=int, help="cifarlab serve --tta (default: the run's)")
+    ap.add_argument(
+        "--bare",
+        action="store_true",
+        help="also time the same model, backend "
+        "and TTA without the server, on batches of --images (in this process)",
+    )
     ap.add_argument("--clients", default="1,8,32", help="concurrent clients, comma-separated")
     ap.add_argument("--requests", type=int, default=2000, help="requests per client count")
     ap.add_argument("--images", type=int, default=1, help="images per request (1: raw body)")
@@ -217,8 +252,21 @@ def main() -> None:
     if bool(args.run) == bool(args.url):
         ap.error("give RUN or --url")
     proc = None
+    serve_args = ["--backend", args.backend, *args.serve_args.split()]
+    if args.tta is not None:
+        serve_args += ["--tta", str(args.tta)]
+    bare = (
+        bare_rate(args.run, args.backend, args.tta, args.images, args.repeats)
+        if (args.bare and args.run)
+        else None
+    )
+    if bare is not None:
+        print(json.dumps(bare), flush=True)
+        if args.json:
+            with open(args.json, "a") as f:
+                f.write(json.dumps(bare) + "\n")
     if args.run:
-        proc, host, port = start_server(args.run, args.serve_args.split())
+        proc, host, port = start_server(args.run, serve_args)
     else:
         m = re.match(r"http://([^:/]+):(\d+)", args.url)
         if not m:
@@ -229,6 +277,7 @@ def main() -> None:
         load(
             host, port, images, clients=4, requests=max(50, args.requests // 10), token=args.token
         )  # warm-up
+        rss_start = round(rss_mb(proc.pid), 1) if proc is not None else None
         for clients in (int(c) for c in args.clients.split(",")):
             runs = [
                 load(host, port, images, clients=clients, requests=args.requests, token=args.token)
@@ -239,6 +288,7 @@ def main() -> None:
             med["errors"] = sum(r["errors"] for r in rows)
             if proc is not None:
                 med["server_rss_mb"] = round(rss_mb(proc.pid), 1)
+                med["server_rss_mb_after_warmup"] = rss_start
             med.update(
                 images_per_request=args.images, serve_args=args.serve_args, run=args.run or args.url
             )

@@ -32,6 +32,7 @@ from serving import Server, multipart
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
+pytestmark = pytest.mark.slow  # server processes: seconds each
 
 
 @pytest.fixture(scope="module")
@@ -543,7 +544,9 @@ def _alive(pid: str) -> bool:
     return "State:\tZ" not in status  # a zombie has ended (its parent reaps it)
 
 
-def test_startup_errors_are_one_line_before_the_port_opens(cnn_run: Path, tmp_path: Path) -> None:
+def test_startup_errors_are_one_line_before_the_port_opens(
+    cnn_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     """A missing or broken run folder, a port in use, two runs of one name, a bad option, a
     missing extra: one `error:` line, exit 1 (2 for argparse), nothing served."""
     broken = tmp_path / "broken"
@@ -567,14 +570,18 @@ def test_startup_errors_are_one_line_before_the_port_opens(cnn_run: Path, tmp_pa
         ((str(cnn_run), "--port", "70000"), "--port must be 0..65535"),
         ((str(cnn_run), "--token", "a b"), "--token must be"),
     ]
+    from cifarlab.cli import main
+
     try:
-        for args, phrase in cases:
-            r = run_cli("serve", *args, timeout=120)
-            lines = r.stderr.strip().splitlines()
-            assert r.returncode == 1, (args, r.stderr)
-            assert len(lines) == 1 and lines[0].startswith("error:"), (args, r.stderr)
+        for args, phrase in cases:  # in this process: the same main() as the command's
+            capsys.readouterr()
+            code = main(["serve", *args])
+            out, err = capsys.readouterr()
+            lines = err.strip().splitlines()
+            assert code == 1, (args, err)
+            assert len(lines) == 1 and lines[0].startswith("error:"), (args, err)
             assert phrase in lines[0], (args, lines[0])
-            assert "cifarlab serve:" not in r.stdout
+            assert "cifarlab serve:" not in out
     finally:
         busy.close()
     # without FastAPI installed: the extra to install, in one line

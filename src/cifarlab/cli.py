@@ -498,6 +498,13 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--max-batch", type=int, default=64, help="most images per model batch (default: 64)"
     )
     g.add_argument("--no-batching", action="store_true", help="run every request alone")
+    g.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        help="test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-px shifts "
+        "(default: each run's own, as cifarlab predict)",
+    )
 
 
 def _compare_parser(sub: argparse._SubParsersAction) -> None:

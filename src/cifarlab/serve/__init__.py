@@ -35,17 +35,25 @@ EXTRA = "pip install 'cifarlab[serve]'"
 def require() -> None:
     """A one-line error naming the extra when FastAPI, uvicorn or python-multipart is missing."""
     missing = []
-    for module, package in (
-        ("fastapi", "fastapi"),
-        ("uvicorn", "uvicorn"),
-        ("multipart", "python-multipart"),
+    # python-multipart's module is python_multipart (older releases: multipart only)
+    for modules, package in (
+        (("fastapi",), "fastapi"),
+        (("uvicorn",), "uvicorn"),
+        (("python_multipart", "multipart"), "python-multipart"),
     ):
-        try:
-            __import__(module)
-        except ImportError:
+        if not any(_importable(m) for m in modules):
             missing.append(package)
     if missing:
         raise CifarlabError(f"cifarlab serve needs {', '.join(missing)}: {EXTRA}")
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules: not importable
+        return False
 
 
 def load_runs(
@@ -54,6 +62,7 @@ def load_runs(
     backend: str = "auto",
     checkpoint: str = "best",
     threads: int | None = None,
+    tta: int | None = None,
 ) -> list[ServedRun]:
     """Every run, opened and ready to serve; two runs of the same folder name are refused (the
     name is how a request chooses one)."""
@@ -61,7 +70,7 @@ def load_runs(
 
     runs: list[ServedRun] = []
     for p in paths:
-        served = load_served(p, backend=backend, checkpoint=checkpoint, threads=threads)
+        served = load_served(p, backend=backend, checkpoint=checkpoint, threads=threads, tta=tta)
         if any(r.name == served.name for r in runs):
             raise CifarlabError(
                 f"two runs named {served.name!r}: a request chooses a run by "
@@ -120,6 +129,7 @@ def serve(
     backend: str = "auto",
     checkpoint: str = "best",
     access_log: bool = False,
+    tta: int | None = None,
 ) -> int:
     """Load the runs, open the port, serve until Ctrl-C (or SIGTERM); 0 once stopped."""
     require()
@@ -131,7 +141,7 @@ def serve(
     cores = os.cpu_count() or 1
     threads = max(1, min(torch.get_num_threads(), cores // workers))
     torch.set_num_threads(threads)
-    runs = load_runs(paths, backend=backend, checkpoint=checkpoint, threads=threads)
+    runs = load_runs(paths, backend=backend, checkpoint=checkpoint, threads=threads, tta=tta)
     sock = bind(host, port)
     url = url_of(sock, host)
     for r in runs:
@@ -173,6 +183,7 @@ def serve(
                 "backend": backend,
                 "checkpoint": checkpoint,
                 "threads": threads,
+                "tta": tta,
                 "settings": {k: v for k, v in asdict(settings).items() if k != "token"},
             }
             os.environ["CIFARLAB_SERVE_SPEC"] = json.dumps(spec)

@@ -199,8 +199,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
                 },
                 "uncertain_below": settings.uncertain_below,
                 "stats": {
-                    name: {"batches": b.batches, "images": b.images}
-                    for name, b in batchers.items()
+                    name: {"batches": b.batches, "images": b.images} for name, b in batchers.items()
                 },
             }
         )
@@ -412,5 +411,6 @@ def app_from_env() -> FastAPI:
         backend=spec["backend"],
         checkpoint=spec["checkpoint"],
         threads=spec["threads"],
+        tta=spec.get("tta"),
     )
     return create_app(runs, settings)

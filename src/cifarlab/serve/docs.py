@@ -39,8 +39,8 @@ def docs_page(spec: dict[str, Any]) -> str:
         f"<title>{escape(info.get('title', 'API'))} — API</title><style>{_STYLE}</style>",
         f"<h1>{escape(info.get('title', 'API'))} {escape(str(info.get('version', '')))}</h1>",
         f"<p>{escape(info.get('description', ''))}</p>",
-        '<p>The machine-readable description: <a href="/openapi.json">/openapi.json</a> '
-        '(OpenAPI 3). The page: <a href="/">/</a>.</p>',
+        '<p>The machine-readable description: <a href="openapi.json">/openapi.json</a> '
+        '(OpenAPI 3). The page: <a href="./">/</a>.</p>',
     ]
     for path, methods in spec.get("paths", {}).items():
         for method, op in methods.items():

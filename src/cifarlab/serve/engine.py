@@ -139,7 +139,9 @@ def _onnx_graph(run: Run) -> Path:
     with open(ckpt, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    key = json.dumps([GRAPH_VERSION, h.hexdigest(), run.tta, __version__, torch.__version__, ort.__version__])
+    key = json.dumps(
+        [GRAPH_VERSION, h.hexdigest(), run.tta, __version__, torch.__version__, ort.__version__]
+    )
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     out = cache_dir() / "serve" / f"{run.name[:40]}-{digest}.onnx"
     if out.is_file():
@@ -218,14 +220,19 @@ def load_served(
     backend: str = "auto",
     checkpoint: str = "best",
     threads: int | None = None,
+    tta: int | None = None,
 ) -> ServedRun:
     """Open one run for serving (a broken or missing run folder is a one-line
     :class:`CifarlabError`) and choose its backend: ``torch``, ``onnx``, or ``auto`` (ONNX
     Runtime when it is installed, the run evaluates in float32 so the probabilities are
-    ``cifarlab predict``'s, and it is faster here on batches of 1 and 64; else PyTorch)."""
+    ``cifarlab predict``'s, and it is faster here on batches of 1 and 64; else PyTorch).
+    ``tta``: a test-time augmentation level instead of the run's (0 none, 1 mirror, 2 mirror +
+    1-px shifts)."""
     if backend not in BACKENDS:
         raise CifarlabError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     run = Run(path, checkpoint, "cpu")
+    if tta is not None:  # instead of the run's own test-time augmentation
+        run.tta = tta
     accuracy = None
     from cifarlab.runs import RunFolder
 
@@ -272,8 +279,9 @@ def load_served(
         diff = float(np.abs(onnx_backend(probe) - torch_backend(probe)).max())
     except Exception as e:  # noqa: BLE001 - a graph ONNX Runtime cannot run: PyTorch then
         if backend == "onnx":
-            raise CifarlabError(f"{shown(path)}: ONNX Runtime cannot run the exported model "
-                                f"({type(e).__name__})") from None
+            raise CifarlabError(
+                f"{shown(path)}: ONNX Runtime cannot run the exported model ({type(e).__name__})"
+            ) from None
         served.backend_note = f"PyTorch (ONNX Runtime failed on the model: {type(e).__name__})"
         return served
     if backend == "onnx":
