@@ -77,6 +77,8 @@ def server(cnn_run: Path, server_tmp: Path, tmp_path_factory: pytest.TempPathFac
         "1",
         "--max-files",
         "8",
+        "--max-pending-mb",
+        "2.5",
         env={"TMPDIR": str(server_tmp), "CIFARLAB_CACHE": str(cache)},
     )
     yield s
@@ -280,6 +282,17 @@ def bad_requests(server: Server) -> list:
             "no model 'nope'",
         ),
         ("wrong method", lambda: server.request("GET", "/v1/predict")[:2], 405, "not allowed"),
+        (
+            "gzip body",
+            lambda: server.request(
+                "POST",
+                "/v1/predict",
+                big,
+                {"Content-Type": "image/png", "Content-Encoding": "gzip"},
+            )[:2],
+            415,
+            "gzip",
+        ),
         ("no such page", lambda: server.request("GET", "/nothing")[:2], 404, "not found"),
         (
             "bad Content-Length",
@@ -438,6 +451,8 @@ def test_token(cnn_run: Path, tmp_path: Path) -> None:
         "torch",
         "--host",
         "0.0.0.0",
+        "--tta",
+        "1",
         env={"CIFARLAB_SERVE_TOKEN": "s3cret", "CIFARLAB_CACHE": str(tmp_path)},
     )
     try:
@@ -457,6 +472,12 @@ def test_token(cnn_run: Path, tmp_path: Path) -> None:
                 assert "token" in payload["error"] and h.get("www-authenticate") == "Bearer"
             status, _, _ = s.request("GET", "/v1/models", None, headers)
             assert status == want
+        status, payload, _ = s.request(
+            "POST", "/v1/predict?top_k=abc", body, {"Content-Type": ctype}
+        )  # no token: 401 before 422
+        assert status == 401, payload
+        _, info, _ = s.request("GET", "/v1/models", None, {"Authorization": "Bearer s3cret"})
+        assert info["models"][0]["tta"] == 1  # --tta 1 instead of the run's 2
         assert s.request("GET", "/healthz")[0] == 200
         assert s.request("GET", "/")[0] == 200
         assert s.interrupt() == 0
@@ -491,6 +512,9 @@ def test_onnx_backend_gives_the_same_numbers(cnn_run: Path, tmp_path: Path) -> N
                 [c["probability"] for c in want["top_k"]],
                 atol=1e-4,
             )
+        s.proc.terminate()  # SIGTERM, as a service manager stops it: the same clean end
+        assert s.proc.wait(30) == 0
+        assert "cifarlab serve: stopped" in s.output()
     finally:
         s.stop()
     assert list((tmp_path / "c" / "serve").glob("*.onnx"))  # exported once, into the cache
@@ -503,8 +527,9 @@ def test_onnx_backend_gives_the_same_numbers(cnn_run: Path, tmp_path: Path) -> N
 
 
 def test_several_runs_and_workers(cnn_run: Path, tmp_path: Path) -> None:
-    """Two runs in two worker processes: a request picks its run by name; Ctrl-C stops the
-    workers too."""
+    """Two runs in two worker processes: a request picks its run by name; every worker serves
+    the backend the parent measured once (the same note whichever worker answers); Ctrl-C
+    stops the workers too."""
     import shutil
 
     other = tmp_path / "other"
@@ -512,8 +537,6 @@ def test_several_runs_and_workers(cnn_run: Path, tmp_path: Path) -> None:
     s = Server(
         str(cnn_run),
         str(other),
-        "--backend",
-        "torch",
         "--workers",
         "2",
         env={"CIFARLAB_CACHE": str(tmp_path / "c")},
@@ -521,9 +544,13 @@ def test_several_runs_and_workers(cnn_run: Path, tmp_path: Path) -> None:
     try:
         status, info, _ = s.request("GET", "/v1/models")
         assert [m["name"] for m in info["models"]] == [cnn_run.name, "other"]
-        for _ in range(4):
+        notes = set()
+        for _ in range(6):
             status, payload = s.predict([("a.png", photo(1, (32, 32)))], "?model=other")
             assert status == 200 and payload["model"] == "other"
+            notes.add(s.request("GET", "/v1/models")[1]["models"][1]["backend_note"])
+        assert len(notes) == 1, notes
+        assert next(iter(notes)) in s.output()  # the note the start-up line gave
         kids = Path(f"/proc/{s.proc.pid}/task/{s.proc.pid}/children").read_text().split()
         assert len(kids) >= 2  # the two workers
         assert s.interrupt() == 0
@@ -569,6 +596,8 @@ def test_startup_errors_are_one_line_before_the_port_opens(
         ((str(cnn_run), "--max-upload-mb", "0"), "--max-upload-mb must be"),
         ((str(cnn_run), "--port", "70000"), "--port must be 0..65535"),
         ((str(cnn_run), "--token", "a b"), "--token must be"),
+        ((str(cnn_run), "--token", "tök€n"), "--token must be"),
+        ((str(cnn_run), "--max-pending-mb", "1"), "--max-pending-mb must be at least"),
     ]
     from cifarlab.cli import main
 
@@ -636,4 +665,45 @@ def test_a_client_that_leaves_does_not_break_the_server(server: Server) -> None:
         t.start()
     for t in threads:
         t.join()
+    good(server)
+    out = server.output()
+    assert "Traceback" not in out and "Exception in ASGI" not in out, out[-2000:]
+
+
+def test_a_request_decodes_at_most_its_pixel_budget(server: Server) -> None:
+    """Two images whose headers claim 36 MP each: the first is decoded, the second refused
+    from its header, as together they pass the request's 64 MP."""
+    status, payload = server.predict(
+        [("a.png", hostile.png_claiming(6000, 6000)), ("b.png", hostile.png_claiming(6000, 6000))]
+    )
+    assert status == 200, payload
+    a, b = payload["results"]
+    assert "label" in a
+    assert "--max-request-megapixels" in b["error"]
+    good(server)
+
+
+def test_slow_uploads_together_are_capped(server: Server) -> None:
+    """Bodies held at once are capped for all clients together (--max-pending-mb 2.5 here):
+    three half-sent 0.9 MB uploads, and the third is answered 503; once they go, the server
+    serves again."""
+    part = bytes(900 * 1024)
+    socks = []
+    try:
+        for _ in range(3):
+            s = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+            s.sendall(
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1000000\r\n\r\n" + part
+            )
+            socks.append(s)
+            time.sleep(0.5)  # the server has read it
+        socks[-1].settimeout(10)
+        reply = socks[-1].recv(65536)
+        assert reply.startswith(b"HTTP/1.1 503"), reply[:200]
+        assert b"busy" in reply
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(0.5)
     good(server)

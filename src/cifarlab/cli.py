@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import re
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -474,6 +475,20 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--max-files", type=int, default=128, help="most images in one request (default: 128)"
+    )
+    g.add_argument(
+        "--max-pending-mb",
+        type=float,
+        default=512.0,
+        help="most bytes of request bodies held at once, all clients together; past it a "
+        "request gets 503 (default: 512)",
+    )
+    g.add_argument(
+        "--max-request-megapixels",
+        type=float,
+        default=64.0,
+        help="most pixels of all the images of one request together, read from their headers "
+        "before any is decoded (default: 64)",
     )
     g.add_argument(
         "--uncertain-below",
@@ -952,12 +967,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
         f"0..1000 ms, got {args.batch_wait_ms:g}",
     )
     check("--max-batch", 1 <= args.max_batch <= 4096, f"1..4096, got {args.max_batch}")
+    check(
+        "--max-pending-mb",
+        math.isfinite(args.max_pending_mb) and args.max_upload_mb <= args.max_pending_mb,
+        f"at least --max-upload-mb ({args.max_upload_mb:g}), got {args.max_pending_mb:g}",
+    )
+    check(
+        "--max-request-megapixels",
+        0 < args.max_request_megapixels <= 10_000,
+        f"more than 0 and at most 10000, got {args.max_request_megapixels:g}",
+    )
     token = args.token if args.token is not None else os.environ.get(_SERVE_TOKEN_ENV) or None
-    if token is not None:
+    if token is not None:  # RFC 6750's token characters: what an HTTP header carries as is
         check(
             "--token",
-            bool(token.strip()) and token.isprintable() and " " not in token,
-            "printable text without spaces",
+            bool(re.fullmatch(r"[A-Za-z0-9._~+/=-]{1,512}", token)),
+            "1 to 512 of A-Z a-z 0-9 - . _ ~ + / = (no spaces or other characters)",
         )
     from cifarlab.serve import require, serve
 
@@ -972,6 +997,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_batch=args.max_batch,
         batch_wait_ms=args.batch_wait_ms,
         uncertain_below=args.uncertain_below,
+        max_request_pixels=args.max_request_megapixels * 1e6,
+        max_pending_mb=args.max_pending_mb,
     )
     return serve(
         args.runs,
@@ -982,6 +1009,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         checkpoint=args.checkpoint,
         access_log=args.access_log,
+        tta=args.tta,
     )
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cifarlab.errors import CifarlabError, SettingError, one_line
 
@@ -119,6 +121,27 @@ def url_of(sock: socket.socket, host: str) -> str:
     return f"http://{shown_host}:{port}/"
 
 
+class _Stopped(Exception):
+    """SIGTERM, once uvicorn has stopped serving."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+def _stopping_server(config: Any, stopping: threading.Event) -> Any:
+    """uvicorn's server, which also tells the app it is stopping (decoding then stops between
+    files, so Ctrl-C never waits for the last images of a big request)."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            stopping.set()
+            super().handle_exit(sig, frame)
+
+    return Server(config)
+
+
 def serve(
     paths: Sequence[str | os.PathLike],
     settings: Settings,
@@ -170,22 +193,28 @@ def serve(
         server_header=False,
         lifespan="on",
     )
+    # uvicorn stops on SIGINT and SIGTERM, then raises the signal again once it has: ours turns
+    # that into the clean end below (Python's default for SIGTERM would kill the process)
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         if workers <= 1:
-            config = uvicorn.Config(create_app(runs, settings), **kwargs)
-            uvicorn.Server(config).run(sockets=[sock])
+            app = create_app(runs, settings)
+            config = uvicorn.Config(app, **kwargs)
+            _stopping_server(config, app.state.stopping).run(sockets=[sock])
         else:
             from uvicorn.supervisors import Multiprocess
 
-            del runs  # each worker loads its own copy
+            # each worker loads its own copy (below: runs is dropped once the spec is written)
             spec = {
                 "runs": [os.fspath(Path(p).resolve()) for p in paths],
-                "backend": backend,
+                # the parent's choice of backend, measured once, for every worker
+                "backends": [[r.backend_name, r.backend_note] for r in runs],
                 "checkpoint": checkpoint,
                 "threads": threads,
                 "tta": tta,
                 "settings": {k: v for k, v in asdict(settings).items() if k != "token"},
             }
+            del runs
             os.environ["CIFARLAB_SERVE_SPEC"] = json.dumps(spec)
             if settings.token:
                 os.environ[TOKEN_ENV] = settings.token
@@ -200,9 +229,10 @@ def serve(
                 Multiprocess(config, target=server.run, sockets=[sock]).run()
             else:
                 Multiprocess(config, sockets=[sock]).run()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         sock.close()
     print("cifarlab serve: stopped", flush=True)
     return 0

@@ -17,6 +17,7 @@ import asyncio
 import hmac
 import json
 import os
+import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -25,11 +26,12 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from cifarlab.errors import CifarlabError, one_line
 from cifarlab.predict import ImageError, Prediction, shown
@@ -53,6 +55,11 @@ class Settings:
     uncertain_below: float = 0.5
     default_top_k: int = 3
     decode_threads: int = 2
+    max_request_pixels: float = 64e6
+    # bytes of request bodies held at once, all requests together: past it, 503 (a crowd of
+    # slow uploads cannot fill the memory), and how long one body may take to arrive
+    max_pending_mb: float = 512.0
+    body_timeout_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -72,11 +79,18 @@ class ApiError(Exception):
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(payload, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    headers = {"X-Content-Type-Options": "nosniff", **(headers or {})}
     return Response(body.encode(), status, headers, media_type="application/json")
 
 
-def _error(status: int, message: str, **extra: Any) -> Response:
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+def _error(
+    status: int, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> Response:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    if status == 503:
+        headers.setdefault("Retry-After", "1")
     return _json({"error": one_line(message, None), "status": status, **extra}, status, headers)
 
 
@@ -92,6 +106,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
     by_name = {r.name: r for r in runs}
     decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
+    stopping = threading.Event()  # set by the server on Ctrl-C: decoding stops between files
     batchers = {
         r.name: Batcher(
             r.backend,
@@ -126,6 +141,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
     app.state.runs = by_name
     app.state.batchers = batchers
     app.state.settings = settings
+    app.state.stopping = stopping
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, e: ApiError) -> Response:
@@ -133,7 +149,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> Response:
-        return _error(e.status_code, str(e.detail))
+        return _error(e.status_code, str(e.detail), headers=e.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, e: RequestValidationError) -> Response:
@@ -148,12 +164,15 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
         return _error(500, f"internal error ({type(e).__name__})")
 
     def check_token(request: Request) -> None:
+        """A FastAPI dependency of every /v1/ route: it runs before the parameters are
+        checked, so a client without the token learns nothing but 401."""
         if settings.token is None:
             return
         got = request.headers.get("authorization", "")
         scheme, _, given = got.partition(" ")
+        # the header as its bytes (Starlette decodes latin-1); the token is ASCII (the CLI)
         if scheme.lower() != "bearer" or not hmac.compare_digest(
-            given.strip().encode(), settings.token.encode()
+            given.strip().encode("latin-1", "replace"), settings.token.encode()
         ):
             raise ApiError(
                 401,
@@ -179,11 +198,15 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
         """`{"status": "ok", "models": [...]}` while the server serves (no token needed)."""
         return _json({"status": "ok", "models": list(by_name)})
 
-    @app.get("/v1/models", summary="The served runs", tags=["models"])
+    @app.get(
+        "/v1/models",
+        summary="The served runs",
+        tags=["models"],
+        dependencies=[Depends(check_token)],
+    )
     async def models(request: Request) -> Response:
         """Each served run: name, model, classes, test accuracy (`null`: not evaluated),
         backend and why, and the input contract; the batching and the limits."""
-        check_token(request)
         return _json(
             {
                 "default": runs[0].name,
@@ -204,13 +227,25 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
             }
         )
 
-    async def read_body(request: Request) -> AsyncIterator[bytes]:
+    pending = [0]  # bytes of bodies being received, every request together
+
+    def loop_time() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def read_body(request: Request, held: list[int]) -> AsyncIterator[bytes]:
         """The body, refused (413) as soon as it passes the limit: never read whole first."""
         limit = settings.max_upload_bytes
         too_big = (
             f"request too large: the limit is {settings.max_upload_mb:g} MB "
             "(the server's --max-upload-mb)"
         )
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ApiError(
+                415,
+                f"Content-Encoding {shown(encoding)[:40]!r} is not accepted: "
+                "send the image as it is",
+            )
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
@@ -220,19 +255,43 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
             if size > limit:
                 raise ApiError(413, too_big)
         seen = 0
-        async for chunk in request.stream():
-            seen += len(chunk)
-            if seen > limit:
-                raise ApiError(413, too_big)
-            yield chunk
+        deadline = loop_time() + settings.body_timeout_s
+        stream = request.stream().__aiter__()
+        try:
+            while True:
+                left = deadline - loop_time()
+                if left <= 0:
+                    raise ApiError(
+                        408,
+                        f"the request body took more than {settings.body_timeout_s:g} s to arrive",
+                    )
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), left)
+                except StopAsyncIteration:
+                    break
+                except asyncio.TimeoutError:
+                    continue  # the deadline check above answers
+                except ClientDisconnect:
+                    raise ApiError(400, "the client closed the connection") from None
+                seen += len(chunk)
+                if seen > limit:
+                    raise ApiError(413, too_big)
+                pending[0] += len(chunk)
+                held.append(len(chunk))
+                if pending[0] > settings.max_pending_mb * 1024 * 1024:
+                    raise ApiError(503, "the server is busy receiving other uploads: try again")
+                yield chunk
+        finally:
+            pending[0] -= sum(held)
+            held.clear()
 
-    async def uploads(request: Request) -> list[tuple[str, bytes]]:
+    async def uploads(request: Request, held: list[int]) -> list[tuple[str, bytes]]:
         ctype = request.headers.get("content-type", "")
         kind = ctype.split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             parser = MultiPartParser(
                 request.headers,
-                read_body(request),
+                read_body(request, held),
                 max_files=settings.max_files,
                 max_fields=0,
                 max_part_size=1024,
@@ -276,7 +335,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
                 raise ApiError(400, "no file in the form: send each image as a part named 'file'")
             return files
         if kind.startswith("image/") or kind in RAW_TYPES or not kind:
-            chunks = [c async for c in read_body(request)]
+            chunks = [c async for c in read_body(request, held)]
             data = b"".join(chunks)
             if not data:
                 raise ApiError(400, "empty request body: send an image (or a multipart form)")
@@ -290,10 +349,17 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
         )
 
     def decode_all(files: list[tuple[str, bytes]], resize: str) -> list[np.ndarray | str]:
+        """Each file as the model's 32×32 input, or its error; the request's pixels (read
+        from the headers before decoding) within ``max_request_pixels``; stops at once when
+        the server is stopping."""
         out: list[np.ndarray | str] = []
+        budget = [settings.max_request_pixels]
         for name, data in files:
+            if stopping.is_set():
+                out.append(f"{name}: not decoded: the server is stopping")
+                continue
             try:
-                out.append(decode_upload(data, name, resize))
+                out.append(decode_upload(data, name, resize, budget))
             except ImageError as e:
                 out.append(shown(str(e)))
             except CifarlabError as e:
@@ -323,6 +389,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
         "/v1/predict",
         summary="Predict images",
         tags=["predict"],
+        dependencies=[Depends(check_token)],
         openapi_extra={"requestBody": predict_body},
         responses={
             400: {"description": "bad request"},
@@ -349,13 +416,12 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
         Per image: `label`, `top_k` (class, probability), `uncertain` (the top probability is
         under the server's threshold), or `error`. 200 if any image was predicted, 422 if
         none could be read."""
-        check_token(request)
         served = by_name.get(model or runs[0].name)
         if served is None:
             raise ApiError(
-                404, f"no model {shown(model or '')[:60]!r} here; served: " + ", ".join(by_name)
+                404, f"no model '{shown(model or '')[:60]}' here; served: " + ", ".join(by_name)
             )
-        files = await uploads(request)
+        files = await uploads(request, [])
         loop = asyncio.get_running_loop()
         decoded = await loop.run_in_executor(decode_pool, decode_all, files, resize)
         good = [d for d in decoded if not isinstance(d, str)]
@@ -401,16 +467,20 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
 def app_from_env() -> FastAPI:
     """The app of one worker process (``--workers N``): the runs and settings come from the
     parent in ``$CIFARLAB_SERVE_SPEC`` (JSON; the token in ``$CIFARLAB_SERVE_TOKEN``)."""
-    from cifarlab.serve import load_runs
+    from cifarlab.serve.engine import load_served
 
     spec = json.loads(os.environ["CIFARLAB_SERVE_SPEC"])
     settings = Settings(**spec["settings"])
     settings.token = os.environ.get("CIFARLAB_SERVE_TOKEN") or None
-    runs = load_runs(
-        spec["runs"],
-        backend=spec["backend"],
-        checkpoint=spec["checkpoint"],
-        threads=spec["threads"],
-        tta=spec.get("tta"),
-    )
+    runs = []
+    for path, (backend, note) in zip(spec["runs"], spec["backends"], strict=True):
+        served = load_served(
+            path,
+            backend=backend,
+            checkpoint=spec["checkpoint"],
+            threads=spec["threads"],
+            tta=spec.get("tta"),
+        )
+        served.backend_note = note  # the parent's measurement, the same in every worker
+        runs.append(served)
     return create_app(runs, settings)

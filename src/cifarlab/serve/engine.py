@@ -41,13 +41,37 @@ GRAPH_VERSION = 2
 # --------------------------------------------------------------------------- decoding
 
 
-def decode_upload(data: bytes, name: str, resize: str = DEFAULT_RESIZE) -> np.ndarray:
+def decode_upload(
+    data: bytes, name: str, resize: str = DEFAULT_RESIZE, budget: list[float] | None = None
+) -> np.ndarray:
     """One uploaded file as the 32×32×3 uint8 array the model sees: the decoder and the resize
-    rule of ``cifarlab predict`` (:func:`cifarlab.predict.decode_image`), from memory."""
+    rule of ``cifarlab predict`` (:func:`cifarlab.predict.decode_image`), from memory.
+    ``budget``: the pixels the request may still decode (``[n]``, spent here): an image whose
+    header says more is refused before it is decoded."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes): no image")
+    if budget is not None:
+        w, h = _header_size(data)
+        if w * h > budget[0]:
+            raise ImageError(
+                f"{name}: refused: its {w:,}×{h:,} pixels pass what one request may decode "
+                f"(--max-request-megapixels, the request's images together)"
+            )
+        budget[0] -= w * h
     im = decode_image(io.BytesIO(data), name)
     return np.asarray(resize_to_32(im, resize), dtype=np.uint8)
+
+
+def _header_size(data: bytes) -> tuple[int, int]:
+    """The size an image's header declares (Pillow reads only the header); (0, 0) when it is
+    not an image Pillow opens: :func:`decode_image` then says what is wrong."""
+    from cifarlab.data.formats import open_image
+
+    try:
+        with open_image(io.BytesIO(data)) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - the decoder's own error comes next, in words
+        return (0, 0)
 
 
 def png_data_uri(image: np.ndarray) -> str:
@@ -378,7 +402,9 @@ class Batcher:
             first = carry if carry is not None else await self.queue.get()
             items = [first]
             n, carry = self._take(items, len(first[0]))
-            if carry is None and n < self.max_batch and self.max_wait > 0:
+            # wait only for a request that came alone to an idle model: what piled up while
+            # the model was busy goes at once
+            if len(items) == 1 and carry is None and n < self.max_batch and self.max_wait > 0:
                 await asyncio.sleep(self.max_wait)
                 n, carry = self._take(items, n)
             batch = items[0][0] if len(items) == 1 else np.concatenate([i[0] for i in items])
