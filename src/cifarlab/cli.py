@@ -510,6 +510,11 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help="how long a request waits for others to share a batch (default: 2)",
     )
     g.add_argument(
+        "--threads",
+        type=int,
+        help="threads of each worker's model (default: the cores divided among the workers)",
+    )
+    g.add_argument(
         "--max-batch", type=int, default=64, help="most images per model batch (default: 64)"
     )
     g.add_argument("--no-batching", action="store_true", help="run every request alone")
@@ -966,6 +971,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         0 <= args.batch_wait_ms <= 1000,
         f"0..1000 ms, got {args.batch_wait_ms:g}",
     )
+    if args.threads is not None:
+        check("--threads", 1 <= args.threads <= 1024, f"1..1024, got {args.threads}")
     check("--max-batch", 1 <= args.max_batch <= 4096, f"1..4096, got {args.max_batch}")
     check(
         "--max-pending-mb",
@@ -1010,6 +1017,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         access_log=args.access_log,
         tta=args.tta,
+        threads=args.threads,
     )
 
 

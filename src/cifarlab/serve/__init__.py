@@ -129,6 +129,17 @@ def _stop(signum: int, frame: object) -> None:
     raise _Stopped
 
 
+def settle_heap() -> None:
+    """Move every object alive after start-up (torch, the models, FastAPI: ~200,000) out of
+    the garbage collector's sight. A full collection walks them all: 0.12 s on the Zen 4
+    machine, which every request in flight waited for (it was the p99 latency under load);
+    after ``gc.freeze`` it walks only what requests allocate."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def _stopping_server(config: Any, stopping: threading.Event) -> Any:
     """uvicorn's server, which also tells the app it is stopping (decoding then stops between
     files, so Ctrl-C never waits for the last images of a big request)."""
@@ -153,6 +164,7 @@ def serve(
     checkpoint: str = "best",
     access_log: bool = False,
     tta: int | None = None,
+    threads: int | None = None,
 ) -> int:
     """Load the runs, open the port, serve until Ctrl-C (or SIGTERM); 0 once stopped."""
     require()
@@ -162,7 +174,7 @@ def serve(
     from cifarlab.serve.app import create_app
 
     cores = os.cpu_count() or 1
-    threads = max(1, min(torch.get_num_threads(), cores // workers))
+    threads = threads or max(1, min(torch.get_num_threads(), cores // workers))
     torch.set_num_threads(threads)
     runs = load_runs(paths, backend=backend, checkpoint=checkpoint, threads=threads, tta=tta)
     sock = bind(host, port)
@@ -200,6 +212,7 @@ def serve(
         if workers <= 1:
             app = create_app(runs, settings)
             config = uvicorn.Config(app, **kwargs)
+            settle_heap()
             _stopping_server(config, app.state.stopping).run(sockets=[sock])
         else:
             from uvicorn.supervisors import Multiprocess

@@ -107,6 +107,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
     decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
     stopping = threading.Event()  # set by the server on Ctrl-C: decoding stops between files
+    active = [0]  # predict requests being received, decoded or run, all models together
     batchers = {
         r.name: Batcher(
             r.backend,
@@ -114,6 +115,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
             max_wait_ms=settings.batch_wait_ms,
             enabled=settings.batching,
             executor=infer_pool,
+            in_flight=lambda: active[0],
         )
         for r in runs
     }
@@ -416,6 +418,15 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
         Per image: `label`, `top_k` (class, probability), `uncertain` (the top probability is
         under the server's threshold), or `error`. 200 if any image was predicted, 422 if
         none could be read."""
+        active[0] += 1
+        try:
+            return await _predict(request, top_k, model, resize, include_input)
+        finally:
+            active[0] -= 1
+
+    async def _predict(
+        request: Request, top_k: int, model: str | None, resize: str, include_input: bool
+    ) -> Response:
         served = by_name.get(model or runs[0].name)
         if served is None:
             raise ApiError(
@@ -483,4 +494,8 @@ def app_from_env() -> FastAPI:
         )
         served.backend_note = note  # the parent's measurement, the same in every worker
         runs.append(served)
-    return create_app(runs, settings)
+    app = create_app(runs, settings)
+    from cifarlab.serve import settle_heap
+
+    settle_heap()
+    return app

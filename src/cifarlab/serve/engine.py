@@ -345,8 +345,10 @@ def load_served(
 class Batcher:
     """Requests arriving together go through the model as one batch.
 
-    The first request waits at most ``max_wait_ms`` for others (none if the batch is full
-    already, or while the model is busy: what arrives meanwhile is taken in the next batch);
+    The first request waits at most ``max_wait_ms`` for others, and only when others are on
+    their way (``in_flight()``: requests the server is receiving or decoding, beyond this
+    batch's); never when the batch is full already, nor after the model was busy (what
+    arrived meanwhile goes at once, in the next batch). A lone client never waits;
     at most ``max_batch`` images per batch (a request with more runs alone). Inference runs in
     one thread of its own, off the event loop. ``enabled=False``: each request runs alone.
     """
@@ -359,12 +361,14 @@ class Batcher:
         max_wait_ms: float = 2.0,
         enabled: bool = True,
         executor: ThreadPoolExecutor,
+        in_flight: Callable[[], int] | None = None,
     ) -> None:
         self.infer = infer
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.enabled = enabled
         self.executor = executor
+        self.in_flight = in_flight
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.batches = 0
@@ -404,7 +408,13 @@ class Batcher:
             n, carry = self._take(items, len(first[0]))
             # wait only for a request that came alone to an idle model: what piled up while
             # the model was busy goes at once
-            if len(items) == 1 and carry is None and n < self.max_batch and self.max_wait > 0:
+            if (
+                len(items) == 1
+                and carry is None
+                and n < self.max_batch
+                and self.max_wait > 0
+                and (self.in_flight is None or self.in_flight() > 1)
+            ):
                 await asyncio.sleep(self.max_wait)
                 n, carry = self._take(items, n)
             batch = items[0][0] if len(items) == 1 else np.concatenate([i[0] for i in items])
