@@ -30,11 +30,13 @@ from cifarlab.export import Preprocessed, export_model
 from cifarlab.models import create_model
 
 
-def runners(name: str, batch: int, tmp: Path, threads: int) -> dict:
+def runners(name: str, batch: int, tmp: Path, threads: int, tta: int = 0) -> dict:
     import onnxruntime as ort
 
+    from cifarlab.serve.engine import _WithTTA
+
     torch.manual_seed(0)
-    model = create_model(name, 10).eval()
+    model = _WithTTA(create_model(name, 10).eval(), tta).eval()
     x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     xt = torch.from_numpy(x)
     fp32 = Preprocessed(model, CIFAR10.mean, CIFAR10.std).eval()
@@ -45,7 +47,8 @@ def runners(name: str, batch: int, tmp: Path, threads: int) -> dict:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    bf16 = Preprocessed(create_model(name, 10).eval(), CIFAR10.mean, CIFAR10.std).eval()
+    bf16 = Preprocessed(_WithTTA(create_model(name, 10).eval(), tta), CIFAR10.mean, CIFAR10.std)
+    bf16 = bf16.eval()
     bf16.load_state_dict(fp32.state_dict())
     bf16 = bf16.to(memory_format=torch.channels_last)
 
@@ -70,6 +73,14 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument(
+        "--tta",
+        type=int,
+        default=0,
+        choices=[0, 1, 2],
+        help="test-time augmentation views in every path, as a run with this level "
+        "predicts (0: one view; 2: six)",
+    )
     args = p.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(args.threads)
@@ -79,7 +90,7 @@ def main() -> None:
         configs = {}
         for name in args.models:
             for batch in args.batch_sizes:
-                for path, fn in runners(name, batch, Path(tmp), args.threads).items():
+                for path, fn in runners(name, batch, Path(tmp), args.threads, args.tta).items():
                     for _ in range(5):
                         fn()  # warm-up
                     configs[(name, batch, path)] = fn
@@ -92,14 +103,14 @@ def main() -> None:
                     n += 1
                 rates[(name, batch, path)].append(n * batch / elapsed)
     rows = []
-    print(f"{args.threads} threads, torch {torch.__version__}")
+    print(f"{args.threads} threads, TTA {args.tta}, torch {torch.__version__}")
     for (name, batch, path), r in rates.items():
         med = statistics.median(r)
         rows.append({"model": name, "batch": batch, "path": path, "images_per_s": round(med),
                      "ms_per_batch": round(1000 * batch / med, 3)})  # fmt: skip
         print(f"{name:<12} batch {batch:>4}  {path:<11} {med:>10,.0f} images/s  "
               f"{1000 * batch / med:8.3f} ms per batch")  # fmt: skip
-    print(json.dumps({"threads": args.threads, "results": rows}))
+    print(json.dumps({"threads": args.threads, "tta": args.tta, "results": rows}))
 
 
 if __name__ == "__main__":

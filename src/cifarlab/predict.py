@@ -27,7 +27,7 @@ import re
 import stat
 import threading
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -198,10 +198,15 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         return decode_image(f, path)
 
 
-def decode_image(f: BinaryIO, name: str | os.PathLike) -> Image.Image:
+def decode_image(
+    f: BinaryIO,
+    name: str | os.PathLike,
+    check_size: Callable[[tuple[int, int]], None] | None = None,
+) -> Image.Image:
     """Decode an open binary file (or ``io.BytesIO``) as RGB, exactly as :func:`load_image`
     does a file (the server decodes uploads with it): the header is checked before a pixel is
-    decoded; any decoder failure is an :class:`ImageError` naming ``name``."""
+    decoded (and passed to ``check_size``, which may raise :class:`ImageError`: the server's
+    pixel budget per request); any decoder failure is an :class:`ImageError` naming ``name``."""
     max_pixels = limits.MAX_IMAGE_PIXELS.get()
     name = shown(name)
     try:
@@ -212,6 +217,8 @@ def decode_image(f: BinaryIO, name: str | os.PathLike) -> Image.Image:
             warnings.simplefilter("ignore")
             with open_image(f) as im:
                 check_header(name, im.size)
+                if check_size is not None:
+                    check_size(im.size)
                 im.load()
                 return to_rgb(im)
     except ImageError:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import io
 import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -41,37 +42,36 @@ GRAPH_VERSION = 2
 # --------------------------------------------------------------------------- decoding
 
 
+class PixelBudget:
+    """The pixels one request may still decode, shared by the threads decoding its files."""
+
+    def __init__(self, pixels: float) -> None:
+        self.left = pixels
+        self.lock = threading.Lock()
+
+    def spend(self, name: str, size: tuple[int, int]) -> None:
+        w, h = size
+        with self.lock:
+            if w * h > self.left:
+                raise ImageError(
+                    f"{name}: refused: its {w:,}×{h:,} pixels pass what one request may decode "
+                    "(--max-request-megapixels, the request's images together)"
+                )
+            self.left -= w * h
+
+
 def decode_upload(
-    data: bytes, name: str, resize: str = DEFAULT_RESIZE, budget: list[float] | None = None
+    data: bytes, name: str, resize: str = DEFAULT_RESIZE, budget: PixelBudget | None = None
 ) -> np.ndarray:
     """One uploaded file as the 32×32×3 uint8 array the model sees: the decoder and the resize
     rule of ``cifarlab predict`` (:func:`cifarlab.predict.decode_image`), from memory.
-    ``budget``: the pixels the request may still decode (``[n]``, spent here): an image whose
-    header says more is refused before it is decoded."""
+    ``budget``: the pixels the request may still decode: an image whose header says more is
+    refused before it is decoded."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes): no image")
-    if budget is not None:
-        w, h = _header_size(data)
-        if w * h > budget[0]:
-            raise ImageError(
-                f"{name}: refused: its {w:,}×{h:,} pixels pass what one request may decode "
-                f"(--max-request-megapixels, the request's images together)"
-            )
-        budget[0] -= w * h
-    im = decode_image(io.BytesIO(data), name)
+    check = None if budget is None else (lambda size: budget.spend(name, size))
+    im = decode_image(io.BytesIO(data), name, check)
     return np.asarray(resize_to_32(im, resize), dtype=np.uint8)
-
-
-def _header_size(data: bytes) -> tuple[int, int]:
-    """The size an image's header declares (Pillow reads only the header); (0, 0) when it is
-    not an image Pillow opens: :func:`decode_image` then says what is wrong."""
-    from cifarlab.data.formats import open_image
-
-    try:
-        with open_image(io.BytesIO(data)) as im:
-            return im.size
-    except Exception:  # noqa: BLE001 - the decoder's own error comes next, in words
-        return (0, 0)
 
 
 def png_data_uri(image: np.ndarray) -> str:
