@@ -489,9 +489,13 @@ def test_token(cnn_run: Path, tmp_path: Path) -> None:
 
 def test_onnx_backend_gives_the_same_numbers(cnn_run: Path, tmp_path: Path) -> None:
     """The float32 run in ONNX Runtime (its TTA inside the exported graph) agrees with
-    `cifarlab predict` to float precision; --backend auto says what it chose and why."""
+    `cifarlab predict` to float precision; --backend auto says what it chose and why. Two
+    1 MB noise PNGs make the request big enough to be decoded by both threads at once."""
     pytest.importorskip("onnxruntime")
     files = [(name, make()) for name, make in SAMPLES.items()]
+    files += [
+        (f"noise{i}.png", hostile.image_bytes("PNG", seed=i, size=(600, 600))) for i in range(2)
+    ]
     for name, data in files:
         (tmp_path / name).write_bytes(data)
     r = run_cli(
