@@ -1098,9 +1098,9 @@ def _interrupted() -> int:
 def _before_torch(argv: Sequence[str]) -> None:
     """What must be set before torch is imported. ``serve``: OpenMP threads sleep as soon as
     a parallel region ends (``OMP_WAIT_POLICY=PASSIVE``) instead of spinning for the next
-    one: a server's cores are shared with the event loop and the decoders, and the spinning
-    threads of the last batch halved the images/s of 64-image requests on 2 cores (717 → 1,430
-    images/s, BENCHMARKS.md), while a batch itself runs as fast. A value the user set wins."""
+    one: a server's cores are shared with the event loop and the decoders (spinning threads
+    halved the images/s of 64-image requests on 2 cores; libgomp's default spins briefly and
+    cost less), while a batch itself runs as fast (BENCHMARKS.md). A value the user set wins."""
     import os
 
     command = next((a for a in argv if not a.startswith("-")), None)

@@ -4,6 +4,7 @@ machine offline, or a careful network, cannot reach)."""
 
 from __future__ import annotations
 
+import re
 from html import escape
 from typing import Any
 
@@ -17,6 +18,11 @@ text-align:center;margin-right:.5em}.get{background:#2a7}.post{background:#27c}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ddd;padding:.2em .5em;
 text-align:left;vertical-align:top}
 """
+
+
+def _text(markdown: str) -> str:
+    """Escaped text, with `code` spans (the docstrings' only markdown) as <code>."""
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", escape(markdown))
 
 
 def _type(schema: dict[str, Any]) -> str:
@@ -38,7 +44,7 @@ def docs_page(spec: dict[str, Any]) -> str:
         '<meta name=viewport content="width=device-width,initial-scale=1">',
         f"<title>{escape(info.get('title', 'API'))} — API</title><style>{_STYLE}</style>",
         f"<h1>{escape(info.get('title', 'API'))} {escape(str(info.get('version', '')))}</h1>",
-        f"<p>{escape(info.get('description', ''))}</p>",
+        f"<p>{_text(info.get('description', ''))}</p>",
         '<p>The machine-readable description: <a href="openapi.json">/openapi.json</a> '
         '(OpenAPI 3). The page: <a href="./">/</a>.</p>',
     ]
@@ -49,7 +55,7 @@ def docs_page(spec: dict[str, Any]) -> str:
                 f"<code>{escape(path)}</code> — {escape(op.get('summary', ''))}</h2>"
             )
             if op.get("description"):
-                out.append(f"<p>{escape(op['description'])}</p>")
+                out.append(f"<p>{_text(op['description'])}</p>")
             params = op.get("parameters", [])
             if params:
                 out.append(
@@ -61,7 +67,7 @@ def docs_page(spec: dict[str, Any]) -> str:
                     out.append(
                         f"<tr><td><code>{escape(p['name'])}</code></td><td>{escape(p['in'])}</td>"
                         f"<td>{escape(_type(s))}</td><td>{escape(str(s.get('default', '')))}</td>"
-                        f"<td>{escape(p.get('description', ''))}</td></tr>"
+                        f"<td>{_text(p.get('description', ''))}</td></tr>"
                     )
                 out.append("</table>")
             body = op.get("requestBody", {}).get("content", {})
