@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import socket
 import subprocess
@@ -56,6 +55,12 @@ def cnn_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             tta=2,
         )
         return train(cfg, out=tmp_path_factory.mktemp("serve") / "cnn", progress=False)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the servers that export the run to ONNX: exported once, then reused."""
+    return tmp_path_factory.mktemp("onnx-cache")
 
 
 @pytest.fixture(scope="module")
@@ -487,7 +492,9 @@ def test_token(cnn_run: Path, tmp_path: Path) -> None:
         s.stop()
 
 
-def test_onnx_backend_gives_the_same_numbers(cnn_run: Path, tmp_path: Path) -> None:
+def test_onnx_backend_gives_the_same_numbers(
+    cnn_run: Path, tmp_path: Path, onnx_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The float32 run in ONNX Runtime (its TTA inside the exported graph) agrees with
     `cifarlab predict` to float precision; --backend auto says what it chose and why. Two
     1 MB noise PNGs make the request big enough to be decoded by both threads at once."""
@@ -502,7 +509,7 @@ def test_onnx_backend_gives_the_same_numbers(cnn_run: Path, tmp_path: Path) -> N
         "predict", str(cnn_run), *(str(tmp_path / n) for n, _ in files), "--json", "--top-k", "10"
     )
     expected = {Path(x["file"]).name: x for x in json.loads(r.stdout)}
-    s = Server(str(cnn_run), "--backend", "onnx", env={"CIFARLAB_CACHE": str(tmp_path / "c")})
+    s = Server(str(cnn_run), "--backend", "onnx", env={"CIFARLAB_CACHE": str(onnx_cache)})
     try:
         status, info, _ = s.request("GET", "/v1/models")
         assert info["models"][0]["backend"] == "onnx"
@@ -521,16 +528,16 @@ def test_onnx_backend_gives_the_same_numbers(cnn_run: Path, tmp_path: Path) -> N
         assert "cifarlab serve: stopped" in s.output()
     finally:
         s.stop()
-    assert list((tmp_path / "c" / "serve").glob("*.onnx"))  # exported once, into the cache
+    assert list((onnx_cache / "serve").glob("*.onnx"))  # exported once, into the cache
     from cifarlab.serve.engine import load_served
 
-    os.environ["CIFARLAB_CACHE"] = str(tmp_path / "c")
+    monkeypatch.setenv("CIFARLAB_CACHE", str(onnx_cache))
     auto = load_served(cnn_run, backend="auto")
     assert auto.backend_name in ("onnx", "torch")
     assert "faster here" in auto.backend_note and "batch 64" in auto.backend_note
 
 
-def test_several_runs_and_workers(cnn_run: Path, tmp_path: Path) -> None:
+def test_several_runs_and_workers(cnn_run: Path, tmp_path: Path, onnx_cache: Path) -> None:
     """Two runs in two worker processes: a request picks its run by name; every worker serves
     the backend the parent measured once (the same note whichever worker answers); Ctrl-C
     stops the workers too."""
@@ -543,7 +550,7 @@ def test_several_runs_and_workers(cnn_run: Path, tmp_path: Path) -> None:
         str(other),
         "--workers",
         "2",
-        env={"CIFARLAB_CACHE": str(tmp_path / "c")},
+        env={"CIFARLAB_CACHE": str(onnx_cache)},
     )
     try:
         status, info, _ = s.request("GET", "/v1/models")
