@@ -344,6 +344,16 @@ def _add_run_argument(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_tta_argument(p: argparse._ActionsContainer, default: str) -> None:
+    p.add_argument(
+        "--tta",
+        type=int,
+        choices=[0, 1, 2],
+        help=f"test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-px shifts (default: "
+        f"{default})",
+    )
+
+
 def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p = _command(
         sub,
@@ -359,13 +369,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["test", "val"], help="default: test")
     p.add_argument("--root", type=Path, help="data folder, if not the one the run used")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
-    p.add_argument(
-        "--tta",
-        type=int,
-        choices=[0, 1, 2],
-        help="test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-px shifts "
-        "(default: the run's setting)",
-    )
+    _add_tta_argument(p, "the run's setting")
     p.add_argument("--no-report", action="store_true", help="skip report.html")
 
 
@@ -518,13 +522,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         "--max-batch", type=int, default=64, help="most images per model batch (default: 64)"
     )
     g.add_argument("--no-batching", action="store_true", help="run every request alone")
-    g.add_argument(
-        "--tta",
-        type=int,
-        choices=[0, 1, 2],
-        help="test-time augmentation: 0 none, 1 mirror, 2 mirror + 1-px shifts "
-        "(default: each run's own, as cifarlab predict)",
-    )
+    _add_tta_argument(g, "each run's own, as cifarlab predict")
 
 
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
