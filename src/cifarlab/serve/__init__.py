@@ -12,6 +12,7 @@ opened), binds the socket itself (a port in use is one line too), then hands it 
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -24,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cifarlab.errors import CifarlabError, SettingError, one_line
+from cifarlab.errors import CifarlabError, one_line
 
 if TYPE_CHECKING:
     from cifarlab.serve.app import Settings
@@ -96,7 +97,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
-        raise SettingError("host", f"cannot listen on {host!r} ({e.strerror})") from None
+        raise CifarlabError(f"--host {host}: cannot listen there ({e.strerror})") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -108,7 +109,12 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as e:
         sock.close()
         why = e.strerror or one_line(e)
-        raise SettingError("port", f"cannot listen on {host}:{port} ({why})") from None
+        hint = (
+            "; another program has this port: choose another --port"
+            if (e.errno == errno.EADDRINUSE)
+            else ""
+        )
+        raise CifarlabError(f"cannot listen on {host}:{port} ({why}{hint})") from None
     sock.set_inheritable(True)
     return sock
 
