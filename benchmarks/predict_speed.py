@@ -33,10 +33,10 @@ from cifarlab.models import create_model
 def runners(name: str, batch: int, tmp: Path, threads: int, tta: int = 0) -> dict:
     import onnxruntime as ort
 
-    from cifarlab.serve.engine import _WithTTA
+    from cifarlab.evaluate.inference import TTAModel
 
     torch.manual_seed(0)
-    model = _WithTTA(create_model(name, 10).eval(), tta).eval()
+    model = TTAModel(create_model(name, 10).eval(), tta).eval()
     x = np.random.default_rng(0).integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8)
     xt = torch.from_numpy(x)
     fp32 = Preprocessed(model, CIFAR10.mean, CIFAR10.std).eval()
@@ -47,7 +47,7 @@ def runners(name: str, batch: int, tmp: Path, threads: int, tta: int = 0) -> dic
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    bf16 = Preprocessed(_WithTTA(create_model(name, 10).eval(), tta), CIFAR10.mean, CIFAR10.std)
+    bf16 = Preprocessed(TTAModel(create_model(name, 10).eval(), tta), CIFAR10.mean, CIFAR10.std)
     bf16 = bf16.eval()
     bf16.load_state_dict(fp32.state_dict())
     bf16 = bf16.to(memory_format=torch.channels_last)

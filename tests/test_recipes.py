@@ -113,6 +113,23 @@ def test_every_recipe_learns(
 
 
 @pytest.mark.slow
+def test_tta_shifts_are_translates_pixels_for_any_batch() -> None:
+    """The TTA shift (reflect-pad and crop, so that an exported graph takes any batch) moves
+    exactly the pixels `translate` moves, in every layout and dtype."""
+    from cifarlab.data.augment import translate
+    from cifarlab.evaluate.inference import _shift
+
+    gen = torch.Generator().manual_seed(0)
+    for n, dtype, cl in ((1, torch.float32, False), (7, torch.bfloat16, False),
+                         (64, torch.float32, True)):  # fmt: skip
+        x = torch.randn(n, 3, 32, 32, generator=gen).to(dtype)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        for d in (-2, -1, 1, 2):
+            shift = torch.full((n,), d)
+            assert torch.equal(_shift(x, d), translate(x, shift, shift)), (n, dtype, cl, d)
+
+
 def test_tta_does_not_lower_accuracy(cifar10_root: Path, tmp_path: Path) -> None:
     run = train(
         _small(cifar10_root, "quick", train_size=10000, val_size=2000, epochs=4),

@@ -10,16 +10,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cifarlab.data.augment import translate
 from cifarlab.data.loader import BatchLoader
 
 TTA_LEVELS = {0: "none", 1: "mirror", 2: "mirror + 1-px shifts"}
 
 
 def _shift(x: Tensor, d: int) -> Tensor:
-    """Every image moved by (d, d) pixels, the border filled by reflection."""
-    shift = torch.full((len(x),), d, device=x.device)
-    return translate(x, shift, shift)
+    """Every image moved by (d, d) pixels, the border filled by reflection: output pixel
+    (i, j) is input pixel (reflect(i + d), reflect(j + d)), as
+    :func:`cifarlab.data.augment.translate` moves a batch. Written as reflect-pad and crop,
+    which does not depend on the batch size, so that a graph exported with it (``cifarlab
+    serve``'s ONNX backend) takes any batch: the same pixels, and faster on float batches."""
+    h, w = x.shape[-2:]
+    k = abs(d)
+    padded = F.pad(x, (k, k, k, k), mode="reflect")
+    return padded[:, :, k + d : k + d + h, k + d : k + d + w].contiguous()
 
 
 def tta_logits(model: nn.Module, x: Tensor, level: int = 0) -> Tensor:
@@ -40,6 +45,19 @@ def tta_logits(model: nn.Module, x: Tensor, level: int = 0) -> Tensor:
         shifted = 0.5 * (mirror(_shift(x, -1)) + mirror(_shift(x, 1)))
         out = 0.5 * out + 0.5 * shifted
     return out
+
+
+class TTAModel(nn.Module):
+    """``model`` as a module whose output is :func:`tta_logits` at ``level``: what an
+    exported graph (``cifarlab serve``'s ONNX backend) or a benchmark runs."""
+
+    def __init__(self, model: nn.Module, level: int) -> None:
+        super().__init__()
+        self.model = model
+        self.level = level
+
+    def forward(self, x: Tensor) -> Tensor:
+        return tta_logits(self.model, x, self.level)
 
 
 @torch.no_grad()

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from cifarlab.predict import (
 
 BACKENDS = ("auto", "torch", "onnx")
 # bumped whenever the exported graph changes: the cached ONNX files of older graphs are not used
-GRAPH_VERSION = 2
+GRAPH_VERSION = 3
 
 
 # --------------------------------------------------------------------------- decoding
@@ -120,32 +120,6 @@ class OnnxBackend:
         return self.session.run(["probabilities"], {"images": x})[0]
 
 
-class _WithTTA(torch.nn.Module):
-    """A model averaged over the run's test-time augmentation views, as
-    :func:`cifarlab.evaluate.inference.tta_logits` computes them, written with ops the ONNX
-    exporter keeps batch-independent (the 1-px shifts as reflect-pad and crop)."""
-
-    def __init__(self, model: torch.nn.Module, level: int) -> None:
-        super().__init__()
-        self.model = model
-        self.level = level
-
-    def _mirror(self, v: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (self.model(v).float() + self.model(v.flip(-1)).float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.level == 0:
-            return self.model(x).float()
-        out = self._mirror(x)
-        if self.level >= 2:
-            h, w = x.shape[-2:]
-            padded = torch.nn.functional.pad(x, (1, 1, 1, 1), mode="reflect")
-            up = padded[:, :, 0:h, 0:w]  # every pixel moved by (-1, -1)
-            down = padded[:, :, 2 : h + 2, 2 : w + 2]  # by (+1, +1)
-            out = 0.5 * out + 0.5 * (0.5 * (self._mirror(up) + self._mirror(down)))
-        return out
-
-
 def _onnx_graph(run: Run) -> Path:
     """The run's model as an ONNX file in the cache, keyed by the checkpoint's bytes, the TTA
     level and the versions: exported on the first start, reused after."""
@@ -172,11 +146,12 @@ def _onnx_graph(run: Run) -> Path:
         return out
     import copy
 
+    from cifarlab.evaluate.inference import TTAModel
     from cifarlab.export import Preprocessed
     from cifarlab.files import atomic_write
 
     model = copy.deepcopy(run.model).float().cpu().eval()
-    wrapped = Preprocessed(_WithTTA(model, run.tta), run.mean, run.std, "uint8").eval()
+    wrapped = Preprocessed(TTAModel(model, run.tta), run.mean, run.std, "uint8").eval()
     meta = metadata(run.config, run.class_names, "uint8", run.mean, run.std)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: _write_onnx(wrapped, _example("uint8"), meta, tmp))
@@ -206,7 +181,6 @@ class ServedRun:
     backend_name: str
     backend_note: str
     test_accuracy: float | None
-    timings: dict[str, float] = field(default_factory=dict)
 
     @property
     def class_names(self) -> list[str]:
@@ -317,7 +291,6 @@ def load_served(
         for b, fn in (("torch", torch_backend), ("onnx", onnx_backend))
         for n in (1, 64)
     }
-    served.timings = {k: round(v, 3) for k, v in t.items()}
     faster = t["onnx_batch1_ms"] + t["onnx_batch64_ms"] / 8 < (
         t["torch_batch1_ms"] + t["torch_batch64_ms"] / 8
     )
