@@ -13,7 +13,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 URL_LINE = re.compile(r"cifarlab serve: (http://\S+?)/?\s")
@@ -92,11 +91,6 @@ class Server:
             "POST", "/v1/predict" + query, body, {"Content-Type": ctype, **(headers or {})}
         )
         return status, payload
-
-    def rss_kb(self) -> int:
-        """The server process's resident memory (its own and its children's largest)."""
-        text = Path(f"/proc/{self.proc.pid}/status").read_text()
-        return int(re.search(r"VmRSS:\s+(\d+)", text).group(1))
 
     def interrupt(self, timeout: float = 30) -> int:
         """Ctrl-C (SIGINT), as a terminal sends it; the exit code."""

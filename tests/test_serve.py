@@ -432,16 +432,16 @@ def test_small_load_no_errors_no_memory_growth(server: Server) -> None:
     """8 clients × 250 single-image requests on kept-alive connections: no error, and the
     server's memory after 2,000 requests is within 30 MB of what it was after the first 400."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-    from serve_load import load
+    from serve_load import load, rss_mb
 
     image = photo(3, (32, 32))
     warm = load("127.0.0.1", server.port, image, clients=8, requests=400)
     assert warm.errors == 0, warm.first_error
-    rss_warm = server.rss_kb()
+    rss_warm = rss_mb(server.proc.pid)
     result = load("127.0.0.1", server.port, image, clients=8, requests=2000)
     assert result.errors == 0, result.first_error
     assert result.ok == 2000
-    growth_mb = (server.rss_kb() - rss_warm) / 1024
+    growth_mb = rss_mb(server.proc.pid) - rss_warm
     assert growth_mb < 30, growth_mb
 
 

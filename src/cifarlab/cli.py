@@ -428,6 +428,8 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
+    from cifarlab.serve import TOKEN_ENV  # no FastAPI, no torch: the names only
+
     p = _command(
         sub,
         "serve",
@@ -467,7 +469,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument(
         "--token",
-        help=f"API calls need 'Authorization: Bearer TOKEN' (default: ${_SERVE_TOKEN_ENV} if set)",
+        help=f"API calls need 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)",
     )
     g.add_argument("--access-log", action="store_true", help="log every request")
     g = p.add_argument_group("requests")
@@ -947,6 +949,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import math
     import os
 
+    from cifarlab.serve import TOKEN_ENV, require, serve
+
     def check(flag: str, ok: bool, what: str) -> None:
         if not ok:
             raise CifarlabError(f"{flag} must be {what}")
@@ -982,15 +986,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         0 < args.max_request_megapixels <= 10_000,
         f"more than 0 and at most 10000, got {args.max_request_megapixels:g}",
     )
-    token = args.token if args.token is not None else os.environ.get(_SERVE_TOKEN_ENV) or None
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
     if token is not None:  # RFC 6750's token characters: what an HTTP header carries as is
         check(
             "--token",
             bool(re.fullmatch(r"[A-Za-z0-9._~+/=-]{1,512}", token)),
             "1 to 512 of A-Z a-z 0-9 - . _ ~ + / = (no spaces or other characters)",
         )
-    from cifarlab.serve import require, serve
-
     require()  # before the runs are read: a missing extra is the first thing to say
     from cifarlab.serve.app import Settings
 
@@ -1019,7 +1021,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
 
 
-_SERVE_TOKEN_ENV = "CIFARLAB_SERVE_TOKEN"
 DEBUG_ENV = "CIFARLAB_DEBUG"  # set to 1: an unexpected error shows its traceback
 
 

@@ -189,7 +189,7 @@ def serve(
         acc = (
             f"test accuracy {r.test_accuracy:.2%}"
             if r.test_accuracy is not None
-            else ("not evaluated")
+            else "not evaluated"
         )
         print(
             f"serving {r.name} ({r.run.config.get('model')}, {acc}; backend: {r.backend_note})",

@@ -21,7 +21,7 @@ import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -57,14 +57,12 @@ class Settings:
     max_batch: int = 64
     batch_wait_ms: float = 2.0
     uncertain_below: float = 0.5
-    default_top_k: int = 3
     decode_threads: int = 2
     max_request_pixels: float = 64e6
     # bytes of request bodies held at once, all requests together: past it, 503 (a crowd of
     # slow uploads cannot fill the memory), and how long one body may take to arrive
     max_pending_mb: float = 512.0
     body_timeout_s: float = 60.0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -238,7 +236,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
     def loop_time() -> float:
         return asyncio.get_running_loop().time()
 
-    async def read_body(request: Request, held: list[int]) -> AsyncIterator[bytes]:
+    async def read_body(request: Request) -> AsyncIterator[bytes]:
         """The body, refused (413) as soon as it passes the limit: never read whole first."""
         limit = settings.max_upload_bytes
         too_big = (
@@ -260,7 +258,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
                 raise ApiError(400, "Content-Length is not a number") from None
             if size > limit:
                 raise ApiError(413, too_big)
-        seen = 0
+        seen = 0  # bytes of this body received (and counted in pending until it ends)
         deadline = loop_time() + settings.body_timeout_s
         stream = request.stream().__aiter__()
         try:
@@ -280,24 +278,22 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
                 except ClientDisconnect:
                     raise ApiError(400, "the client closed the connection") from None
                 seen += len(chunk)
+                pending[0] += len(chunk)
                 if seen > limit:
                     raise ApiError(413, too_big)
-                pending[0] += len(chunk)
-                held.append(len(chunk))
                 if pending[0] > settings.max_pending_mb * 1024 * 1024:
                     raise ApiError(503, "the server is busy receiving other uploads: try again")
                 yield chunk
         finally:
-            pending[0] -= sum(held)
-            held.clear()
+            pending[0] -= seen
 
-    async def uploads(request: Request, held: list[int]) -> list[tuple[str, bytes]]:
+    async def uploads(request: Request) -> list[tuple[str, bytes]]:
         ctype = request.headers.get("content-type", "")
         kind = ctype.split(";")[0].strip().lower()
         if kind == "multipart/form-data":
             parser = MultiPartParser(
                 request.headers,
-                read_body(request, held),
+                read_body(request),
                 max_files=settings.max_files,
                 max_fields=0,
                 max_part_size=1024,
@@ -341,7 +337,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
                 raise ApiError(400, "no file in the form: send each image as a part named 'file'")
             return files
         if kind.startswith("image/") or kind in RAW_TYPES or not kind:
-            chunks = [c async for c in read_body(request, held)]
+            chunks = [c async for c in read_body(request)]
             data = b"".join(chunks)
             if not data:
                 raise ApiError(400, "empty request body: send an image (or a multipart form)")
@@ -437,7 +433,7 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
             raise ApiError(
                 404, f"no model '{shown(model or '')[:60]}' here; served: " + ", ".join(by_name)
             )
-        files = await uploads(request, [])
+        files = await uploads(request)
         loop = asyncio.get_running_loop()
         budget = PixelBudget(settings.max_request_pixels)
         if len(files) < 2 or sum(len(d) for _, d in files) < PARALLEL_DECODE_BYTES:
@@ -492,11 +488,12 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
 def app_from_env() -> FastAPI:
     """The app of one worker process (``--workers N``): the runs and settings come from the
     parent in ``$CIFARLAB_SERVE_SPEC`` (JSON; the token in ``$CIFARLAB_SERVE_TOKEN``)."""
+    from cifarlab.serve import TOKEN_ENV
     from cifarlab.serve.engine import load_served
 
     spec = json.loads(os.environ["CIFARLAB_SERVE_SPEC"])
     settings = Settings(**spec["settings"])
-    settings.token = os.environ.get("CIFARLAB_SERVE_TOKEN") or None
+    settings.token = os.environ.get(TOKEN_ENV) or None
     runs = []
     for path, (backend, note) in zip(spec["runs"], spec["backends"], strict=True):
         served = load_served(
