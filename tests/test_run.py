@@ -42,7 +42,7 @@ def test_no_module_spells_a_run_file_name() -> None:
     """Every module goes through cifarlab/runs.py for the names of a run's files."""
     names = re.compile(
         r"""["'](config\.json|metrics\.jsonl|last\.pt|best\.pt|\.lock|"""
-        r"""report\.html|model\.onnx)["']|f["']eval_\{|f["']predictions_\{"""
+        r"""report\.html|model\.onnx|calibration\.json|robustness\.json)["']|f["']eval_\{|f["']predictions_\{"""
     )
     offenders = []
     for path in (REPO / "src" / "cifarlab").rglob("*.py"):

@@ -16,6 +16,9 @@ A run is a folder, ``runs/NAME/``:
 ``report.html``             the report of the test split (``report_val.html`` for val), with
 ``*.png``                   its figures (``val_*.png`` for val)
 ``model.onnx``/``model.pt``  ``cifarlab export``'s default output
+``calibration.json``        the temperature fitted on the validation split (per checkpoint)
+``robustness.json``         ``cifarlab robustness``'s accuracy per corruption and severity, with
+``robustness_*.png``        its heat-map and example images
 ==========================  =================================================================
 
 Nothing read back from a run folder is trusted: each file is read only if it is a regular file
@@ -66,6 +69,8 @@ LOCK = ".lock"
 CHECKPOINTS = {"best": BEST, "last": LAST}
 SPLITS = ("test", "val")
 EXPORTS = {"onnx": "model.onnx", "torchscript": "model.pt"}
+CALIBRATION = "calibration.json"
+ROBUSTNESS = "robustness.json"
 # config.json keys that are not TrainConfig fields: what the run recorded about itself.
 RECORDS = ("num_classes", "class_names", "params", "device_used", "train_images", "world_size",
            "precision_used", "precision_choice", "machine", "budget_plan", "train_seconds",
@@ -153,6 +158,18 @@ class RunFolder:
 
     def figure_path(self, split: str, filename: str) -> Path:
         return self.path / f"{_split_prefix(split)}{filename}"
+
+    @property
+    def calibration_path(self) -> Path:
+        return self.path / CALIBRATION
+
+    @property
+    def robustness_path(self) -> Path:
+        return self.path / ROBUSTNESS
+
+    def robustness_figure_path(self, what: str) -> Path:
+        """``robustness_WHAT.png`` (the heat-map: ``heatmap``; examples: ``examples``)."""
+        return self.path / f"robustness_{what}.png"
 
     def export_path(self, fmt: str) -> Path:
         if fmt not in EXPORTS:
