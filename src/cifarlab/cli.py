@@ -382,7 +382,9 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         description="Predict image files (PNG, JPEG, BMP, WebP, GIF, TIFF; any size; "
         "folders are searched recursively) with a trained run. Each image is brought "
         "to 32×32 RGB (transparency onto white, shorter side to 32, centre crop), "
-        "normalized as in training, and run with the run's test-time augmentation. A "
+        "normalized as in training, and run with the run's test-time augmentation. The "
+        "probabilities are calibrated by the temperature fitted on the validation split "
+        "(--no-calibration: the model's own). A "
         "file that cannot be read is reported and skipped; the exit code is 1 if any "
         "failed.",
     )
@@ -398,6 +400,17 @@ def _predict_parser(sub: argparse._SubParsersAction) -> None:
         help="crop: shorter side to 32, centre square (default); stretch: both sides to 32",
     )
     p.add_argument("--device", default="cpu", help="cpu (default), auto, cuda or mps")
+    _add_calibration_argument(p)
+
+
+def _add_calibration_argument(p: argparse._ActionsContainer) -> None:
+    p.add_argument(
+        "--no-calibration",
+        dest="calibrated",
+        action="store_false",
+        help="the model's own probabilities, without the temperature fitted on the validation "
+        "split (calibration.json; used by default)",
+    )
 
 
 def _export_parser(sub: argparse._SubParsersAction) -> None:
@@ -408,8 +421,10 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
         help="export a trained run to ONNX or TorchScript",
         description="Export a run's model, with its preprocessing, to one file. Input "
         "'images': uint8 N×32×32×3 RGB 0..255 (--input uint8, default) or float32 "
-        "N×3×32×32 RGB 0..1 (--input float); outputs 'logits' and 'probabilities'; "
-        "dynamic batch size; class names and preprocessing in the file's metadata.",
+        "N×3×32×32 RGB 0..1 (--input float); outputs 'logits' and 'probabilities' "
+        "(calibrated: the logits divided by the run's fitted temperature, unless "
+        "--no-calibration); dynamic batch size; class names, preprocessing and the "
+        "temperature in the file's metadata.",
     )
     _add_run_argument(p)
     p.add_argument(
@@ -425,6 +440,7 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, help="file to write (default: RUN/model.onnx or RUN/model.pt)"
     )
+    _add_calibration_argument(p)
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
@@ -525,6 +541,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     g.add_argument("--no-batching", action="store_true", help="run every request alone")
     _add_tta_argument(g, "each run's own, as cifarlab predict")
+    _add_calibration_argument(g)
 
 
 def _compare_parser(sub: argparse._SubParsersAction) -> None:
@@ -856,7 +873,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if m.get("tta")
         else ""
     )
-    print(f"accuracy {m['accuracy']:.4f}{top5}   log-loss {m['log_loss']:.4f}{tta}\n")
+    print(f"accuracy {m['accuracy']:.4f}{top5}   log-loss {m['log_loss']:.4f}{tta}")
+    print(_calibration_lines(m.get("calibration")) + "\n")
     print(classification_report_text(m))
     print(counts_table_text(m))
     print(confusion_matrix_text(m))
@@ -864,6 +882,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if "report" in m:
         print(f"report: {m['report']}")
     return 0
+
+
+def _calibration_lines(c: dict | None) -> str:
+    """evaluate's calibration summary: ECE, MCE, Brier and NLL before and after scaling."""
+    if not c:
+        return ""
+
+    def row(label: str, x: dict) -> str:
+        return (f"  {label:<28} ECE {x['ece']:7.2%}   MCE {x['mce']:7.2%}   "
+                f"Brier {x['brier']:.4f}   NLL {x['nll']:.4f}")  # fmt: skip
+
+    lines = ["calibration (15 equal-width bins):", row("as trained", c["before"])]
+    if c.get("after") is not None:
+        lines.append(row(f"temperature {c['temperature']:.3f}", c["after"]))
+    else:
+        lines.append(f"  {c['note']}")
+    return "\n".join(lines)
 
 
 MAX_PREDICT_BATCH = 65536  # images per forward pass; more only costs memory
@@ -880,7 +915,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
     from cifarlab.predict import load_run, shown
 
-    run = load_run(args.run, args.checkpoint, device=args.device)
+    run = load_run(args.run, args.checkpoint, device=args.device, calibrated=args.calibrated)
+    print(f"{run.name}: {run.calibration_note}", file=sys.stderr)
     results = run.predict_files(args.paths, batch_size=args.batch_size, resize=args.resize)
     if not results:
         raise CifarlabError("no image files found in " + ", ".join(shown(p) for p in args.paths))
@@ -915,11 +951,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from cifarlab.export import export_run
 
-    out = export_run(
-        args.run, args.format, args.out, checkpoint=args.checkpoint, input_kind=args.input_kind
-    )
+    out = export_run(args.run, args.format, args.out, checkpoint=args.checkpoint,
+                     input_kind=args.input_kind, calibrated=args.calibrated)  # fmt: skip
     print(f"wrote {out}")
+    print(_exported_note(out))
     return 0
+
+
+def _exported_note(out: Path) -> str:
+    """What the exported file's probabilities are (its metadata's calibration line)."""
+    from cifarlab.export import read_metadata
+
+    return read_metadata(out).get("calibration", "")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -1018,6 +1061,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
         tta=args.tta,
         threads=args.threads,
+        calibrated=args.calibrated,
     )
 
 

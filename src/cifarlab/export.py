@@ -8,11 +8,13 @@ user of the file needs nothing from cifarlab:
 - ``input="float"``: ``images``, float32, N×3×32×32 (NCHW, RGB, 0..1) — torchvision's
   ``ToTensor`` convention.
 
-Outputs: ``logits`` (float32, N×classes) and ``probabilities`` (their softmax). The batch
-dimension is dynamic. The class names and the preprocessing are stored in the file: ONNX
-``metadata_props`` (keys ``class_names`` as JSON, ``preprocessing``, ``input_format``,
-``mean``, ``std``, ``model``, ``cifarlab_version``), TorchScript ``_extra_files``
-(``cifarlab.json``). The export is of the single-view model: the run's test-time augmentation,
+Outputs: ``logits`` (float32, N×classes; divided by the run's fitted temperature, so the
+probabilities are calibrated, unless exported with ``calibrated=False``) and ``probabilities``
+(their softmax). The batch dimension is dynamic. The class names and the preprocessing are
+stored in the file: ONNX ``metadata_props`` (keys ``class_names`` as JSON, ``preprocessing``,
+``input_format``, ``mean``, ``std``, ``temperature``, ``calibration``, ``model``,
+``cifarlab_version``), TorchScript ``_extra_files`` (``cifarlab.json``); :func:`read_metadata`
+reads either. The export is of the single-view model: the run's test-time augmentation,
 if any, is not in the file. Images of other sizes must be brought to 32×32 first (see
 :mod:`cifarlab.predict` for how cifarlab does it).
 """
@@ -39,7 +41,8 @@ OPSET = 18
 
 
 class Preprocessed(nn.Module):
-    """``model`` behind the run's preprocessing; returns (logits, probabilities)."""
+    """``model`` behind the run's preprocessing; returns (logits, probabilities). The logits
+    are divided by ``temperature`` (the run's calibration; 1.0: none) before the softmax."""
 
     def __init__(
         self,
@@ -47,9 +50,11 @@ class Preprocessed(nn.Module):
         mean: Sequence[float] | None,
         std: Sequence[float] | None,
         input_kind: str = "uint8",
+        temperature: float = 1.0,
     ) -> None:
         super().__init__()
         self.model = model
+        self.temperature = float(temperature)
         self.uint8_input = input_kind == "uint8"
         # (x/255 - mean) / std as one multiply-add on 0..255 values; unit scaling: x/255.
         m = torch.tensor(mean if mean is not None else (0.0, 0.0, 0.0), dtype=torch.float32)
@@ -63,12 +68,15 @@ class Preprocessed(nn.Module):
         else:
             x = images * 255.0
         logits = self.model(x * self.scale + self.shift)
+        if self.temperature != 1.0:
+            logits = logits * (1.0 / self.temperature)
         return logits, torch.softmax(logits, dim=1)
 
 
 def metadata(
-    config: dict[str, Any], class_names: list[str], input_kind: str, mean: Any, std: Any
-) -> dict[str, str]:
+    config: dict[str, Any], class_names: list[str], input_kind: str, mean: Any, std: Any,
+    temperature: float = 1.0, calibration: str = "probabilities not calibrated",
+) -> dict[str, str]:  # fmt: skip
     from cifarlab import __version__
 
     if input_kind == "uint8":
@@ -87,7 +95,10 @@ def metadata(
         f"(cifarlab: shorter side to 32, centre crop); normalization: {norm}",
         "mean": json.dumps(list(mean) if mean is not None else None),
         "std": json.dumps(list(std) if std is not None else None),
-        "outputs": "logits (float32 N×classes), probabilities (softmax of logits)",
+        "outputs": "logits (float32 N×classes, divided by the temperature), probabilities "
+        "(softmax of logits)",
+        "temperature": json.dumps(float(temperature)),
+        "calibration": calibration,
         "model": str(config.get("model")),
         "recipe": str(config.get("recipe")),
         "dataset": str(config.get("dataset")),
@@ -112,17 +123,20 @@ def export_model(
     std: Sequence[float] | None,
     config: dict[str, Any] | None = None,
     input_kind: str = "uint8",
+    temperature: float = 1.0,
+    calibration: str = "probabilities not calibrated",
 ) -> Path:
-    """Write ``model`` (float32, CPU, eval mode) with its preprocessing to ``out``."""
+    """Write ``model`` (float32, CPU, eval mode) with its preprocessing to ``out``; the logits
+    divided by ``temperature`` (``calibration`` says what it is, in the metadata)."""
     if fmt not in FORMATS:
         raise SettingError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if input_kind not in INPUTS:
         raise SettingError("input_kind", f"must be one of {', '.join(INPUTS)}, got {input_kind!r}")
     check_output(Path(out))  # not a device or a FIFO: refused before the work
-    wrapped = Preprocessed(model.float().cpu().eval(), mean, std, input_kind).eval()
+    wrapped = Preprocessed(model.float().cpu().eval(), mean, std, input_kind, temperature).eval()
     example = _example(input_kind)
     _check_class_names(wrapped, example, class_names)
-    meta = metadata(config or {}, class_names, input_kind, mean, std)
+    meta = metadata(config or {}, class_names, input_kind, mean, std, temperature, calibration)
     if fmt == "onnx":
         return atomic_write(out, lambda tmp: _write_onnx(wrapped, example, meta, tmp))
     return atomic_write(out, lambda tmp: _write_torchscript(wrapped, example, meta, tmp))
@@ -177,6 +191,19 @@ def _write_onnx(wrapped: nn.Module, example: Tensor, meta: dict[str, str], path:
     onnx.save_model(proto, str(path))
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata cifarlab stored in an exported file (ONNX or TorchScript)."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+        return {p.key: p.value for p in proto.metadata_props}
+    extra = {"cifarlab.json": ""}
+    torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    return json.loads(extra["cifarlab.json"] or "{}")
+
+
 def _export(wrapped: nn.Module, example: Tensor, batch: Any) -> Any:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
@@ -209,19 +236,22 @@ def export_run(
     *,
     checkpoint: str = "best",
     input_kind: str = "uint8",
+    calibrated: bool = True,
 ) -> Path:
     """Export a run's ``checkpoint`` to ``out`` (default ``runs/NAME/model.onnx`` or
-    ``model.pt``). The run is opened through :func:`cifarlab.runs.open_run`: every file is
+    ``model.pt``), with the run's fitted temperature in the graph unless
+    ``calibrated=False``. The run is opened through :func:`cifarlab.runs.open_run`: every file is
     checked against its schema and the class names must match the model's outputs; ``out``
     must be a regular file or nothing (a device or a FIFO is refused, never replaced)."""
     from cifarlab.predict import load_run
 
     if out is not None:
         check_output(Path(out))  # /dev/null, a FIFO: refused before the run is opened
-    run = load_run(run_dir, checkpoint, device="cpu")
+    run = load_run(run_dir, checkpoint, device="cpu", calibrated=calibrated)
     if out is None:
         out = run.opened.folder.export_path(fmt)
     return export_model(
         run.model, out, fmt=fmt, class_names=run.class_names, mean=run.mean, std=run.std,
-        config=run.config, input_kind=input_kind,
+        config=run.config, input_kind=input_kind, temperature=run.temperature,
+        calibration=run.calibration_note,
     )  # fmt: skip

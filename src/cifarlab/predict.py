@@ -409,14 +409,17 @@ class Prediction:
 class Run:
     """A trained run loaded for inference (on the CPU unless told otherwise): the model, its
     normalization, precision and test-time augmentation come from the run folder
-    (:func:`cifarlab.runs.open_run`)."""
+    (:func:`cifarlab.runs.open_run`). The logits are divided by the run's fitted temperature
+    (calibrated probabilities) unless ``calibrated=False``; :attr:`calibration_note` says
+    which."""
 
     def __init__(
-        self, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu"
-    ) -> None:
+        self, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
+        calibrated: bool = True,
+    ) -> None:  # fmt: skip
         from cifarlab.runs import open_run
 
-        opened = open_run(path, checkpoint, device)
+        opened = open_run(path, checkpoint, device, calibrated=calibrated)
         self.opened = opened
         self.path = opened.folder.path
         self.config = opened.config
@@ -428,6 +431,9 @@ class Run:
         self.mean, self.std = opened.mean, opened.std
         self.tta = opened.tta
         self.autocast = opened.autocast
+        self.temperature = opened.temperature  # 1.0 when not calibrated
+        self.calibrated = opened.calibrated
+        self.calibration_note = opened.calibration_note
 
     @property
     def name(self) -> str:
@@ -449,7 +455,8 @@ class Run:
             for start in range(0, len(batch), batch_size):
                 x = self.preprocess(batch[start : start + batch_size])
                 out.append(tta_logits(self.model, x, self.tta).float().cpu())
-        return torch.cat(out)
+        logits = torch.cat(out)
+        return logits / self.temperature if self.calibrated else logits
 
     def predict(
         self, images: Any, *, batch_size: int = 256, resize: str = DEFAULT_RESIZE
@@ -528,6 +535,11 @@ class FileResult:
         }
 
 
-def load_run(path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu") -> Run:
-    """Load the run in ``path`` for prediction: ``load_run("runs/fast").predict(images)``."""
-    return Run(path, checkpoint, device)
+def load_run(
+    path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
+    calibrated: bool = True,
+) -> Run:  # fmt: skip
+    """Load the run in ``path`` for prediction: ``load_run("runs/fast").predict(images)``.
+    The probabilities are calibrated by the run's fitted temperature unless
+    ``calibrated=False``."""
+    return Run(path, checkpoint, device, calibrated)

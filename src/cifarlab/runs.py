@@ -84,6 +84,7 @@ SCHEMAS: dict[str, schemas.Schema] = {
     "predictions_SPLIT.npz": schemas.PREDICTIONS,
     BEST: schemas.CHECKPOINT,
     LAST: schemas.CHECKPOINT,
+    CALIBRATION: schemas.CALIBRATION,
 }
 # The files training writes; their temporary names (files.atomic_write: ".NAME.XXXXXXXX.tmp",
 # and ".best.pt.tmp" of older versions), left behind only by a process killed mid-write.
@@ -558,6 +559,30 @@ class RunFolder:
         for note in found.notes:
             print(f"{self.path}: {note}", flush=True)
 
+    # ------------------------------------------------------------------ calibration
+
+    def read_calibration(self) -> dict[str, dict[str, Any]]:
+        """``calibration.json``'s record per checkpoint ({} when the run has none), each
+        checked against :data:`cifarlab.schemas.CALIBRATION_RECORD`."""
+        path = self.calibration_path
+        if not os.path.lexists(path):
+            return {}
+        data = self._read_json(path)
+        schemas.check(schemas.CALIBRATION, data, str(path))
+        for which, record in data["checkpoints"].items():
+            schemas.check(schemas.CALIBRATION_RECORD, record, f"{path}: checkpoints.{which}")
+        return data["checkpoints"]
+
+    def write_calibration(self, checkpoint: str, record: dict[str, Any]) -> Path:
+        """Store the calibration ``record`` of ``checkpoint`` (the other's is kept)."""
+        try:
+            records = self.read_calibration()
+        except CifarlabError:
+            records = {}  # a broken file is replaced
+        records[checkpoint] = record
+        text = json.dumps({"version": 1, "checkpoints": records}, indent=1) + "\n"
+        return atomic_write(self.calibration_path, lambda tmp: tmp.write_text(text))
+
     # ------------------------------------------------------------------ evaluations
 
     def write_eval(self, split: str, metrics: dict[str, Any]) -> Path:
@@ -808,6 +833,9 @@ class OpenRun:
     autocast: torch.dtype | None
     checkpoint: str
     checkpoint_epoch: int
+    temperature: float = 1.0  # the logits are divided by it (1.0 when not calibrated)
+    calibration_note: str = "probabilities not calibrated"
+    calibrated: bool = False  # a fitted temperature is applied
 
     @property
     def class_names(self) -> list[str]:
@@ -823,10 +851,17 @@ class OpenRun:
         return autocast_context(self.device, self.autocast)
 
 
-def open_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "cpu") -> OpenRun:
+def open_run(
+    run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
+    calibrated: bool = True,
+) -> OpenRun:  # fmt: skip
     """Open a trained run: its config, and its model with the ``checkpoint`` weights on
     ``device`` with the normalization and precision of its training. Every file is checked
-    against its schema first; the model must give one score per class name."""
+    against its schema first; the model must give one score per class name.
+
+    ``calibrated``: use the temperature fitted for these weights (``calibration.json``) when
+    there is one (:attr:`OpenRun.temperature`; :attr:`OpenRun.calibration_note` says what the
+    probabilities are)."""
     from cifarlab.train.config import TrainConfig
     from cifarlab.train.device import resolve_device, run_autocast
 
@@ -840,8 +875,32 @@ def open_run(run_dir: str | os.PathLike, checkpoint: str = "best", device: str =
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     mean, std = cfg.normalization()
-    return OpenRun(folder, config, cfg, model.eval(), dev, mean, std,
-                   run_autocast(config, dev), checkpoint, int(state["epoch"]))  # fmt: skip
+    epoch = int(state["epoch"])
+    temperature, note = _temperature(folder, checkpoint, epoch, calibrated)
+    return OpenRun(folder, config, cfg, model.eval(), dev, mean, std, run_autocast(config, dev),
+                   checkpoint, epoch, temperature or 1.0, note,
+                   temperature is not None)  # fmt: skip
+
+
+def _temperature(folder: RunFolder, checkpoint: str, epoch: int,
+                 calibrated: bool) -> tuple[float | None, str]:  # fmt: skip
+    """The temperature to divide the logits by (None: none) and a line saying why."""
+    from cifarlab.evaluate.calibration import describe
+
+    if not calibrated:
+        return None, "probabilities not calibrated (turned off)"
+    record = folder.read_calibration().get(checkpoint)
+    if record is None:
+        return None, (f"probabilities not calibrated ({folder.calibration_path.name} has no "
+                     f"temperature for the {checkpoint} checkpoint: cifarlab evaluate "
+                     f"{folder.path} fits one)")  # fmt: skip
+    if record["checkpoint_epoch"] != epoch:
+        return None, (f"probabilities not calibrated (the temperature was fitted for epoch "
+                     f"{record['checkpoint_epoch']}, the {checkpoint} checkpoint is epoch "
+                     f"{epoch}: cifarlab evaluate {folder.path} fits it again)")  # fmt: skip
+    if record["temperature"] is None:
+        return None, describe(record)
+    return float(record["temperature"]), describe(record)
 
 
 # --------------------------------------------------------------------------- provenance

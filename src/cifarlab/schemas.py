@@ -388,6 +388,7 @@ EVAL = Schema(
         Field("checkpoint_epoch", integer(0), False),
         Field("tta", integer(0, 2), False),
         Field("accuracy_without_tta", SCORE, False),
+        Field("calibration", obj(), False),
     ),
     (
         Rule(
@@ -506,7 +507,47 @@ CHECKPOINT = Schema(
 )
 
 
+_CALIBRATION_RECORD = Schema(
+    "calibration record",
+    (
+        Field("temperature", optional(number(0.01, 100))),
+        Field("checkpoint", text(("best", "last"))),
+        Field("checkpoint_epoch", integer(0)),
+        Field("reason", ANY_TEXT, False),
+        Field("fitted_on", text(("val",)), False),
+        Field("images", integer(1), False),
+        Field("tta", integer(0, 2), False),
+        Field("nll_before", number(0), False),
+        Field("nll_after", number(0), False),
+        Field("ece_before", SCORE, False),
+        Field("ece_after", SCORE, False),
+    ),
+    (
+        Rule(
+            ("temperature", "checkpoint"),
+            lambda d: d["temperature"] is not None or isinstance(d.get("reason"), str),
+            lambda d: "temperature is null without a reason",
+        ),
+    ),
+)
+CALIBRATION = Schema(
+    "calibration",
+    (
+        Field("version", integer(1)),
+        Field("checkpoints", obj(what="a JSON object of checkpoint → record")),
+    ),
+    (
+        Rule(
+            ("checkpoints",),
+            lambda d: set(d["checkpoints"]) <= {"best", "last"},
+            lambda d: "checkpoints has keys other than best and last",
+        ),
+    ),
+    missing_hint="not a cifarlab calibration file",
+)
+CALIBRATION_RECORD = _CALIBRATION_RECORD
+
 # The table of each file, by the role of the file (runs.SCHEMAS: by its name in a run folder).
 SCHEMAS: dict[str, Schema] = {
-    s.name: s for s in (CONFIG, METRICS_ROW, EVAL, PREDICTIONS, CHECKPOINT)
+    s.name: s for s in (CONFIG, METRICS_ROW, EVAL, PREDICTIONS, CHECKPOINT, CALIBRATION)
 }

@@ -29,14 +29,19 @@ def evaluate_run(
     for val) into the run folder.
 
     ``tta`` is the test-time augmentation level (default: the run's own ``tta`` setting); with
-    TTA the accuracy without it is reported too, as ``accuracy_without_tta``."""
+    TTA the accuracy without it is reported too, as ``accuracy_without_tta``.
+
+    Calibration: ECE, MCE, Brier score and NLL of the probabilities before and after the run's
+    temperature scaling are in ``metrics["calibration"]``. A run with a validation split but
+    no temperature for these weights (from an older version, or resumed since) is fitted
+    first, on its validation split (``calibration.json``)."""
     from cifarlab.evaluate.metrics import compute_metrics
 
     if split not in ("test", "val"):
         raise SettingError("split", f"must be test or val, got {split!r}")
     if tta is not None and tta not in TTA_LEVELS:
         raise SettingError("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta}")
-    run = open_run(run_dir, checkpoint, device)
+    run = open_run(run_dir, checkpoint, device, calibrated=False)
     cfg, folder = run.cfg, run.folder
     history = folder.read_metrics() if report else []  # checked before any work is done
     ds: CifarDataset = load_dataset(
@@ -61,6 +66,7 @@ def evaluate_run(
     probs = torch.softmax(logits, 1).numpy()
     metrics = compute_metrics(labels.numpy(), probs, ds.class_names, split=split)
     metrics.update(checkpoint=checkpoint, checkpoint_epoch=run.checkpoint_epoch, tta=tta)
+    metrics["calibration"] = _calibration(run, ds, logits, labels, tta)
     if tta:
         plain, _ = predict_logits(run.model, loader, tta=0, autocast=run.autocast)
         metrics["accuracy_without_tta"] = float((plain.argmax(1) == labels).float().mean())
@@ -72,3 +78,28 @@ def evaluate_run(
         metrics["report"] = str(write_report(folder.path, run.config, history,
                                              metrics, part.images.numpy(), probs))  # fmt: skip
     return metrics
+
+
+def _calibration(run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch.Tensor,
+                 tta: int) -> dict[str, Any]:  # fmt: skip
+    """Calibration of these logits before and after the run's temperature (fitted now if the
+    run has a validation split but no temperature for these weights)."""
+    from cifarlab.evaluate.calibration import calibration_metrics, describe, fit_opened
+
+    record = run.folder.read_calibration().get(run.checkpoint)
+    if record is None or record["checkpoint_epoch"] != run.checkpoint_epoch:
+        record = fit_opened(run, ds)
+    z = logits.to(torch.float64)
+    y = labels.numpy()
+    out: dict[str, Any] = {
+        "temperature": record["temperature"],
+        "note": describe(record),
+        "fitted_tta": record.get("tta"),
+        "before": calibration_metrics(y, torch.softmax(z, 1).numpy()),
+        "after": None,
+    }
+    if record["temperature"] is not None:
+        out["after"] = calibration_metrics(y, torch.softmax(z / record["temperature"], 1).numpy())
+        out["fit"] = {k: record[k] for k in ("images", "nll_before", "nll_after", "ece_before",
+                                              "ece_after")}  # fmt: skip
+    return out

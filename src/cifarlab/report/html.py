@@ -250,6 +250,14 @@ def write_report(
         ("mistakes.png", "mistakes", "Most confident mistakes",
          lambda: plots.confident_mistakes(images, labels, preds, top_prob, names)),
     ]  # fmt: skip
+    calibration = metrics.get("calibration")
+    if calibration:
+        figures += [
+            ("reliability.png", "reliability", "Reliability diagram",
+             lambda: plots.reliability_diagram(calibration)),
+            ("confidence.png", "confidence", "Confidence of right and wrong answers",
+             lambda: plots.confidence_histogram(labels, probs, calibration.get("temperature"))),
+        ]  # fmt: skip
     split = metrics.get("split", "test")
     folder = RunFolder(run_dir)
     embedded = {}
@@ -294,7 +302,44 @@ def write_report(
         _section("predictions", "Sample predictions", embedded["predictions"]),
         _section("mistakes", "Most confident mistakes", embedded["mistakes"]),
     ]
+    if calibration:
+        body.append(_section("calibration", "Calibration",
+                             _calibration_html(calibration, split) + embedded["reliability"]
+                             + embedded["confidence"]))  # fmt: skip
+    if split == "test":
+        from cifarlab.robustness.evaluate import report_section_html
+
+        section = report_section_html(run_dir)
+        if section:
+            body.append(section)
     return _write_text(folder.report_path(split), _page(title, "\n".join(body)))
+
+
+def _calibration_html(c: dict, split: str) -> str:
+    """The calibration table: ECE, MCE, Brier score, NLL, mean confidence, before and after."""
+    rows = [("as trained", c["before"])]
+    if c.get("after") is not None:
+        rows.append((f"temperature scaling, T = {c['temperature']:.3f}", c["after"]))
+    head = ("<tr><th></th><th>ECE</th><th>MCE</th><th>Brier</th><th>NLL</th>"
+            "<th>mean confidence</th></tr>")  # fmt: skip
+    cells = "".join(
+        f"<tr><td>{_esc(name)}</td><td>{_pct(m['ece'])}</td><td>{_pct(m['mce'])}</td>"
+        f"<td>{_num(m['brier'], 4)}</td><td>{_num(m['nll'], 4)}</td>"
+        f"<td>{_pct(m['mean_confidence'])}</td></tr>"
+        for name, m in rows
+    )
+    notes = [_esc(c.get("note", ""))]
+    if split == "val" and c.get("after") is not None:
+        notes.append("The temperature was fitted on this split: these numbers after scaling are "
+                     "in-sample.")  # fmt: skip
+    notes.append("ECE: expected calibration error over 15 equal-width confidence bins "
+                 "(Guo et al., ICML 2017); MCE: the largest bin's gap; Brier: mean squared "
+                 "error of the probability vector; NLL: mean negative log-likelihood. "
+                 "Temperature scaling divides the logits by one number fitted on the "
+                 "validation split: the predicted classes, and so the accuracy, are "
+                 "unchanged.")  # fmt: skip
+    return (f"<table>{head}{cells}</table>"
+            + "".join(f'<p class="sub">{n}</p>' for n in notes if n))  # fmt: skip
 
 
 def _verdict(rows: list[dict]) -> str:

@@ -369,6 +369,108 @@ def val_accuracy_overlay(runs: list[tuple[str, list[dict]]]) -> Figure:
     return fig
 
 
+def _reliability_panel(ax: Any, table: list[dict], title: str, ece: float) -> None:
+    lower = np.array([b["lower"] for b in table])
+    width = lower[1] - lower[0] if len(lower) > 1 else 1.0
+    centre = lower + width / 2
+    count = np.array([b["count"] for b in table])
+    acc = np.array([b["accuracy"] if b["count"] else np.nan for b in table])
+    conf = np.array([b["confidence"] if b["count"] else np.nan for b in table])
+    has = count > 0
+    ax.bar(centre[has], acc[has], width=width * 0.95, color="#9cc3e6",
+           label="accuracy in the bin")  # fmt: skip
+    # the gap to the bin's mean confidence, hatched: red above the bar (over-confident),
+    # orange inside it (under-confident); the black tick is the mean confidence
+    gap = conf - acc
+    over = has & (gap > 0)
+    under = has & (gap < 0)
+    ax.bar(centre[over], gap[over], bottom=acc[over], width=width * 0.95, facecolor="none",
+           hatch="///", edgecolor=WRONG, linewidth=0.8, label="gap: over-confident")  # fmt: skip
+    ax.bar(centre[under], -gap[under], bottom=conf[under], width=width * 0.95,
+           facecolor="none", hatch="\\\\\\", edgecolor="#b35900", linewidth=0.8,
+           label="gap: under-confident")  # fmt: skip
+    ax.hlines(conf[has], centre[has] - width * 0.47, centre[has] + width * 0.47, colors="black",
+              linewidth=1.5, label="mean confidence in the bin")  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
+    total = max(int(count.sum()), 1)
+    for x, n, a_, c_ in zip(centre[has], count[has], acc[has], conf[has], strict=True):
+        share = n / total
+        text = f"{n:,}" if share >= 0.001 else f"{n}"
+        ax.text(x, max(a_, c_) + 0.02, text, ha="center", va="bottom", fontsize=7, rotation=90,
+                color="#333333")  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.18)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}: ECE {ece:.2%}", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.text(0.02, 1.14, "numbers: images in each bin", fontsize=8, va="top", color="#333333")
+
+
+@plain_text
+def reliability_diagram(calibration: dict) -> Figure:
+    """Accuracy against confidence per bin (the gap to the diagonal shaded, the bin counts
+    written over the bars): as trained, and after temperature scaling when fitted."""
+    panels = [("as trained", calibration["before"])]
+    if calibration.get("after") is not None:
+        panels.append((f"temperature {calibration['temperature']:.3f}", calibration["after"]))
+    fig = new_figure(5.6 * len(panels) + 0.6, 5.4)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    for ax, (title, m) in zip(axes, panels, strict=True):
+        _reliability_panel(ax, m["bins"], title, m["ece"])
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False,
+               fontsize=9)  # fmt: skip
+    fig.suptitle(f"Reliability diagram ({len(calibration['before']['bins'])} equal-width bins)",
+                 fontsize=12)  # fmt: skip
+    return fig
+
+
+@plain_text
+def confidence_histogram(
+    labels: np.ndarray, probs: np.ndarray, temperature: float | None = None
+) -> Figure:
+    """How confident the right and the wrong answers are: the top-1 probability of each,
+    as trained and (``temperature``) after temperature scaling."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    panels = [("as trained", probs)]
+    if temperature is not None:
+        with np.errstate(divide="ignore"):
+            z = np.log(probs) / temperature
+        z -= z.max(axis=1, keepdims=True)
+        scaled = np.exp(z)
+        scaled /= scaled.sum(axis=1, keepdims=True)
+        panels.append((f"temperature {temperature:.3f}", scaled))
+    fig = new_figure(5.6 * len(panels) + 0.6, 4.6)
+    axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
+    edges = np.linspace(0, 1, 16)
+    for ax, (title, p) in zip(axes, panels, strict=True):
+        conf = p.max(axis=1)
+        right = p.argmax(axis=1) == labels
+        for mask, colour, name in ((right, RIGHT, "right"), (~right, WRONG, "wrong")):
+            if mask.any():
+                n = int(mask.sum())
+                label = f"{name}: {n:,} images, mean {conf[mask].mean():.0%}"
+                ax.hist(conf[mask], bins=edges, weights=np.full(n, 100.0 / n), color=colour,
+                        alpha=0.45, label=label)  # fmt: skip
+                ax.axvline(conf[mask].mean(), color=colour, linestyle="--", linewidth=1.2)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("confidence (top-1 probability)")
+        ax.set_title(title, fontsize=11)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(loc="upper right", fontsize=9, frameon=False)
+    axes[0].set_ylabel("share of the right / of the wrong answers (%)")
+    fig.suptitle("Confidence of right and wrong answers (dashed: their means)", fontsize=12)
+    return fig
+
+
 def save_png(fig: Figure, path: str | os.PathLike, dpi: int = 100) -> Path:
     """Write ``fig`` as a PNG (atomically) and close it (drawn with mathtext and LaTeX off:
     tick labels are made while drawing)."""

@@ -66,6 +66,7 @@ def load_runs(
     checkpoint: str = "best",
     threads: int | None = None,
     tta: int | None = None,
+    calibrated: bool = True,
 ) -> list[ServedRun]:
     """Every run, opened and ready to serve; two runs of the same folder name are refused (the
     name is how a request chooses one)."""
@@ -73,7 +74,8 @@ def load_runs(
 
     runs: list[ServedRun] = []
     for p in paths:
-        served = load_served(p, backend=backend, checkpoint=checkpoint, threads=threads, tta=tta)
+        served = load_served(p, backend=backend, checkpoint=checkpoint, threads=threads, tta=tta,
+                             calibrated=calibrated)  # fmt: skip
         if any(r.name == served.name for r in runs):
             raise CifarlabError(
                 f"two runs named {served.name!r}: a request chooses a run by "
@@ -171,6 +173,7 @@ def serve(
     access_log: bool = False,
     tta: int | None = None,
     threads: int | None = None,
+    calibrated: bool = True,
 ) -> int:
     """Load the runs, open the port, serve until Ctrl-C (or SIGTERM); 0 once stopped."""
     require()
@@ -182,7 +185,8 @@ def serve(
     cores = os.cpu_count() or 1
     threads = threads or max(1, min(torch.get_num_threads(), cores // workers))
     torch.set_num_threads(threads)
-    runs = load_runs(paths, backend=backend, checkpoint=checkpoint, threads=threads, tta=tta)
+    runs = load_runs(paths, backend=backend, checkpoint=checkpoint, threads=threads, tta=tta,
+                     calibrated=calibrated)  # fmt: skip
     sock = bind(host, port)
     url = url_of(sock, host)
     for r in runs:
@@ -192,7 +196,8 @@ def serve(
             else "not evaluated"
         )
         print(
-            f"serving {r.name} ({r.run.config.get('model')}, {acc}; backend: {r.backend_note})",
+            f"serving {r.name} ({r.run.config.get('model')}, {acc}; backend: {r.backend_note}; "
+            f"{r.run.calibration_note})",
             flush=True,
         )
     if not is_loopback(host):
@@ -231,6 +236,7 @@ def serve(
                 "checkpoint": checkpoint,
                 "threads": threads,
                 "tta": tta,
+                "calibrated": calibrated,
                 "settings": {k: v for k, v in asdict(settings).items() if k != "token"},
             }
             del runs

@@ -502,6 +502,7 @@ def app_from_env() -> FastAPI:
             checkpoint=spec["checkpoint"],
             threads=spec["threads"],
             tta=spec.get("tta"),
+            calibrated=spec.get("calibrated", True),
         )
         served.backend_note = note  # the parent's measurement, the same in every worker
         runs.append(served)

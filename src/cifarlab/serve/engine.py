@@ -138,8 +138,9 @@ def _onnx_graph(run: Run) -> Path:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     key = json.dumps(
-        [GRAPH_VERSION, h.hexdigest(), run.tta, __version__, torch.__version__, ort.__version__]
-    )
+        [GRAPH_VERSION, h.hexdigest(), run.tta, run.temperature if run.calibrated else None,
+         __version__, torch.__version__, ort.__version__]
+    )  # fmt: skip
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
     out = cache_dir() / "serve" / f"{run.name[:40]}-{digest}.onnx"
     if out.is_file():
@@ -151,8 +152,11 @@ def _onnx_graph(run: Run) -> Path:
     from cifarlab.files import atomic_write
 
     model = copy.deepcopy(run.model).float().cpu().eval()
-    wrapped = Preprocessed(TTAModel(model, run.tta), run.mean, run.std, "uint8").eval()
-    meta = metadata(run.config, run.class_names, "uint8", run.mean, run.std)
+    temperature = run.temperature if run.calibrated else 1.0
+    wrapped = Preprocessed(TTAModel(model, run.tta), run.mean, run.std, "uint8",
+                           temperature).eval()  # fmt: skip
+    meta = metadata(run.config, run.class_names, "uint8", run.mean, run.std, temperature,
+                    run.calibration_note)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: _write_onnx(wrapped, _example("uint8"), meta, tmp))
     return out
@@ -198,6 +202,11 @@ class ServedRun:
             "checkpoint": self.run.opened.checkpoint,
             "epoch": self.run.checkpoint_epoch,
             "tta": self.run.tta,
+            "calibration": {
+                "calibrated": self.run.calibrated,
+                "temperature": self.run.temperature if self.run.calibrated else None,
+                "note": self.run.calibration_note,
+            },
             "precision": str(self.run.autocast).replace("torch.", "")
             if self.run.autocast
             else "float32",
@@ -219,16 +228,17 @@ def load_served(
     checkpoint: str = "best",
     threads: int | None = None,
     tta: int | None = None,
+    calibrated: bool = True,
 ) -> ServedRun:
     """Open one run for serving (a broken or missing run folder is a one-line
     :class:`CifarlabError`) and choose its backend: ``torch``, ``onnx``, or ``auto`` (ONNX
     Runtime when it is installed, the run evaluates in float32 so the probabilities are
     ``cifarlab predict``'s, and it is faster here on batches of 1 and 64; else PyTorch).
     ``tta``: a test-time augmentation level instead of the run's (0 none, 1 mirror, 2 mirror +
-    1-px shifts)."""
+    1-px shifts). ``calibrated``: the run's fitted temperature applied (its default)."""
     if backend not in BACKENDS:
         raise CifarlabError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    run = Run(path, checkpoint, "cpu")
+    run = Run(path, checkpoint, "cpu", calibrated=calibrated)
     if tta is not None:  # instead of the run's own test-time augmentation
         run.tta = tta
     accuracy = None

@@ -50,6 +50,7 @@ from cifarlab.runs import (
     LAST,
     ResumeCheck,
     RunFolder,
+    open_run,
     planned_shapes,
     provenance,
     shapes,
@@ -998,4 +999,22 @@ def _train_locked(
         if trainer.world > 1:
             final["rank_weight_digests"] = digests  # equal on every rank, or DDP went wrong
         folder.write_config({**cfg.to_dict(), **final})
+        _calibrate(run_dir, trainer)
     return run_dir
+
+
+def _calibrate(run_dir: Path, trainer: Trainer) -> None:
+    """Fit the best checkpoint's temperature on the validation split (calibration.json), and
+    say what it did to the validation NLL and ECE."""
+    from cifarlab.evaluate.calibration import fit_opened
+
+    start = time.perf_counter()
+    run = open_run(run_dir, "best", str(trainer.device), calibrated=False)
+    record = fit_opened(run, trainer.data)
+    if record["temperature"] is None:
+        print(f"calibration: none ({record['reason']})", flush=True)
+        return
+    print(f"calibration: temperature {record['temperature']:.3f} fitted on "
+          f"{record['images']:,} validation images: NLL {record['nll_before']:.4f} → "
+          f"{record['nll_after']:.4f}, ECE {record['ece_before']:.2%} → "
+          f"{record['ece_after']:.2%} ({time.perf_counter() - start:.1f}s)", flush=True)
