@@ -94,3 +94,25 @@ def test_augment_config_validation() -> None:
     assert not Augment().active and Augment(flip="random").active
     with pytest.raises(CifarlabError, match="flip must be one of"):
         Augment(flip="sometimes")
+
+
+def test_corrupt_batch_replaces_the_share_asked_and_replays() -> None:
+    """Training for robustness: a share of the batch gets a CIFAR-10-C corruption; the same
+    generator state gives the same batch (a replayed epoch), the other images are untouched."""
+    from cifarlab.data.augment import corrupt_batch
+
+    g = torch.Generator().manual_seed(0)
+    # smooth images with edges: every corruption changes them
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    base = ((xx * 6 + yy * 2) % 200 + 20).to(torch.uint8)
+    x = torch.stack([torch.stack([base, base.flip(0), base.t()]) for _ in range(40)])
+    x = (x + torch.arange(40).view(40, 1, 1, 1)).to(torch.uint8)
+    out = corrupt_batch(x, 0.5, torch.Generator().manual_seed(1))
+    assert out.shape == x.shape and out.dtype == torch.uint8
+    changed = (out != x).flatten(1).any(1)
+    assert 15 <= int(changed.sum()) <= 20  # 20 chosen; a corruption may leave one as it was
+    again = corrupt_batch(x, 0.5, torch.Generator().manual_seed(1))
+    assert torch.equal(out, again)
+    assert torch.equal(corrupt_batch(x, 0.0, g), x)
+    with pytest.raises(CifarlabError, match="corrupt"):
+        Augment(corrupt=1.5)

@@ -289,6 +289,13 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--translate", type=int, help="random shift ±N px, reflect padding")
     g.add_argument("--flip", choices=["none", "random", "alternate"], help="horizontal flips")
     g.add_argument("--cutout", type=int, help="zero a random N×N square")
+    g.add_argument(
+        "--corrupt",
+        type=float,
+        metavar="SHARE",
+        help="training for robustness: replace this share (0..1) of each batch by copies "
+        "with a random CIFAR-10-C corruption at a random severity (see cifarlab robustness)",
+    )
     g = p.add_argument_group("speed")
     g.add_argument(
         "--precision",
@@ -734,6 +741,7 @@ _TRAIN_FIELDS = (
     "translate",
     "flip",
     "cutout",
+    "corrupt",
 )
 
 

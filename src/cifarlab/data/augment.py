@@ -25,6 +25,9 @@ class Augment:
     translate: int = 0  # max shift in pixels, reflect padding
     flip: str = "none"  # "none" | "random" | "alternate"
     cutout: int = 0  # side of the zeroed square, 0 for none
+    # share of each batch replaced by a corrupted copy (CIFAR-10-C's corruptions at a random
+    # severity: cifarlab.robustness.corruptions), 0 for none
+    corrupt: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.flip, str) or self.flip not in FLIP_MODES:
@@ -33,13 +36,47 @@ class Augment:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= top:
                 raise SettingError(name, f"must be a whole number 0..{top} pixels, got {value!r}")
+        c = self.corrupt
+        if isinstance(c, bool) or not isinstance(c, int | float) or not 0 <= c <= 1:
+            raise SettingError("corrupt", f"must be a share of the batch from 0 to 1, got {c!r}")
 
     @property
     def active(self) -> bool:
-        return bool(self.translate or self.flip != "none" or self.cutout)
+        return bool(self.translate or self.flip != "none" or self.cutout or self.corrupt)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+CORRUPT_GROUPS = 4  # a batch's corrupted images are cut into this many groups, one corruption each
+
+
+def corrupt_batch(x: Tensor, share: float, gen: torch.Generator) -> Tensor:
+    """Replace ``share`` of the uint8 NCHW batch ``x`` by corrupted copies: the chosen images
+    are cut into a few groups, each given one of CIFAR-10-C's corruptions at a random severity
+    (1–5). The draws come from ``gen``: a replayed epoch gets the same images. The corruptions
+    run in numpy on the CPU (:mod:`cifarlab.robustness.corruptions`)."""
+    import numpy as np
+
+    from cifarlab.robustness.corruptions import CORRUPTIONS, corrupt
+
+    n = int(round(share * len(x)))
+    if n == 0:
+        return x
+    device = gen.device
+    chosen = torch.randperm(len(x), generator=gen, device=device)[:n].to(x.device)
+    picks = torch.randint(0, len(CORRUPTIONS) * 5, (CORRUPT_GROUPS,), generator=gen,
+                          device=device).tolist()  # fmt: skip
+    seeds = torch.randint(0, 2**31 - 1, (CORRUPT_GROUPS,), generator=gen, device=device).tolist()
+    out = x.clone()
+    nhwc = x.index_select(0, chosen).permute(0, 2, 3, 1).cpu().numpy()
+    parts = np.array_split(np.arange(n), CORRUPT_GROUPS)
+    done = np.empty_like(nhwc)
+    for part, pick, seed in zip(parts, picks, seeds, strict=True):
+        if len(part):
+            done[part] = corrupt(nhwc[part], CORRUPTIONS[pick // 5], pick % 5 + 1, seed)
+    out[chosen] = torch.from_numpy(done).permute(0, 3, 1, 2).to(x.device)
+    return out
 
 
 def _reflect(i: Tensor, size: int) -> Tensor:

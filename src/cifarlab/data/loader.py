@@ -18,6 +18,7 @@ from torch import Tensor
 from cifarlab.data.augment import (
     Augment,
     alternating_flip_mask,
+    corrupt_batch,
     cutout,
     flip,
     normalize,
@@ -154,6 +155,8 @@ class BatchLoader:
         for idx in self.batch_indices(epoch):
             x = self.images.index_select(0, idx)
             x = self._geometric(x, idx, epoch, gen)
+            if self.augment.corrupt:
+                x = corrupt_batch(x, self.augment.corrupt, gen)
             x = normalize(
                 x, self.mean, self.std, dtype=self.dtype, channels_last=self.channels_last
             )

@@ -132,14 +132,14 @@ def fit_temperature(logits: Any, labels: Any) -> float:
         beta = 1.0
         for _ in range(100):
             g, h = grad_hess(beta)
+            if abs(g) < 1e-12 or hi - lo < 1e-12 * hi:
+                break  # the minimum (to the precision of float64 sums)
             if g > 0:
                 hi = beta
             else:
                 lo = beta
             step = beta - g / h if h > 0 else math.nan
             beta = step if lo < step < hi else 0.5 * (lo + hi)
-            if abs(g) < 1e-10 or hi - lo < 1e-12:
-                break
     t = 1.0 / beta
     if nll(z, labels, t) > nll(z, labels, 1.0):  # never worse than leaving the logits alone
         return 1.0

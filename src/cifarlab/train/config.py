@@ -45,8 +45,8 @@ MAX_THREADS = 1024
 MAX_BUDGET = 365 * 24 * 3600.0
 
 # Shorthands for the augmentation settings (``augment`` is a dict of Augment fields): the CLI's
-# --translate/--flip/--cutout and ``--set translate=4`` change one key of it.
-AUGMENT_KEYS = ("translate", "flip", "cutout")
+# --translate/--flip/--cutout/--corrupt and ``--set translate=4`` change one key of it.
+AUGMENT_KEYS = ("translate", "flip", "cutout", "corrupt")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Robustness: CIFAR-10-C-style corruptions and their evaluation."""
