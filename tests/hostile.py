@@ -468,6 +468,16 @@ def run_cases() -> list[Case]:
         "metrics-row-list": (lambda c: _run(c, "metrics.jsonl").write_text("[1, 2]\n"), ("resume",)),
         "metrics-not-json": (lambda c: _run(c, "metrics.jsonl").write_text("{\n"), ("resume",)),
         "lock-symlink": (_link_to_target(".lock"), ("resume",)),
+        "calibration-temperature-str": (lambda c: _run(c, "calibration.json").write_text(
+            '{"version": 1, "checkpoints": {"best": {"temperature": "0.5", "checkpoint": "best", '
+            '"checkpoint_epoch": 1}}}'), ("predict", "export", "evaluate")),
+        "calibration-temperature-zero": (lambda c: _run(c, "calibration.json").write_text(
+            '{"version": 1, "checkpoints": {"best": {"temperature": 0, "checkpoint": "best", '
+            '"checkpoint_epoch": 1}}}'), ("predict", "export")),
+        "calibration-not-json": (lambda c: _run(c, "calibration.json").write_text("{nope"),
+                                 ("predict", "evaluate")),
+        "calibration-fifo": (lambda c: fifo(_run(c, "calibration.json")), ("predict", "export")),
+        "calibration-sparse": (lambda c: sparse(_run(c, "calibration.json")), ("predict",)),
     }  # fmt: skip
     # What --resume may repair (a torn last line, a planted link replaced by a real lock file)
     # and then go on: it may succeed, as long as no link is written through.

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cifarlab.errors import CifarlabError, SettingError, one_line
+from cifarlab.robustness.cli import add_parser as _robustness_parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -582,6 +583,7 @@ COMMANDS = (
     _export_parser,
     _compare_parser,
     _serve_parser,
+    _robustness_parser,
 )
 
 

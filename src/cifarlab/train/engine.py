@@ -1014,7 +1014,10 @@ def _calibrate(run_dir: Path, trainer: Trainer) -> None:
     if record["temperature"] is None:
         print(f"calibration: none ({record['reason']})", flush=True)
         return
-    print(f"calibration: temperature {record['temperature']:.3f} fitted on "
-          f"{record['images']:,} validation images: NLL {record['nll_before']:.4f} → "
-          f"{record['nll_after']:.4f}, ECE {record['ece_before']:.2%} → "
-          f"{record['ece_after']:.2%} ({time.perf_counter() - start:.1f}s)", flush=True)
+    print(
+        f"calibration: temperature {record['temperature']:.3f} fitted on "
+        f"{record['images']:,} validation images: NLL {record['nll_before']:.4f} → "
+        f"{record['nll_after']:.4f}, ECE {record['ece_before']:.2%} → "
+        f"{record['ece_after']:.2%} ({time.perf_counter() - start:.1f}s)",
+        flush=True,
+    )
