@@ -26,6 +26,7 @@ from PIL import Image
 
 import fakedata
 import hostile
+from cifarlab.runs import RunFolder
 from conftest import run_cli
 from serving import Server, multipart
 
@@ -170,6 +171,10 @@ def test_models_health_docs_and_page(server: Server, cnn_run: Path) -> None:
     assert m["model"] == "simple_cnn" and len(m["classes"]) == 10 and m["tta"] == 2
     assert m["backend"] == "torch" and "PyTorch" in m["backend_note"]
     assert m["input"]["size"] == [32, 32, 3]
+    # the probabilities served are calibrated by the temperature fitted on val, as predict's
+    t = RunFolder(cnn_run).read_calibration()["best"]["temperature"]
+    assert m["calibration"]["calibrated"] and m["calibration"]["temperature"] == t
+    assert "temperature scaling" in m["calibration"]["note"]
     assert info["limits"] == {"max_upload_mb": 1.0, "max_files": 8}
     assert info["batching"]["enabled"] and info["batching"]["max_wait_ms"] == 2.0
     assert server.request("GET", "/healthz")[:2] == (
