@@ -419,13 +419,15 @@ def reliability_diagram(calibration: dict) -> Figure:
     axes = np.atleast_1d(fig.subplots(1, len(panels), sharey=True))
     for ax, (title, m) in zip(axes, panels, strict=True):
         _reliability_panel(ax, m["bins"], title, m["ece"])
-    handles, labels = axes[0].get_legend_handles_labels()
-    for ax in axes[1:]:
-        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
-            if lab not in labels:
-                handles.append(h)
-                labels.append(lab)
-    fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), frameon=False,
+    handles = [
+        Patch(facecolor="#9cc3e6", label="accuracy in the bin"),
+        Line2D([], [], color="black", linewidth=1.5, label="mean confidence in the bin"),
+        Patch(facecolor="none", hatch="///", edgecolor=WRONG, label="gap: over-confident"),
+        Patch(facecolor="none", hatch="\\\\\\", edgecolor="#b35900",
+              label="gap: under-confident"),
+        Line2D([], [], color="black", linestyle="--", linewidth=1, label="perfect calibration"),
+    ]  # fmt: skip
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False,
                fontsize=9)  # fmt: skip
     fig.suptitle(f"Reliability diagram ({len(calibration['before']['bins'])} equal-width bins)",
                  fontsize=12)  # fmt: skip
