@@ -213,6 +213,15 @@ def test_only_the_whole_test_split_is_written_into_the_run_folder(
                             str(folder.robustness_figure_path("heatmap"))]  # fmt: skip
     assert not folder.robustness_figure_path("examples").exists()
     assert "100 test images" in report_section_html(run)
+    # once the run is evaluated on test, robustness writes its report again, with the section
+    evaluate_run(run, "test", root=fake, device="cpu")
+    assert "Robustness to corruptions" in folder.report_path("test").read_text()
+    folder.robustness_path.unlink()
+    evaluate_run(run, "test", root=fake, device="cpu")
+    assert "Robustness to corruptions" not in folder.report_path("test").read_text()
+    r = run_robustness(run, examples=False, **kw)
+    assert r["written"][-1] == str(folder.report_path("test"))
+    assert "Robustness to corruptions" in folder.report_path("test").read_text()
 
 
 def test_run_options_are_checked_before_anything_is_loaded(tmp_path: Path) -> None:

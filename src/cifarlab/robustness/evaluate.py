@@ -405,7 +405,28 @@ def run_robustness(
         titles = [run.class_names[int(labels[i])] for i in ex]
         result["written"] = write_results(target, result, clean[ex], shown, examples=examples,
                                           labels=titles)  # fmt: skip
+        if whole_test and target.resolve() == folder.path.resolve():
+            report = _refresh_report(folder, run.config, clean)
+            if report is not None:
+                result["written"].append(report)
     return result
+
+
+def _refresh_report(folder: Any, config: dict[str, Any], images: np.ndarray) -> str | None:
+    """Write the run's test report again, now with its robustness section, when the run has
+    been evaluated on test (its metrics and predictions are there); None otherwise."""
+    from cifarlab.report.html import write_report
+
+    try:
+        metrics = folder.read_eval("test")
+        labels, probs = folder.read_predictions("test")
+        history = folder.read_metrics()
+    except CifarlabError:
+        return None  # not evaluated yet: `cifarlab evaluate` writes the report with the section
+    if len(labels) != len(images):
+        return None
+    return str(write_report(folder.path, config, history, metrics, np.asarray(images), probs,
+                            labels=labels))  # fmt: skip
 
 
 # --------------------------------------------------------------------------- writing
