@@ -238,10 +238,10 @@ BAD_VALUES = [None, "10", "", -1, 0, 2.5, float("nan"), True, [], [1], {}, {"a":
 
 def test_the_schemas_cover_every_file_a_run_folder_holds() -> None:
     from cifarlab import schemas
-    from cifarlab.runs import BEST, LAST, SCHEMAS
+    from cifarlab.runs import BEST, CALIBRATION, LAST, SCHEMAS
 
     assert set(SCHEMAS) == {CONFIG, METRICS, "eval_SPLIT.json", "predictions_SPLIT.npz", BEST,
-                            LAST}  # fmt: skip
+                            LAST, CALIBRATION}  # fmt: skip
     for schema in SCHEMAS.values():
         assert isinstance(schema, schemas.Schema) and schema.fields
         names = [f.name for f in schema.fields]
@@ -584,7 +584,9 @@ def test_train_out_takes_a_folder_left_by_an_attempt_before_its_first_checkpoint
     template: Path, tmp_path: Path
 ) -> None:
     run, data = _copy(template, tmp_path)
-    for name in ("best.pt", "last.pt", "eval_test.json", "predictions_test.npz"):
+    # (calibration.json is written once training ends: an attempt stopped before has none)
+    for name in ("best.pt", "last.pt", "eval_test.json", "predictions_test.npz",
+                 "calibration.json"):  # fmt: skip
         (run / name).unlink()
     (run / METRICS).write_text("")
     RunFolder(run).check_new()  # a cifarlab config, no checkpoint, no metrics: may be reused

@@ -765,7 +765,15 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     default recipe), then every option given, then every --set."""
     from cifarlab.train.config import make_config
 
-    return make_config(args.recipe, **_changes(args))
+    changes = _changes(args)
+    if "recipe" in changes:  # --set recipe=NAME: as --recipe NAME
+        if args.recipe is not None:
+            raise SettingError("recipe", "is given twice (--recipe and --set recipe=)")
+        recipe = changes.pop("recipe")
+        if not isinstance(recipe, str) or not recipe:
+            raise SettingError("recipe", f"must be a recipe's name, got {recipe!r}")
+        return make_config(recipe, **changes)
+    return make_config(args.recipe, **changes)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -47,7 +47,7 @@ class SettingError(CifarlabError):
         problem = self.problem
         if self.others:
             problem = problem.replace("{others}", ", ".join(name_of(n) for n in self.others))
-        return f"{', '.join(name_of(n) for n in self.names)} {problem}"
+        return one_line(f"{', '.join(name_of(n) for n in self.names)} {problem}", None)
 
 
 class DataError(CifarlabError):

@@ -1009,7 +1009,11 @@ def _calibrate(run_dir: Path, trainer: Trainer) -> None:
     from cifarlab.evaluate.calibration import fit_opened
 
     start = time.perf_counter()
-    run = open_run(run_dir, "best", str(trainer.device), calibrated=False)
+    try:
+        run = open_run(run_dir, "best", str(trainer.device), calibrated=False)
+    except CifarlabError as e:  # a model of the user's that cannot be rebuilt from the folder
+        print(f"calibration: not fitted ({e})", flush=True)
+        return
     record = fit_opened(run, trainer.data)
     if record["temperature"] is None:
         print(f"calibration: none ({record['reason']})", flush=True)
