@@ -94,7 +94,9 @@ def test_cli_export_float_input_and_errors(
     run = load_run(trained_run)
     with torch.no_grad():
         want = run.model.float()(run.preprocess(images[:16]).contiguous()).numpy()
-    assert np.abs(logits - want).max() < 1e-4
+    # the exported logits are calibrated: divided by the run's temperature
+    assert run.calibrated
+    assert np.abs(logits - want / run.temperature).max() < 1e-4
     r = _cli("export", str(trained_run), "--format", "torchscript")
     assert r.returncode == 0 and (trained_run / "model.pt").is_file()
     r = _cli("export", str(tmp_path / "none"))
