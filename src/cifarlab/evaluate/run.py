@@ -44,20 +44,7 @@ def evaluate_run(
     run = open_run(run_dir, checkpoint, device, calibrated=False)
     cfg, folder = run.cfg, run.folder
     history = folder.read_metrics() if report else []  # checked before any work is done
-    ds: CifarDataset = load_dataset(
-        cfg.dataset, root if root is not None else cfg.root, val_size=cfg.val_size,
-        labels=cfg.labels,
-    )  # fmt: skip
-    if len(ds.class_names) != len(run.class_names):
-        raise CifarlabError(
-            f"{folder.config_path}: the run has {len(run.class_names)} classes but {cfg.dataset} "
-            f"({cfg.labels} labels) has {len(ds.class_names)}: num_classes, class_names and the "
-            "dataset must agree"
-        )
-    part = ds.split(split)
-    if len(part) == 0:
-        raise CifarlabError(f"{folder.path}: the {split} split is empty (the run was trained "
-                            "with val_size 0)")  # fmt: skip
+    ds, part = run_split(run, split, root)
     tta = run.tta if tta is None else tta
     loader = eval_loader(part.images, part.labels, batch_size=cfg.eval_batch_size,
                          device=run.device, mean=run.mean, std=run.std,
@@ -78,6 +65,29 @@ def evaluate_run(
         metrics["report"] = str(write_report(folder.path, run.config, history,
                                              metrics, part.images.numpy(), probs))  # fmt: skip
     return metrics
+
+
+def run_split(
+    run: Any, split: str, root: str | os.PathLike | None = None
+) -> tuple[CifarDataset, Any]:
+    """The dataset an opened run was trained on (``root``: another copy of it) and its
+    ``split``; one-line errors if the classes disagree with the run's or the split is empty."""
+    cfg, folder = run.cfg, run.folder
+    ds: CifarDataset = load_dataset(
+        cfg.dataset, root if root is not None else cfg.root, val_size=cfg.val_size,
+        labels=cfg.labels,
+    )  # fmt: skip
+    if len(ds.class_names) != len(run.class_names):
+        raise CifarlabError(
+            f"{folder.config_path}: the run has {len(run.class_names)} classes but {cfg.dataset} "
+            f"({cfg.labels} labels) has {len(ds.class_names)}: num_classes, class_names and the "
+            "dataset must agree"
+        )
+    part = ds.split(split)
+    if len(part) == 0:
+        raise CifarlabError(f"{folder.path}: the {split} split is empty (the run was trained "
+                            "with val_size 0)")  # fmt: skip
+    return ds, part
 
 
 def _calibration(run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch.Tensor,

@@ -295,8 +295,8 @@ def run_robustness(
     import torch
     from tqdm import tqdm
 
-    from cifarlab.data.dataset import load_dataset
     from cifarlab.evaluate.inference import TTA_LEVELS, eval_loader, predict_logits
+    from cifarlab.evaluate.run import run_split
     from cifarlab.runs import open_run
 
     names, levels = _names(corruptions), _levels(severities)
@@ -309,21 +309,10 @@ def run_robustness(
     if not isinstance(tta, bool) and tta not in TTA_LEVELS:
         raise SettingError("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta}")
     started = time.perf_counter()
-    run = open_run(run_dir, checkpoint, device)
+    run = open_run(run_dir, checkpoint, device, calibrated=False)  # accuracy only
     cfg, folder = run.cfg, run.folder
     level = (run.tta if tta else 0) if isinstance(tta, bool) else int(tta)
-    ds = load_dataset(cfg.dataset, root if root is not None else cfg.root, val_size=cfg.val_size,
-                      labels=cfg.labels)  # fmt: skip
-    if len(ds.class_names) != len(run.class_names):
-        raise CifarlabError(
-            f"{folder.config_path}: the run has {len(run.class_names)} classes but {cfg.dataset} "
-            f"({cfg.labels} labels) has {len(ds.class_names)}: num_classes, class_names and the "
-            "dataset must agree"
-        )
-    part = ds.split(split)
-    if len(part) == 0:
-        raise CifarlabError(f"{folder.path}: the {split} split is empty (the run was trained "
-                            "with val_size 0)")  # fmt: skip
+    _, part = run_split(run, split, root)
     if tuple(part.images.shape[1:]) != (32, 32, 3):
         h, w, ch = part.images.shape[1:]
         raise CifarlabError(f"{cfg.dataset}: the corruptions are made for 32×32 RGB images "
