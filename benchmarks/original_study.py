@@ -33,7 +33,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     from cifarlab.evaluate.run import evaluate_run
-    from cifarlab.runs import read_run
+    from cifarlab.trained import read_run
     from cifarlab.train import TrainConfig, train
 
     results: dict[str, list[dict]] = {m: [] for m in args.models}

@@ -39,7 +39,7 @@ def _evaluate(run: Path, split: str, tta: int) -> tuple[float, float, float]:
 
 
 def run_one(recipe: str, seed: int, args: argparse.Namespace) -> dict:
-    from cifarlab.runs import read_run
+    from cifarlab.trained import read_run
     from cifarlab.train import train
     from cifarlab.train.config import parse_setting
     from cifarlab.train.recipes import recipe_config

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifarlab.train.checkpoint import load_checkpoint
+from cifarlab.checkpoint import load_checkpoint
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from cifarlab.errors import CifarlabError
+from cifarlab.runs import RunFolder
 from cifarlab.train import budget as budgets
-from cifarlab.train import train
+from cifarlab.train import setup, train
 from cifarlab.train.config import TrainConfig
 from cifarlab.train.engine import Trainer
 from cifarlab.train.recipes import recipe_config
@@ -48,7 +49,7 @@ def test_training_sees_small_images_first_then_full_size(
     cfg = recipe_config("fast-muon", root=str(cifar10_root), train_size=1024, val_size=256,
                         epochs=2, device="cpu", precision="fp32").resolved()  # fmt: skip
     (tmp_path / "r").mkdir()
-    trainer = Trainer(cfg, tmp_path / "r", progress=False)
+    trainer = Trainer(cfg, RunFolder(tmp_path / "r"), setup.build(cfg), progress=False)
     sizes: list[int] = []
     trainer.model.register_forward_pre_hook(
         lambda m, args: sizes.append(args[0].shape[-1]) if m.training else None

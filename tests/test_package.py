@@ -18,7 +18,7 @@ def test_importing_the_package_does_not_import_torch() -> None:
 
 
 def test_the_api_and_the_subpackages_are_there() -> None:
-    from cifarlab.train.engine import train as engine_train
+    from cifarlab.train.launch import train as engine_train
 
     assert cifarlab.train is engine_train  # the function, though cifarlab.train is a package
     assert cifarlab.data.__name__ == "cifarlab.data" and cifarlab.runs.__name__ == "cifarlab.runs"

@@ -15,7 +15,8 @@ import pytest
 import fakedata
 from cifarlab import evaluate_run, load_run, open_run
 from cifarlab.errors import CifarlabError
-from cifarlab.runs import CONFIG, METRICS, RunFolder, read_run
+from cifarlab.runs import CONFIG, METRICS, RunFolder
+from cifarlab.trained import read_run
 from cifarlab.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -238,10 +239,10 @@ BAD_VALUES = [None, "10", "", -1, 0, 2.5, float("nan"), True, [], [1], {}, {"a":
 
 def test_the_schemas_cover_every_file_a_run_folder_holds() -> None:
     from cifarlab import schemas
-    from cifarlab.runs import BEST, CALIBRATION, LAST, SCHEMAS
+    from cifarlab.runs import BEST, CALIBRATION, LAST, ROBUSTNESS, SCHEMAS
 
     assert set(SCHEMAS) == {CONFIG, METRICS, "eval_SPLIT.json", "predictions_SPLIT.npz", BEST,
-                            LAST, CALIBRATION}  # fmt: skip
+                            LAST, CALIBRATION, ROBUSTNESS}  # fmt: skip
     for schema in SCHEMAS.values():
         assert isinstance(schema, schemas.Schema) and schema.fields
         names = [f.name for f in schema.fields]
@@ -301,7 +302,7 @@ def test_each_checkpoint_field_of_the_wrong_kind_is_one_line_naming_file_and_fie
     import torch
 
     from cifarlab.runs import SCHEMAS
-    from cifarlab.train.checkpoint import load_checkpoint
+    from cifarlab.checkpoint import load_checkpoint
 
     run, _ = _copy(template, tmp_path)
     last = run / "last.pt"

@@ -18,7 +18,7 @@ import torch
 from cifarlab.errors import CifarlabError
 from cifarlab.models import count_parameters, create_model, model_names
 from cifarlab.train import TrainConfig, TrainingError, train
-from cifarlab.train.checkpoint import load_checkpoint, save_checkpoint
+from cifarlab.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(autouse=True)
@@ -512,7 +512,7 @@ def test_resume_of_a_run_being_trained_names_the_process(tmp_path: Path) -> None
         message = str(e.value)
         assert f"is being trained right now (process {holder.pid} on " in message
         assert "before resuming it" in message and "train it again" not in message
-        from cifarlab.runs import open_run
+        from cifarlab.trained import open_run
 
         with pytest.raises(
             CifarlabError,

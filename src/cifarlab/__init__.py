@@ -28,7 +28,7 @@ _API = {
     "export_run": "cifarlab.export", "create_model": "cifarlab.models",
     "register_model": "cifarlab.models", "Prediction": "cifarlab.predict",
     "Run": "cifarlab.predict", "load_run": "cifarlab.predict", "RunFolder": "cifarlab.runs",
-    "open_run": "cifarlab.runs", "TrainConfig": "cifarlab.train.config",
+    "open_run": "cifarlab.trained", "TrainConfig": "cifarlab.train.config",
     "recipe_config": "cifarlab.train.recipes",
 }  # fmt: skip
 
@@ -41,7 +41,7 @@ class _Package(types.ModuleType):
     def train(self) -> Any:
         patched = self.__dict__.get("_train")
         return patched if patched is not None else importlib.import_module(
-            "cifarlab.train.engine").train  # fmt: skip
+            "cifarlab.train.launch").train  # fmt: skip
 
     @train.setter
     def train(self, value: Any) -> None:

@@ -32,8 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from cifarlab import __version__
 from cifarlab.errors import CifarlabError, SettingError
 from cifarlab.files import atomic_write, check_output
+from cifarlab.predict import load_run
 
 FORMATS = ("onnx", "torchscript")
 INPUTS = ("uint8", "float")
@@ -77,8 +79,6 @@ def metadata(
     config: dict[str, Any], class_names: list[str], input_kind: str, mean: Any, std: Any,
     temperature: float = 1.0, calibration: str = "probabilities not calibrated",
 ) -> dict[str, str]:  # fmt: skip
-    from cifarlab import __version__
-
     if input_kind == "uint8":
         layout = "uint8 N×32×32×3 (NHWC), RGB, 0..255"
     else:
@@ -240,11 +240,9 @@ def export_run(
 ) -> Path:
     """Export a run's ``checkpoint`` to ``out`` (default ``runs/NAME/model.onnx`` or
     ``model.pt``), with the run's fitted temperature in the graph unless
-    ``calibrated=False``. The run is opened through :func:`cifarlab.runs.open_run`: every file is
+    ``calibrated=False``. The run is opened through :func:`cifarlab.trained.open_run`: every file is
     checked against its schema and the class names must match the model's outputs; ``out``
     must be a regular file or nothing (a device or a FIFO is refused, never replaced)."""
-    from cifarlab.predict import load_run
-
     if out is not None:
         check_output(Path(out))  # /dev/null, a FIFO: refused before the run is opened
     run = load_run(run_dir, checkpoint, device="cpu", calibrated=calibrated)

@@ -38,12 +38,15 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cifarlab import limits
+from cifarlab.data.augment import normalize
 
 # The suffixes and formats (Pillow's names) an image may have: no others. Pillow reads many
 # more (EPS through Ghostscript, among them), none of which a photo for a CIFAR model needs.
 from cifarlab.data.formats import IMAGE_SUFFIXES, PIL_FORMATS, open_image
-from cifarlab.errors import CifarlabError, one_line, printable
+from cifarlab.errors import CifarlabError, SettingError, one_line, printable
+from cifarlab.evaluate.inference import tta_logits
 from cifarlab.files import open_input
+from cifarlab.trained import open_run
 
 SIZE = 32
 RESIZE_METHODS = ("crop", "stretch")
@@ -409,7 +412,7 @@ class Prediction:
 class Run:
     """A trained run loaded for inference (on the CPU unless told otherwise): the model, its
     normalization, precision and test-time augmentation come from the run folder
-    (:func:`cifarlab.runs.open_run`). The logits are divided by the run's fitted temperature
+    (:func:`cifarlab.trained.open_run`). The logits are divided by the run's fitted temperature
     (calibrated probabilities) unless ``calibrated=False``; :attr:`calibration_note` says
     which."""
 
@@ -417,8 +420,6 @@ class Run:
         self, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
         calibrated: bool = True,
     ) -> None:  # fmt: skip
-        from cifarlab.runs import open_run
-
         opened = open_run(path, checkpoint, device, calibrated=calibrated)
         self.opened = opened
         self.path = opened.folder.path
@@ -441,15 +442,11 @@ class Run:
 
     def preprocess(self, batch: np.ndarray) -> torch.Tensor:
         """N×32×32×3 uint8 → the normalized float NCHW the model was trained on."""
-        from cifarlab.data.augment import normalize
-
         x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2)
         return normalize(x, self.mean, self.std, channels_last=self.cfg.channels_last)
 
     @torch.no_grad()
     def logits(self, batch: np.ndarray, batch_size: int = 256) -> torch.Tensor:
-        from cifarlab.evaluate.inference import tta_logits
-
         out = []
         with self.opened.autocast_context():
             for start in range(0, len(batch), batch_size):
@@ -533,6 +530,19 @@ class FileResult:
             "label": top[0][0],
             "top_k": [{"class": c, "probability": p} for c, p in top],
         }
+
+
+MAX_BATCH = 65536  # images per forward pass for `cifarlab predict`; more only costs memory
+
+
+def check_options(*, top_k: int, batch_size: int) -> None:
+    """The bounds of ``cifarlab predict``'s options, checked before a run is loaded:
+    ``top_k`` classes shown per image, at least 1; ``batch_size`` images per forward pass,
+    1 to :data:`MAX_BATCH`. A :class:`SettingError` names the parameter."""
+    if top_k < 1:
+        raise SettingError("top_k", f"must be at least 1, got {top_k}")
+    if not 1 <= batch_size <= MAX_BATCH:
+        raise SettingError("batch_size", f"must be between 1 and {MAX_BATCH}, got {batch_size}")
 
 
 def load_run(

@@ -27,8 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cifarlab.errors import CifarlabError, SettingError
+from cifarlab.errors import CifarlabError, SettingError, one_line
 from cifarlab.models.registry import MAX_CLASSES  # the most classes a model is built for
+from cifarlab.train.config import TrainConfig
 
 # --------------------------------------------------------------------------- kinds of value
 
@@ -268,8 +269,6 @@ def check_value(kind: Kind, value: Any, where: str, name: str, purpose: str | No
 def _settings_problem(d: dict) -> str | None:
     """The first TrainConfig setting of ``d`` that is of the wrong type or out of range, as
     "NAME must be ..." (the ranges are TrainConfig.validate's: one place)."""
-    from cifarlab.train.config import TrainConfig
-
     try:
         TrainConfig.from_saved(d).validate()
     except SettingError as e:
@@ -547,7 +546,85 @@ CALIBRATION = Schema(
 )
 CALIBRATION_RECORD = _CALIBRATION_RECORD
 
+
+# --------------------------------------------------------------------------- robustness.json
+
+# What the report reads is required; the rest of the record (timings, the cache, the
+# reference) is left alone.
+ROBUSTNESS_CORRUPTION = Schema(
+    "robustness per corruption",
+    (
+        Field("accuracy_by_severity", obj(what="a JSON object of severity → accuracy")),
+        Field("mean_accuracy", SCORE),
+        Field("family", ANY_TEXT),
+        Field("note", optional(ANY_TEXT), False),
+    ),
+)
+
+
+def _lacking_a_cell(d: dict) -> str | None:
+    """The first corruption whose ``accuracy_by_severity`` lacks an accuracy for one of the
+    severities (a record that is not an object is left to its own table)."""
+    for name, p in d["per_corruption"].items():
+        by = p.get("accuracy_by_severity") if isinstance(p, dict) else None
+        if isinstance(by, dict) and not all(SCORE.ok(by.get(str(s))) for s in d["severities"]):
+            return name
+    return None
+
+
+_NAMES = list_of(ANY_TEXT, "a list of strings")
+
+ROBUSTNESS = Schema(
+    "robustness",
+    (
+        Field("clean_accuracy", SCORE),
+        Field("mean_corruption_accuracy", SCORE),
+        Field("mean_corruption_error", SCORE),
+        Field("split", ANY_TEXT),
+        Field("images", integer(0)),
+        Field("split_images", integer(0)),
+        Field("tta", integer(0)),
+        Field(
+            "severities",
+            Kind(
+                "a non-empty list of integers",
+                lambda v: isinstance(v, list) and len(v) > 0,
+                items=integer(),
+            ),
+        ),
+        Field(
+            "per_corruption",
+            Kind(
+                "a non-empty JSON object of corruption → record",
+                lambda v: isinstance(v, dict) and len(v) > 0,
+            ),
+        ),
+        Field("corruptions", _NAMES),
+        Field("worst", _NAMES),
+        Field("subset", optional(ANY_TEXT), False),
+    ),
+    (
+        Rule(
+            ("corruptions", "per_corruption"),
+            lambda d: set(d["corruptions"]) == set(d["per_corruption"]),
+            lambda d: "corruptions and per_corruption differ",
+        ),
+        Rule(
+            ("worst", "per_corruption"),
+            lambda d: all(n in d["per_corruption"] for n in d["worst"]),
+            lambda d: "worst names a corruption not evaluated",
+        ),
+        Rule(
+            ("per_corruption", "severities"),
+            lambda d: _lacking_a_cell(d) is None,
+            lambda d: (
+                f"per_corruption.{one_line(_lacking_a_cell(d), 40)} lacks an accuracy per severity"
+            ),
+        ),
+    ),
+)
+
 # The table of each file, by the role of the file (runs.SCHEMAS: by its name in a run folder).
 SCHEMAS: dict[str, Schema] = {
-    s.name: s for s in (CONFIG, METRICS_ROW, EVAL, PREDICTIONS, CHECKPOINT, CALIBRATION)
+    s.name: s for s in (CONFIG, METRICS_ROW, EVAL, PREDICTIONS, CHECKPOINT, CALIBRATION, ROBUSTNESS)
 }

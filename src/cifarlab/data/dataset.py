@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import Dataset
 
 from cifarlab.data import cache
-from cifarlab.data.download import md5sum
+from cifarlab.data.download import download_dataset, md5sum
+from cifarlab.data.extract import new_folder, safe_extract
 from cifarlab.data.formats import (
     RawData,
     image_files,
@@ -151,8 +152,6 @@ def _extracted_dir(source: Source, info: DatasetInfo) -> Path:
 def _extract_archive(source: Source, info: DatasetInfo) -> Source:
     """Unpack an archive the user has into the cache; an archive that turns out not to hold
     the dataset leaves nothing there."""
-    from cifarlab.data.extract import safe_extract
-
     target = _extracted_dir(source, info)
     folder = target / info.archives[source.archive_format or "python"].folder
     if not folder.is_dir():
@@ -434,6 +433,8 @@ def load_dataset(
     the training set, stratified by class and the same for every run (``val_seed``).
     ``labels`` picks CIFAR-100's "fine" (100) or "coarse" (20) labels.
     """
+    if val_size < 0:  # before anything is looked for (its upper bound: stratified_holdout's)
+        raise SettingError("val_size", f"must be at least 0, got {val_size}")
     info = get_info(name)
     if labels not in ("fine", "coarse"):
         raise SettingError("labels", f"must be fine or coarse, got {labels!r}")
@@ -446,9 +447,6 @@ def load_dataset(
     except DataNotFound:
         if not download:
             raise
-        from cifarlab.data.download import download_dataset
-        from cifarlab.data.extract import new_folder
-
         with new_folder(folder):  # a folder that cannot be made says why (full, read-only)
             pass
         download_dataset(info.name, folder)

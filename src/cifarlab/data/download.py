@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from tqdm import tqdm
 
 from cifarlab import limits
+from cifarlab.data.extract import new_folder, safe_extract
 from cifarlab.data.sources import DatasetInfo, get_info
 from cifarlab.errors import CifarlabError, DataError, DownloadError, one_line
 from cifarlab.files import disk_problem, file_kind, open_input, size_text
@@ -566,8 +567,6 @@ def download_dataset(
     folder, without downloading anything if it is already there and complete. ``kw`` goes
     to :func:`download_file` (retries, backoff, timeout).
     """
-    from cifarlab.data.extract import new_folder, safe_extract
-
     info = get_info(name)
     if fmt not in info.archives:
         raise DownloadError(

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from cifarlab.errors import CifarlabError
+
 BASE_URL = "https://www.cs.toronto.edu/~kriz/"
 DEFAULT_DATASET = "cifar10"  # what load_dataset reads when no name is given
 
@@ -283,8 +285,6 @@ DATASETS: dict[str, DatasetInfo] = {info.name: info for info in (CIFAR10, CIFAR1
 def get_info(name: str) -> DatasetInfo:
     """Return the :class:`DatasetInfo` for ``name`` ("cifar10" or "cifar100"; case, ``-`` and
     ``_`` do not matter)."""
-    from cifarlab.errors import CifarlabError
-
     key = name.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
         raise CifarlabError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")

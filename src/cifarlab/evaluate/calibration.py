@@ -18,15 +18,15 @@ its minimum exactly; β = 1 (no change) is kept if nothing does better, so the f
 fitting set is never worse than before.
 
 The fit is stored in the run folder (``calibration.json``, :class:`cifarlab.runs.RunFolder`)
-per checkpoint, with the epoch of the weights it was fitted for: :func:`cifarlab.runs.open_run`
-applies it only to those weights. A run without a validation split records that it cannot be
+per checkpoint, with the epoch of the weights it was fitted for (by
+:func:`cifarlab.evaluate.run.fit_opened`): :func:`cifarlab.trained.open_run` applies it only to
+those weights. A run without a validation split records that it cannot be
 calibrated: the test split is never used for fitting.
 """
 
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -166,49 +166,6 @@ def fit_record(
 
 NO_VAL = ("the run was trained with --val-size 0: there is no validation split to fit a "
           "temperature on (the test split is never used for fitting)")  # fmt: skip
-
-
-def calibrate_run(
-    run_dir: str | os.PathLike, *, checkpoint: str = "best", root: str | os.PathLike | None = None,
-    device: str = "auto", data: Any = None,
-) -> dict[str, Any]:  # fmt: skip
-    """Fit the temperature of a run's ``checkpoint`` on its validation split (with the run's
-    own test-time augmentation, as ``predict`` runs it) and store it in ``calibration.json``.
-    Returns the record; for a run without a validation split, a record with ``temperature``
-    None and the ``reason``. ``data``: the run's dataset, if already loaded."""
-    from cifarlab.data.dataset import load_dataset
-    from cifarlab.runs import open_run
-
-    run = open_run(run_dir, checkpoint, device, calibrated=False)
-    cfg = run.cfg
-    if data is None and cfg.val_size:
-        data = load_dataset(cfg.dataset, root if root is not None else cfg.root,
-                            val_size=cfg.val_size, labels=cfg.labels)  # fmt: skip
-    return fit_opened(run, data)
-
-
-def fit_opened(run: Any, data: Any) -> dict[str, Any]:
-    """:func:`calibrate_run` for a run already opened (:func:`cifarlab.runs.open_run`) and its
-    dataset (None or an empty validation split: the record says it cannot be calibrated)."""
-    import torch
-
-    from cifarlab.evaluate.inference import eval_loader, predict_logits
-
-    if data is None or len(data.val) == 0:
-        record: dict[str, Any] = {"temperature": None, "reason": NO_VAL,
-                                  "checkpoint": run.checkpoint,
-                                  "checkpoint_epoch": run.checkpoint_epoch}  # fmt: skip
-    else:
-        cfg = run.cfg
-        loader = eval_loader(data.val.images, data.val.labels, batch_size=cfg.eval_batch_size,
-                             device=run.device, mean=run.mean, std=run.std,
-                             channels_last=cfg.channels_last)  # fmt: skip
-        logits, labels = predict_logits(run.model, loader, tta=run.tta, autocast=run.autocast)
-        record = fit_record(logits.to(torch.float64).numpy(), labels.numpy(),
-                            checkpoint=run.checkpoint, checkpoint_epoch=run.checkpoint_epoch,
-                            tta=run.tta)  # fmt: skip
-    run.folder.write_calibration(run.checkpoint, record)
-    return record
 
 
 def describe(record: dict[str, Any] | None) -> str:

@@ -8,10 +8,12 @@ from typing import Any
 import torch
 
 from cifarlab.data.dataset import CifarDataset, load_dataset
-from cifarlab.errors import CifarlabError
+from cifarlab.errors import CifarlabError, SettingError
+from cifarlab.evaluate.calibration import NO_VAL, calibration_metrics, describe, fit_record
 from cifarlab.evaluate.inference import TTA_LEVELS, eval_loader, predict_logits
-from cifarlab.runs import load_model, open_run, read_run  # noqa: F401 - read_run: public here too
-from cifarlab.train.config import SettingError
+from cifarlab.evaluate.metrics import compute_metrics
+from cifarlab.report.html import write_report
+from cifarlab.trained import load_model, open_run, read_run  # noqa: F401 - public here too
 
 
 def evaluate_run(
@@ -35,8 +37,6 @@ def evaluate_run(
     temperature scaling are in ``metrics["calibration"]``. A run with a validation split but
     no temperature for these weights (from an older version, or resumed since) is fitted
     first, on its validation split (``calibration.json``)."""
-    from cifarlab.evaluate.metrics import compute_metrics
-
     if split not in ("test", "val"):
         raise SettingError("split", f"must be test or val, got {split!r}")
     if tta is not None and tta not in TTA_LEVELS:
@@ -60,8 +60,6 @@ def evaluate_run(
     folder.write_eval(split, metrics)
     folder.write_predictions(split, labels.numpy(), probs)
     if report:
-        from cifarlab.report.html import write_report
-
         metrics["report"] = str(write_report(folder.path, run.config, history,
                                              metrics, part.images.numpy(), probs))  # fmt: skip
     return metrics
@@ -94,8 +92,6 @@ def _calibration(run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch
                  tta: int) -> dict[str, Any]:  # fmt: skip
     """Calibration of these logits before and after the run's temperature (fitted now if the
     run has a validation split but no temperature for these weights)."""
-    from cifarlab.evaluate.calibration import calibration_metrics, describe, fit_opened
-
     record = run.folder.read_calibration().get(run.checkpoint)
     if record is None or record["checkpoint_epoch"] != run.checkpoint_epoch:
         record = fit_opened(run, ds)
@@ -113,3 +109,43 @@ def _calibration(run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch
         out["fit"] = {k: record[k] for k in ("images", "nll_before", "nll_after", "ece_before",
                                               "ece_after")}  # fmt: skip
     return out
+
+
+# --------------------------------------------------------------------------- calibration
+
+
+def calibrate_run(
+    run_dir: str | os.PathLike, *, checkpoint: str = "best", root: str | os.PathLike | None = None,
+    device: str = "auto", data: Any = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Fit the temperature of a run's ``checkpoint`` on its validation split (with the run's
+    own test-time augmentation, as ``predict`` runs it) and store it in ``calibration.json``.
+    Returns the record; for a run without a validation split, a record with ``temperature``
+    None and the ``reason``. ``data``: the run's dataset, if already loaded."""
+    run = open_run(run_dir, checkpoint, device, calibrated=False)
+    cfg = run.cfg
+    if data is None and cfg.val_size:
+        data = load_dataset(cfg.dataset, root if root is not None else cfg.root,
+                            val_size=cfg.val_size, labels=cfg.labels)  # fmt: skip
+    return fit_opened(run, data)
+
+
+def fit_opened(run: Any, data: Any) -> dict[str, Any]:
+    """:func:`calibrate_run` for a run already opened (:func:`cifarlab.trained.open_run`) and its
+    dataset (None or an empty validation split: the record says it cannot be calibrated)."""
+    if data is None or len(data.val) == 0:
+        record: dict[str, Any] = {"temperature": None, "reason": NO_VAL,
+                                  "checkpoint": run.checkpoint,
+                                  "checkpoint_epoch": run.checkpoint_epoch}  # fmt: skip
+    else:
+        cfg = run.cfg
+        loader = eval_loader(data.val.images, data.val.labels, batch_size=cfg.eval_batch_size,
+                             device=run.device, mean=run.mean, std=run.std,
+                             channels_last=cfg.channels_last)  # fmt: skip
+        logits, labels = predict_logits(run.model, loader, tta=run.tta, autocast=run.autocast)
+        record = fit_record(logits.to(torch.float64).numpy(), labels.numpy(),
+                            checkpoint=run.checkpoint, checkpoint_epoch=run.checkpoint_epoch,
+                            tta=run.tta)  # fmt: skip
+    run.folder.write_calibration(run.checkpoint, record)
+    return record
+

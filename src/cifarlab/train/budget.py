@@ -351,3 +351,67 @@ class Budget:
             )
             steps = first_room + rest
         return steps
+
+
+class Pacer:
+    """The pace of a budgeted run, asked by the training loop once per step: from the speed
+    measured in this session it sets the run's total number of steps so that training (and
+    its validation passes) ends on time, about 20 times over the run (the schedule — learning
+    rate, lookahead — follows the new total from there on). The first ``WARMUP_STEPS`` of a
+    session build oneDNN's kernels and run slow: the pace is measured after them."""
+
+    WARMUP_STEPS = 3
+
+    def __init__(
+        self,
+        budget: Budget,
+        cfg: Any,
+        steps_per_epoch: int,
+        val_images: int,
+        replans: list[list[int]] | None = None,
+    ) -> None:
+        self.budget, self.cfg = budget, cfg
+        self.steps_per_epoch, self.val_images = steps_per_epoch, val_images
+        self.replans: list[list[int]] = list(replans or [])  # [at step, old total, new total]
+        self.session_steps = 0  # steps of this session
+        self.mark: float | None = None  # perf_counter() after the warm-up steps
+        self.mark_steps = 0  # session steps at the mark
+        self.units = 0.0  # steps since the mark, each weighted by its cost (image size)
+        self.val_since_mark = 0.0  # validation seconds since the mark
+        self.val_seconds: float | None = None  # the last validation pass
+
+    def step(self, done: int, image_size: int, total: int) -> int | None:
+        """After a step (``done`` steps of the run so far, on images of ``image_size``): the new
+        total number of steps when it is time to re-plan and the pace says so, else None."""
+        self.session_steps += 1
+        if self.mark is not None:
+            self.units += size_cost(image_size)
+        if self.session_steps == self.WARMUP_STEPS:
+            self.mark, self.mark_steps = time.perf_counter(), self.session_steps
+        if done % max(total // 20, 5):
+            return None
+        return self.replan(done, total)
+
+    def validated(self, seconds: float) -> None:
+        """A validation pass took ``seconds``."""
+        self.val_seconds = seconds
+        if self.mark is not None:
+            self.val_since_mark += seconds
+
+    def replan(self, done: int, total: int) -> int | None:
+        steps = self.session_steps - self.mark_steps
+        if self.mark is None or steps < 3:
+            return None
+        # seconds of a full-size step; with progressive resizing the steps still to come cost
+        # what their image sizes say, on average
+        full_step_s = (time.perf_counter() - self.mark - self.val_since_mark) / self.units
+        step_s = full_step_s * step_cost(self.cfg, done / total)
+        val_s = self.val_seconds
+        if val_s is None:
+            val_s = self.val_images * full_step_s / self.cfg.batch_size / EVAL_SPEEDUP
+        more = self.budget.remaining_steps(step_s, val_s, done, self.steps_per_epoch)
+        new_total = max(done + more, done, 1)
+        if abs(new_total - total) <= max(0.01 * total, 1):
+            return None
+        self.replans.append([done, total, new_total])
+        return new_total

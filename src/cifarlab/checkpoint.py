@@ -1,6 +1,8 @@
 """Checkpoints: written atomically, loadable on a CPU whatever device saved them, read with
 ``weights_only=True`` (no arbitrary code from a checkpoint file), of bounded size, and checked
-against their schema (:data:`cifarlab.schemas.CHECKPOINT`) before anything uses them."""
+against their schema (:data:`cifarlab.schemas.CHECKPOINT`) before anything uses them; and
+whether a checkpoint's weights fit a model (:func:`weights_problem`, on the shapes of
+:func:`planned_shapes`, found without allocating the model)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cifarlab import schemas
 from cifarlab.errors import CifarlabError, one_line
 from cifarlab.files import atomic_write, open_input
 from cifarlab.limits import MAX_RUN_FILE, megabytes
+from cifarlab.models import create_model
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
@@ -94,3 +98,51 @@ def clean_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 k = k[len(prefix) :]
         out[k] = v
     return out
+
+
+# --------------------------------------------------------------------------- weights and models
+
+
+def shapes(model: nn.Module) -> dict[str, list[int]]:
+    """The shape of every tensor in ``model``'s state: what tells two architectures apart."""
+    return {k: list(v.shape) for k, v in model.state_dict().items()}
+
+
+def planned_shapes(name: str, num_classes: int, model_args: dict[str, Any]) -> dict | None:
+    """:func:`shapes` of the model ``name`` would build, found without allocating it (built
+    on PyTorch's meta device); None if the builder cannot build there."""
+    try:
+        with torch.device("meta"):
+            return shapes(create_model(name, num_classes, **model_args))
+    except Exception:  # noqa: BLE001 - any builder: the real build says what is wrong
+        return None
+
+
+def weights_problem(expected: dict[str, list[int]], weights: dict[str, Any]) -> str | None:
+    """Why ``weights`` (a state dict) do not fit a model of ``expected`` shapes, naming the
+    first parameter that differs; None if they fit."""
+    for key, shape in expected.items():
+        if key not in weights:
+            lacking = [k for k in expected if k not in weights]
+            more = f" and {len(lacking) - 1} more" if len(lacking) > 1 else ""
+            return f"it lacks parameter {key}{more}"
+        got = weights[key]
+        if not isinstance(got, torch.Tensor):
+            return f"parameter {key} is {schemas.describe(got)}, not a tensor"
+        if list(got.shape) != shape:
+            return f"parameter {key} is {list(got.shape)} in the checkpoint, {shape} in the model"
+    extra = [k for k in weights if k not in expected]
+    if extra:
+        more = f" and {len(extra) - 1} more" if len(extra) > 1 else ""
+        return f"it has parameter {extra[0]}{more}, which the model lacks"
+    return None
+
+
+def dtype_problem(model: nn.Module, weights: dict[str, Any]) -> str | None:
+    """A floating-point parameter given integers (or the reverse) would be cast silently."""
+    for key, have in model.state_dict().items():
+        got = weights[key]
+        if have.is_floating_point() != got.is_floating_point() or got.is_complex():
+            return f"parameter {key} holds {got.dtype} values, the model {have.dtype}"
+    return None
+
