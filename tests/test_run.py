@@ -16,8 +16,8 @@ import fakedata
 from cifarlab import evaluate_run, load_run, open_run
 from cifarlab.errors import CifarlabError
 from cifarlab.runs import CONFIG, METRICS, RunFolder
-from cifarlab.trained import read_run
 from cifarlab.train import TrainConfig, train
+from cifarlab.trained import read_run
 
 REPO = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -301,8 +301,8 @@ def test_each_checkpoint_field_of_the_wrong_kind_is_one_line_naming_file_and_fie
 ) -> None:
     import torch
 
-    from cifarlab.runs import SCHEMAS
     from cifarlab.checkpoint import load_checkpoint
+    from cifarlab.runs import SCHEMAS
 
     run, _ = _copy(template, tmp_path)
     last = run / "last.pt"

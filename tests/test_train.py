@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from cifarlab.checkpoint import load_checkpoint, save_checkpoint
 from cifarlab.errors import CifarlabError
 from cifarlab.models import count_parameters, create_model, model_names
 from cifarlab.train import TrainConfig, TrainingError, train
-from cifarlab.checkpoint import load_checkpoint, save_checkpoint
 
 
 @pytest.fixture(autouse=True)

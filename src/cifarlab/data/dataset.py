@@ -436,11 +436,41 @@ def load_dataset(
     if val_size < 0:  # before anything is looked for (its upper bound: stratified_holdout's)
         raise SettingError("val_size", f"must be at least 0, got {val_size}")
     info = get_info(name)
+    _check_labels(info, labels)
+    raw, meta = _read_or_download(info, root, download=download, use_cache=use_cache)
+    _warn_unusual(info, meta)
+    train_y, test_y, names = _chosen_labels(raw, labels, meta["source"])
+    train_idx, val_idx = _holdout(raw, val_size, val_seed)
+    both = raw.train_coarse is not None and raw.test_coarse is not None
+    train, val, test = _splits(raw, train_y, test_y, train_idx if val_size else None, val_idx, both)
+    return CifarDataset(
+        info=info,
+        labels_kind=labels,
+        class_names=list(names),
+        train=train,
+        val=val,
+        test=test,
+        meta=meta,
+        fine_names=list(raw.class_names) if both else None,
+        coarse_names=list(raw.coarse_names or []) if both else None,
+    )
+
+
+def _check_labels(info: DatasetInfo, labels: str) -> None:
+    """Refuse a label kind that is not "fine" or "coarse", or that ``info`` does not have."""
     if labels not in ("fine", "coarse"):
         raise SettingError("labels", f"must be fine or coarse, got {labels!r}")
     if labels == "coarse" and info.num_coarse_classes is None:
         having = " or ".join(d.title for d in DATASETS.values() if d.num_coarse_classes)
         raise CifarlabError(f"{info.title} has no coarse labels (only {having} does)")
+
+
+def _read_or_download(
+    info: DatasetInfo, root: str | os.PathLike | None, *, download: bool, use_cache: bool
+) -> tuple[RawData, dict]:
+    """Read the dataset from the folder :func:`data_root` picks for ``root``, downloading it
+    there first if it is not found and ``download`` is set; ``meta["root_from"]`` says how the
+    folder was picked."""
     folder, how = data_root(root)
     try:
         raw, meta = read_raw(info, folder, use_cache=use_cache)
@@ -452,53 +482,90 @@ def load_dataset(
         download_dataset(info.name, folder)
         raw, meta = read_raw(info, folder, use_cache=use_cache)
     meta["root_from"] = how
+    return raw, meta
+
+
+def _warn_unusual(info: DatasetInfo, meta: dict) -> None:
+    """A DataWarning for md5 sums that differ from the official ones and for every note of
+    the validation; ``stacklevel=3`` names the caller of :func:`load_dataset`."""
     if meta["checksum"]["status"] == "differs":
         warnings.warn(
             f"{meta['source']}: md5 sums differ from the official {info.title} files; "
             "loading it anyway",
             DataWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     for note in meta.get("notes", []):
-        warnings.warn(note, DataWarning, stacklevel=2)
+        warnings.warn(note, DataWarning, stacklevel=3)
 
+
+def _chosen_labels(
+    raw: RawData, labels: str, source: str
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The train labels, test labels and class names of the ``labels`` kind."""
     if labels == "coarse":
         if raw.train_coarse is None or raw.test_coarse is None:
-            raise DataError(f"{meta['source']}: this copy has no coarse labels")
-        train_y, test_y, names = raw.train_coarse, raw.test_coarse, raw.coarse_names or []
-    else:
-        train_y, test_y, names = raw.train_y, raw.test_y, raw.class_names
+            raise DataError(f"{source}: this copy has no coarse labels")
+        return raw.train_coarse, raw.test_coarse, raw.coarse_names or []
+    return raw.train_y, raw.test_y, raw.class_names
 
+
+def _holdout(raw: RawData, val_size: int, val_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The positions in the training arrays that train, and those held out to validate."""
     # Stratify on the fine labels so the hold-out is the same whichever labels are trained on.
     val_idx = stratified_holdout(np.asarray(raw.train_y), val_size, val_seed)
     keep = np.ones(len(raw.train_y), dtype=bool)
     keep[val_idx] = False
-    train_idx = np.flatnonzero(keep)
+    return np.flatnonzero(keep), val_idx
 
-    both = raw.train_coarse is not None and raw.test_coarse is not None
 
-    def make(split: str, x: np.ndarray, y: np.ndarray, idx: np.ndarray | None,
-             fine: np.ndarray, coarse: np.ndarray | None) -> Split:  # fmt: skip
-        i = torch.arange(len(y)) if idx is None else torch.from_numpy(idx)
-
-        def take(a: np.ndarray | None, dtype: type = np.int64) -> torch.Tensor | None:
-            if a is None:
-                return None
-            t = torch.from_numpy(np.asarray(a, dtype=dtype))
-            return t if idx is None else t[i]
-
-        return Split(split, take(x, np.uint8), take(y), i,
-                     take(fine) if both else None, take(coarse) if both else None)  # fmt: skip
-
-    kept = train_idx if val_size else None
-    return CifarDataset(
-        info=info,
-        labels_kind=labels,
-        class_names=list(names),
-        train=make("train", raw.train_x, train_y, kept, raw.train_y, raw.train_coarse),
-        val=make("val", raw.train_x, train_y, val_idx, raw.train_y, raw.train_coarse),
-        test=make("test", raw.test_x, test_y, None, raw.test_y, raw.test_coarse),
-        meta=meta,
-        fine_names=list(raw.class_names) if both else None,
-        coarse_names=list(raw.coarse_names or []) if both else None,
+def _splits(
+    raw: RawData,
+    train_y: np.ndarray,
+    test_y: np.ndarray,
+    train_idx: np.ndarray | None,
+    val_idx: np.ndarray,
+    both: bool,
+) -> tuple[Split, Split, Split]:
+    """The train, val and test splits: ``train_idx`` (None: all) and ``val_idx`` of the
+    training arrays, and the test arrays, labelled ``train_y`` / ``test_y``; with ``both``,
+    each split also carries the fine and the coarse labels."""
+    train_fine, train_coarse = (raw.train_y, raw.train_coarse) if both else (None, None)
+    test_fine, test_coarse = (raw.test_y, raw.test_coarse) if both else (None, None)
+    return (
+        _make_split("train", raw.train_x, train_y, train_idx, train_fine, train_coarse),
+        _make_split("val", raw.train_x, train_y, val_idx, train_fine, train_coarse),
+        _make_split("test", raw.test_x, test_y, None, test_fine, test_coarse),
     )
+
+
+def _make_split(
+    name: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    idx: np.ndarray | None,
+    fine: np.ndarray | None,
+    coarse: np.ndarray | None,
+) -> Split:
+    """The split ``name`` of the items ``idx`` (None: all) of images ``x`` and labels ``y``,
+    with the ``fine`` and ``coarse`` label sets where given."""
+    i = torch.arange(len(y)) if idx is None else torch.from_numpy(idx)
+    rows = None if idx is None else i
+    return Split(
+        name,
+        _tensor(x, rows, np.uint8),
+        _tensor(y, rows),
+        i,
+        _tensor(fine, rows),
+        _tensor(coarse, rows),
+    )
+
+
+def _tensor(
+    a: np.ndarray | None, rows: torch.Tensor | None, dtype: type = np.int64
+) -> torch.Tensor | None:
+    """``a`` as a tensor of ``dtype``, only its ``rows`` (None: all); None for None."""
+    if a is None:
+        return None
+    t = torch.from_numpy(np.asarray(a, dtype=dtype))
+    return t if rows is None else t[rows]

@@ -28,6 +28,7 @@ import stat
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import urlsplit
@@ -68,6 +69,22 @@ class _WriteFailed(Exception):
 
 class _DeadlinePassed(Exception):
     """The overall deadline passed during an attempt."""
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One download: what each of its attempts uses."""
+
+    opener: urllib.request.OpenerDirector
+    url: str
+    part: Path  # where the bytes go until the file is complete and verified
+    desc: str  # the progress bar's label
+    timeout: float  # seconds, for every socket operation
+    progress: bool
+    ends: float  # the time.monotonic() by which the whole download must be done
+    min_rate: float  # bytes/s
+    rate_window: float  # seconds
+    max_bytes: int
 
 
 def _data_file_limit() -> int:
@@ -159,78 +176,110 @@ def download_file(
     deadline = float(limits.DOWNLOAD_DEADLINE) if deadline is None else float(deadline)
     min_rate = float(limits.DOWNLOAD_MIN_RATE) * 1024 if min_rate is None else float(min_rate)
     max_bytes = _data_file_limit() if max_bytes is None else int(max_bytes)
-    start = time.monotonic()
-    ends = start + deadline
+    ends = time.monotonic() + deadline
 
     if _have(dest, md5, max_bytes):
         return dest
     part = dest.with_name(dest.name + ".part")
+    _make_folder(url, dest.parent)
+    _part_size(part)  # a link or a device there is refused before going to the network
+    job = _Job(
+        # Built per call (not urllib's global opener) so proxy settings in the environment
+        # are read now rather than frozen at the first download of the process.
+        opener=urllib.request.build_opener(),
+        url=url,
+        part=part,
+        desc=dest.name,
+        timeout=timeout,
+        progress=progress,
+        ends=ends,
+        min_rate=min_rate,
+        rate_window=rate_window,
+        max_bytes=max_bytes,
+    )
+    _fetch(job, retries=retries, backoff=backoff, deadline=deadline)
+    if md5 is not None:
+        _check_md5(job, dest.name, md5)
+    _move_into_place(part, dest)
+    return dest
+
+
+def _make_folder(url: str, folder: Path) -> None:
+    """Create the folder the download goes to; a failure says why (full, read-only...)."""
     try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise DownloadError(
-            f"cannot download {url}: cannot create {dest.parent}: "
-            f"{disk_problem(e, dest.parent) or one_line(e.strerror or e)}"
+            f"cannot download {url}: cannot create {folder}: "
+            f"{disk_problem(e, folder) or one_line(e.strerror or e)}"
         ) from None
-    _part_size(part)  # a link or a device there is refused before going to the network
-    # Built per call (not urllib's global opener) so proxy settings in the environment are
-    # read now rather than frozen at the first download of the process.
-    opener = urllib.request.build_opener()
 
+
+def _fetch(job: _Job, *, retries: int, backoff: float, deadline: float) -> None:
+    """Make attempts until one completes ``job.part``: ``retries + 1`` at most, ``backoff``,
+    ``2 * backoff``, ... seconds apart, all within ``deadline`` seconds (``job.ends``).
+    Whatever stops them is a one-line DownloadError."""
     attempts = max(0, retries) + 1
     last: _Retryable | None = None
     made = 0
     try:
         for attempt in range(attempts):
-            if attempt:
-                wait = backoff * 2 ** (attempt - 1)
-                if time.monotonic() + wait >= ends:
-                    raise _DeadlinePassed
-                time.sleep(wait)
-            if time.monotonic() >= ends:
-                raise _DeadlinePassed
+            _wait_turn(attempt, backoff, job.ends)
             made += 1
             try:
-                _attempt(
-                    opener, url, part, timeout=timeout, progress=progress, desc=dest.name,
-                    ends=ends, min_rate=min_rate, rate_window=rate_window, max_bytes=max_bytes,
-                )  # fmt: skip
-                break
+                _attempt(job)
+                return
             except _Retryable as e:
                 last = e
-        else:
-            assert last is not None
-            hint = f"; {NETWORK_HINT}" if last.network else ""
-            raise DownloadError(
-                f"cannot download {url}: {last} (gave up after {attempts} attempt"
-                f"{'s' if attempts != 1 else ''}){_kept(part)}{hint}"
-            )
     except _DeadlinePassed:
         why = f" (the last attempt: {last})" if last is not None else ""
         raise DownloadError(
-            f"cannot download {url}: not done within the deadline of {deadline:g} s after "
-            f"{made} attempt{'s' if made != 1 else ''}{why}{_kept(part)}; raise the deadline "
-            f"with {limits.DOWNLOAD_DEADLINE.env}=SECONDS"
+            f"cannot download {job.url}: not done within the deadline of {deadline:g} s after "
+            f"{made} attempt{'s' if made != 1 else ''}{why}{_kept(job.part)}; raise the "
+            f"deadline with {limits.DOWNLOAD_DEADLINE.env}=SECONDS"
         ) from None
     except _WriteFailed as e:
-        _remove(part)
-        why = disk_problem(e.err, dest.parent) or one_line(e.err.strerror or e.err)
+        _remove(job.part)
+        why = disk_problem(e.err, job.part.parent) or one_line(e.err.strerror or e.err)
         raise DownloadError(
-            f"cannot download {url}: cannot write {part}: {why}; the partial file was "
+            f"cannot download {job.url}: cannot write {job.part}: {why}; the partial file was "
             "deleted (the download itself was fine: make room or choose another folder)"
         ) from None
+    assert last is not None
+    hint = f"; {NETWORK_HINT}" if last.network else ""
+    raise DownloadError(
+        f"cannot download {job.url}: {last} (gave up after {attempts} attempt"
+        f"{'s' if attempts != 1 else ''}){_kept(job.part)}{hint}"
+    )
 
-    if md5 is not None:
-        actual = md5sum(part, max_bytes=max_bytes, error=DownloadError)
-        if actual != md5:
-            # A bad file is useless for resuming too: the bytes already there may be the
-            # corrupt ones, so start the next try from scratch.
-            _remove(part)
-            raise DownloadError(
-                f"checksum mismatch for {dest.name} from {url}: expected md5 {md5}, got "
-                f"{actual}; the downloaded file was deleted: run the download again, or fetch "
-                "the file from the official site and check its md5"
-            )
+
+def _wait_turn(attempt: int, backoff: float, ends: float) -> None:
+    """Wait before attempt number ``attempt`` (0 for the first, which does not wait); raise
+    _DeadlinePassed if it could not start before ``ends``."""
+    if attempt:
+        wait = backoff * 2 ** (attempt - 1)
+        if time.monotonic() + wait >= ends:
+            raise _DeadlinePassed
+        time.sleep(wait)
+    if time.monotonic() >= ends:
+        raise _DeadlinePassed
+
+
+def _check_md5(job: _Job, name: str, md5: str) -> None:
+    """Delete the downloaded ``job.part`` and say so if its md5 is not ``md5``."""
+    actual = md5sum(job.part, max_bytes=job.max_bytes, error=DownloadError)
+    if actual != md5:
+        # A bad file is useless for resuming too: the bytes already there may be the
+        # corrupt ones, so start the next try from scratch.
+        _remove(job.part)
+        raise DownloadError(
+            f"checksum mismatch for {name} from {job.url}: expected md5 {md5}, got "
+            f"{actual}; the downloaded file was deleted: run the download again, or fetch "
+            "the file from the official site and check its md5"
+        )
+
+
+def _move_into_place(part: Path, dest: Path) -> None:
     try:
         os.replace(part, dest)
     except OSError as e:
@@ -238,7 +287,6 @@ def download_file(
             f"cannot move {part} to {dest}: "
             f"{disk_problem(e, dest.parent) or one_line(e.strerror or e)}"
         ) from None
-    return dest
 
 
 def _have(dest: Path, md5: str | None, max_bytes: int) -> bool:
@@ -374,114 +422,130 @@ def _rate(bytes_per_s: float) -> str:
     return f"{bytes_per_s:,.0f} B/s"
 
 
-def _attempt(
-    opener: urllib.request.OpenerDirector,
-    url: str,
-    part: Path,
-    *,
-    timeout: float,
-    progress: bool,
-    desc: str,
-    ends: float,
-    min_rate: float,
-    rate_window: float,
-    max_bytes: int,
-) -> None:
-    """Make one request and append what arrives to ``part``; raise _Retryable if cut short,
-    _WriteFailed if ``part`` cannot be written, _DeadlinePassed past ``ends``."""
-    offset = _part_size(part)
-    req = urllib.request.Request(url, headers={"User-Agent": _USER_AGENT})
-    if offset:
-        req.add_header("Range", f"bytes={offset}-")
-    left = ends - time.monotonic()
-    if left <= 0:
-        raise _DeadlinePassed
-    try:
-        resp = opener.open(req, timeout=min(timeout, left))
-    except urllib.error.HTTPError as e:
-        e.close()
-        reason = one_line(e.reason, 100)
-        if e.code == 416 and offset:
-            # The .part is as long as (or longer than) the file: it cannot be resumed.
-            _remove(part)
-            raise _Retryable("server refused to resume the partial file (HTTP 416)") from None
-        if 500 <= e.code < 600:
-            raise _Retryable(f"server error HTTP {e.code} {reason}") from None
-        raise DownloadError(f"cannot download {url}: HTTP {e.code} {reason}") from None
-    except urllib.error.URLError as e:
-        if isinstance(e.reason, socket.gaierror):
-            # Name resolution failing means no network (or a typo): retrying will not help.
-            host = urlsplit(url).hostname
-            raise DownloadError(
-                f"cannot download {url}: cannot resolve host {host} "
-                f"({one_line(e.reason.strerror or e.reason)}); {NETWORK_HINT}"
-            ) from None
-        raise _Retryable(_describe(e.reason), network=True) from None
-    except (OSError, http.client.HTTPException, ValueError) as e:
-        raise _Retryable(_describe(e), network=True) from None
-
+def _attempt(job: _Job) -> None:
+    """Make one request and append what arrives to ``job.part``; raise _Retryable if cut
+    short, _WriteFailed if ``job.part`` cannot be written, _DeadlinePassed past ``job.ends``."""
+    offset = _part_size(job.part)
+    resp = _request(job, offset)
     with resp:
-        status = resp.status
-        length = resp.headers.get("Content-Length")
-        expected = int(length) if length and length.isdigit() else None
-        total = None
-        append = True
-        if status == 206:
-            start, total = _parse_content_range(resp.headers.get("Content-Range", ""))
-            if start != offset:
-                if start != 0:
-                    _remove(part)
-                    raise _Retryable(f"server resumed at byte {start}, not {offset}")
-                append, offset = False, 0
-        else:
-            # 200: the server ignored the Range header and sends the whole file.
-            append, offset = False, 0
-            total = expected
-        size = total if total is not None else (offset + expected if expected else None)
-        if size is not None and size > max_bytes:
-            raise _too_big(url, size, max_bytes)
-        received = 0
-        oversize = False
-        pace = _Pace(min_rate, rate_window, ends)
-        with (
-            _open_part(part, append) as f,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                unit_divisor=1024,
-                desc=desc,
-                disable=not progress,
-            ) as bar,
-        ):
-            while True:
-                try:
-                    # read1 returns whatever has arrived, so bytes received before a stall
-                    # are on disk and the next attempt resumes after them.
-                    chunk = resp.read1(_CHUNK)
-                except TimeoutError:
-                    raise _Retryable(f"no data for {timeout:g} s (server stalled)") from None
-                except (OSError, http.client.HTTPException, ValueError) as e:
-                    raise _Retryable(_describe(e), network=True) from None
-                if not chunk:
-                    break
-                if offset + received + len(chunk) > max_bytes:
-                    oversize = True
-                    break
-                _write_all(f, chunk)
-                received += len(chunk)
-                bar.update(len(chunk))
-                pace.update(received)
+        append, offset, total, expected = _read_headers(job, resp, offset)
+        received, oversize = _receive(job, resp, append, offset, total)
     if oversize:
-        _remove(part)
-        raise _too_big(url, offset + received, max_bytes, sent=True)
+        _remove(job.part)
+        raise _too_big(job.url, offset + received, job.max_bytes, sent=True)
     if expected is not None and received < expected:
         raise _Retryable(
             f"connection closed after {offset + received} of {offset + expected} bytes"
         )
     if total is not None and offset + received != total:
         raise _Retryable(f"got {offset + received} bytes, expected {total}")
+
+
+def _request(job: _Job, offset: int) -> http.client.HTTPResponse:
+    """Ask for the file from byte ``offset`` on. A failure another attempt may fix is
+    _Retryable; one it cannot (no DNS, HTTP 4xx) is a DownloadError."""
+    req = urllib.request.Request(job.url, headers={"User-Agent": _USER_AGENT})
+    if offset:
+        req.add_header("Range", f"bytes={offset}-")
+    left = job.ends - time.monotonic()
+    if left <= 0:
+        raise _DeadlinePassed
+    try:
+        return job.opener.open(req, timeout=min(job.timeout, left))
+    except urllib.error.HTTPError as e:
+        e.close()
+        reason = one_line(e.reason, 100)
+        if e.code == 416 and offset:
+            # The .part is as long as (or longer than) the file: it cannot be resumed.
+            _remove(job.part)
+            raise _Retryable("server refused to resume the partial file (HTTP 416)") from None
+        if 500 <= e.code < 600:
+            raise _Retryable(f"server error HTTP {e.code} {reason}") from None
+        raise DownloadError(f"cannot download {job.url}: HTTP {e.code} {reason}") from None
+    except urllib.error.URLError as e:
+        if isinstance(e.reason, socket.gaierror):
+            # Name resolution failing means no network (or a typo): retrying will not help.
+            host = urlsplit(job.url).hostname
+            raise DownloadError(
+                f"cannot download {job.url}: cannot resolve host {host} "
+                f"({one_line(e.reason.strerror or e.reason)}); {NETWORK_HINT}"
+            ) from None
+        raise _Retryable(_describe(e.reason), network=True) from None
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise _Retryable(_describe(e), network=True) from None
+
+
+def _read_headers(
+    job: _Job, resp: http.client.HTTPResponse, offset: int
+) -> tuple[bool, int, int | None, int | None]:
+    """What the response sends: (whether it continues the ``offset`` bytes of ``job.part``
+    or starts it afresh, the offset it starts at, the file's total size, the body's length),
+    sizes None where not said. A resume at another byte, or a file over ``job.max_bytes``,
+    is refused."""
+    status = resp.status
+    length = resp.headers.get("Content-Length")
+    expected = int(length) if length and length.isdigit() else None
+    total = None
+    append = True
+    if status == 206:
+        start, total = _parse_content_range(resp.headers.get("Content-Range", ""))
+        if start != offset:
+            if start != 0:
+                _remove(job.part)
+                raise _Retryable(f"server resumed at byte {start}, not {offset}")
+            append, offset = False, 0
+    else:
+        # 200: the server ignored the Range header and sends the whole file.
+        append, offset = False, 0
+        total = expected
+    size = total if total is not None else (offset + expected if expected else None)
+    if size is not None and size > job.max_bytes:
+        raise _too_big(job.url, size, job.max_bytes)
+    return append, offset, total, expected
+
+
+def _receive(
+    job: _Job, resp: http.client.HTTPResponse, append: bool, offset: int, total: int | None
+) -> tuple[int, bool]:
+    """Write the body of ``resp`` to ``job.part`` (after its ``offset`` bytes if ``append``,
+    else from the start), showing progress, at the pace ``job`` asks for. Return the bytes
+    received, and whether the server sent more than ``job.max_bytes`` (the rest is not
+    written)."""
+    received = 0
+    pace = _Pace(job.min_rate, job.rate_window, job.ends)
+    with (
+        _open_part(job.part, append) as f,
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=job.desc,
+            disable=not job.progress,
+        ) as bar,
+    ):
+        while chunk := _read_chunk(resp, job.timeout):
+            if offset + received + len(chunk) > job.max_bytes:
+                return received, True
+            _write_all(f, chunk)
+            received += len(chunk)
+            bar.update(len(chunk))
+            pace.update(received)
+    return received, False
+
+
+def _read_chunk(resp: http.client.HTTPResponse, timeout: float) -> bytes:
+    """The next bytes of the body (b"" at its end); a stall or a broken connection is
+    _Retryable."""
+    try:
+        # read1 returns whatever has arrived, so bytes received before a stall
+        # are on disk and the next attempt resumes after them.
+        return resp.read1(_CHUNK)
+    except TimeoutError:
+        raise _Retryable(f"no data for {timeout:g} s (server stalled)") from None
+    except (OSError, http.client.HTTPException, ValueError) as e:
+        raise _Retryable(_describe(e), network=True) from None
 
 
 def _write_all(f: BinaryIO, data: bytes) -> None:

@@ -224,71 +224,141 @@ def plan(
     device = torch.device(device)
     t_start = time.perf_counter()
     data = curves()["candidates"]
-    names = list(data)
-    if only is not None:
-        matches = [n for n in names if n == only or data[n]["model"] == only]
-        if not matches:
-            raise SettingError(
-                "model",
-                f"{only} has no measured accuracy curve, and a budget chooses among "
-                f"{', '.join(names)} (train it for a number of epochs instead)",
-            )
-        names = matches
+    names = _candidates(data, only)
     options: list[Option] = []
     probe_seconds = 0.0
     for name in names:  # smallest first: a bigger network is never faster per image
         c = data[name]
-        opt = Option(name, c["recipe"], c["model"], int(c["batch_size"]))
-        cfg = get_recipe(c["recipe"]).config
-        opt.cost = recipe_step_cost(cfg)
+        opt = _new_option(name, c)
         first = min(float(p[0]) for p in c["points"])
-        if options:  # bounded by the faster, smaller network: skip probing a hopeless one
-            fastest = max(o.images_per_s for o in options if o.images_per_s)
-            used = spent + (time.perf_counter() - t_start) + SETUP_SECONDS
-            at_least = (used + first * num_train * opt.cost / fastest) / TARGET
-            if at_least > budget:
-                opt.min_budget = at_least
-                opt.note = (
-                    f"not measured: slower than {options[0].name}, it needs more than "
-                    f"{format_duration(at_least)} for {first:g} epoch(s)"
-                )
-                options.append(opt)
-                continue
+        # bounded by the faster, smaller network: skip probing a hopeless one
+        if options and _hopeless(opt, options, first, _used(spent, t_start), budget, num_train):
+            options.append(opt)
+            continue
         t0 = time.perf_counter()
-        choice = probe.choose_precision(c["model"], num_classes=num_classes,
-                                        batch_size=opt.batch_size, device=device,
-                                        use_cache=use_cache)  # fmt: skip
-        # on a CPU the choice timed both precisions; elsewhere time the one it chose
-        speeds = choice.speeds or probe.measure(
-            c["model"],
-            num_classes=num_classes,
-            batch_sizes=(opt.batch_size,),
-            precisions=(choice.precision,),
-            device=device,
-            use_cache=use_cache,
-        )
+        precision, speeds = _probe(opt, num_classes, device, use_cache)
         probe_seconds += time.perf_counter() - t0
         opt.speeds = {s.precision: round(s.images_per_s, 1) for s in speeds}
-        opt.precision, opt.images_per_s = choice.precision, opt.speeds[choice.precision]
-        step_s = opt.batch_size / opt.images_per_s * opt.cost
-        val_s = val_size / (opt.images_per_s * EVAL_SPEEDUP)
-        steps_per_epoch = math.ceil(num_train / opt.batch_size)
-        used = spent + (time.perf_counter() - t_start) + SETUP_SECONDS
-        opt.steps = _steps_that_fit(budget * TARGET - used, step_s, val_s, steps_per_epoch)
-        opt.epochs = opt.steps * opt.batch_size / num_train
-        opt.expected_acc = expected_accuracy(c["points"], opt.epochs) if opt.steps else None
-        need = math.ceil(first * steps_per_epoch)
-        opt.min_budget = (used + need * step_s + math.ceil(first) * val_s) / TARGET
-        opt.seconds = opt.steps * step_s + math.ceil(opt.steps / steps_per_epoch) * val_s
-        if opt.expected_acc is None:
-            opt.note = f"needs {format_duration(opt.min_budget)} for {first:g} epoch(s)"
+        opt.precision, opt.images_per_s = precision, opt.speeds[precision]
+        _fit(opt, c["points"], first, _used(spent, t_start), budget, num_train, val_size)
         options.append(opt)
         if log:
-            log(
-                f"  probe {name}: "
-                + ", ".join(f"{p} {v:,.0f} images/s" for p, v in opt.speeds.items())
-                + (" (cached)" if all(s.cached for s in speeds) else "")
-            )
+            log(_probe_line(name, opt, speeds))
+    chosen = _choose(budget, options)
+    setup = spent + time.perf_counter() - t_start
+    return Plan(
+        budget, chosen, options, setup, probe_seconds, probe.describe_machine(), dataset, num_train
+    )
+
+
+def _used(spent: float, t_start: float) -> float:
+    """The seconds of the budget gone by now: ``spent`` before planning began at ``t_start``,
+    the planning since, and the set-up still to come."""
+    return spent + (time.perf_counter() - t_start) + SETUP_SECONDS
+
+
+def _candidates(data: dict[str, Any], only: str | None) -> list[str]:
+    """The candidates of the curves ``data`` to choose among: all, or the one that ``only``
+    names (by its name or its model)."""
+    names = list(data)
+    if only is None:
+        return names
+    matches = [n for n in names if n == only or data[n]["model"] == only]
+    if not matches:
+        raise SettingError(
+            "model",
+            f"{only} has no measured accuracy curve, and a budget chooses among "
+            f"{', '.join(names)} (train it for a number of epochs instead)",
+        )
+    return matches
+
+
+def _new_option(name: str, c: dict[str, Any]) -> Option:
+    """The candidate ``name`` with its curve's settings ``c``, not yet measured."""
+    opt = Option(name, c["recipe"], c["model"], int(c["batch_size"]))
+    cfg = get_recipe(c["recipe"]).config
+    opt.cost = recipe_step_cost(cfg)
+    return opt
+
+
+def _hopeless(
+    opt: Option, options: list[Option], first: float, used: float, budget: float, num_train: int
+) -> bool:
+    """Whether ``opt`` could not reach its ``first`` epochs within ``budget`` (``used``
+    seconds of it gone) even at the speed of the fastest of the smaller networks
+    ``options``; if so, its note and minimum budget say so."""
+    fastest = max(o.images_per_s for o in options if o.images_per_s)
+    at_least = (used + first * num_train * opt.cost / fastest) / TARGET
+    if at_least > budget:
+        opt.min_budget = at_least
+        opt.note = (
+            f"not measured: slower than {options[0].name}, it needs more than "
+            f"{format_duration(at_least)} for {first:g} epoch(s)"
+        )
+        return True
+    return False
+
+
+def _probe(
+    opt: Option, num_classes: int, device: torch.device, use_cache: bool
+) -> tuple[str, list[probe.Speed]]:
+    """Time ``opt``'s training step here: the precision to train it in, and its speeds."""
+    choice = probe.choose_precision(
+        opt.model,
+        num_classes=num_classes,
+        batch_size=opt.batch_size,
+        device=device,
+        use_cache=use_cache,
+    )
+    # on a CPU the choice timed both precisions; elsewhere time the one it chose
+    speeds = choice.speeds or probe.measure(
+        opt.model,
+        num_classes=num_classes,
+        batch_sizes=(opt.batch_size,),
+        precisions=(choice.precision,),
+        device=device,
+        use_cache=use_cache,
+    )
+    return choice.precision, speeds
+
+
+def _fit(
+    opt: Option,
+    points: list[list],
+    first: float,
+    used: float,
+    budget: float,
+    num_train: int,
+    val_size: int,
+) -> None:
+    """Fill in the steps of the measured ``opt`` that fit in ``budget`` once ``used`` seconds
+    are gone (with a validation pass per epoch), the epochs and accuracy (its curve
+    ``points``) they give, the budget its ``first`` epochs need, and its training seconds."""
+    step_s = opt.batch_size / opt.images_per_s * opt.cost
+    val_s = val_size / (opt.images_per_s * EVAL_SPEEDUP)
+    steps_per_epoch = math.ceil(num_train / opt.batch_size)
+    opt.steps = _steps_that_fit(budget * TARGET - used, step_s, val_s, steps_per_epoch)
+    opt.epochs = opt.steps * opt.batch_size / num_train
+    opt.expected_acc = expected_accuracy(points, opt.epochs) if opt.steps else None
+    need = math.ceil(first * steps_per_epoch)
+    opt.min_budget = (used + need * step_s + math.ceil(first) * val_s) / TARGET
+    opt.seconds = opt.steps * step_s + math.ceil(opt.steps / steps_per_epoch) * val_s
+    if opt.expected_acc is None:
+        opt.note = f"needs {format_duration(opt.min_budget)} for {first:g} epoch(s)"
+
+
+def _probe_line(name: str, opt: Option, speeds: list[probe.Speed]) -> str:
+    """The log line of the probe of ``opt``."""
+    return (
+        f"  probe {name}: "
+        + ", ".join(f"{p} {v:,.0f} images/s" for p, v in opt.speeds.items())
+        + (" (cached)" if all(s.cached for s in speeds) else "")
+    )
+
+
+def _choose(budget: float, options: list[Option]) -> Option:
+    """The option with the best expected accuracy; if none reaches its first measured point,
+    a one-line error giving the smallest one's minimum budget."""
     feasible = [o for o in options if o.expected_acc is not None]
     if not feasible:
         smallest = options[0]
@@ -298,17 +368,7 @@ def plan(
             f"{smallest.name}, needs about {format_duration(smallest.min_budget)} (data "
             f"loading and probing included); give {math.ceil(smallest.min_budget)}s or more",
         )
-    chosen = max(feasible, key=lambda o: o.expected_acc or 0.0)
-    return Plan(
-        budget,
-        chosen,
-        options,
-        spent + time.perf_counter() - t_start,
-        probe_seconds,
-        probe.describe_machine(),
-        dataset,
-        num_train,
-    )
+    return max(feasible, key=lambda o: o.expected_acc or 0.0)
 
 
 class Budget:

@@ -48,58 +48,6 @@ class _StopRequested(Exception):
     """Raised at a step boundary after Ctrl-C, to leave the loop."""
 
 
-@dataclass
-class _Totals:
-    """Running sums of one epoch (kept as tensors: no device sync per step)."""
-
-    loss: torch.Tensor
-    correct: torch.Tensor
-    seen: int = 0
-    seconds: float = 0.0
-
-    @classmethod
-    def zeros(cls, device: torch.device) -> _Totals:
-        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
-
-    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """One step's batch: its mean loss, its logits and true labels."""
-        self.loss += loss * len(labels)
-        self.correct += (logits.argmax(1) == labels).sum()
-        self.seen += len(labels)
-
-    def to_state(self) -> dict:
-        return {
-            "loss": self.loss.item(),
-            "correct": self.correct.item(),
-            "seen": self.seen,
-            "seconds": self.seconds,
-        }
-
-    def summed(self, device: torch.device) -> tuple[float, float, int]:
-        """Loss, correct and seen summed over every rank (a collective: all ranks call it)."""
-        loss, correct, seen = distributed.all_sum(
-            [self.loss.item(), self.correct.item(), float(self.seen)], device
-        )
-        return loss, correct, int(seen)
-
-    @classmethod
-    def from_state(cls, s: dict, device: torch.device) -> _Totals:
-        return cls(
-            torch.tensor(s["loss"], device=device, dtype=torch.float32),
-            torch.tensor(s["correct"], device=device, dtype=torch.float32),
-            s["seen"],
-            s["seconds"],
-        )
-
-
-# DDP's option to broadcast rank 0's buffers at every forward: renamed in recent PyTorch.
-_SYNC_BUFFERS = (
-    {"forward_sync_buffers": True}
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
-    else {"broadcast_buffers": True}
-)
-
-
 class Trainer:
     """One training run's loop: the model, optimizer, loaders and run folder it was handed
     (built by :func:`cifarlab.train.setup.build`), an epoch after another, each a step after
@@ -146,7 +94,134 @@ class Trainer:
         """Steps of the whole run so far."""
         return self.epoch * len(self.loader) + self.step
 
-    # ------------------------------------------------------------------ state
+    def init_whitening(self) -> None:
+        """Set a whitening stem (FastNet) from the patches of the first training images: once,
+        at the start of a new run (its result is in every checkpoint)."""
+        init = getattr(self.model, "init_whitening", None)
+        if init is None:
+            return
+        t0 = time.perf_counter()
+        sample = self.loader.images[: self.WHITEN_SAMPLE]
+        init(normalize(sample, self.mean, self.std))
+        self.elapsed += time.perf_counter() - t0
+
+    # ---------------------------------------------------- the loop
+
+    def fit(self) -> None:
+        cfg = self.cfg
+        previous = self._catch_signals()
+        try:
+            while self.epoch < cfg.epochs:
+                self._train_epoch()
+                row = self._end_epoch()
+                if self.main:
+                    self.folder.append_metrics(row)
+                    print(_summary_line(row, cfg.epochs), flush=True)
+                if self._stop_requested():  # Ctrl-C during validation: last.pt is saved
+                    raise _StopRequested
+        except _StopRequested:
+            self.save(LAST)  # at a step boundary: the state resumes exactly
+            raise self._interrupted() from None
+        except KeyboardInterrupt:  # a second Ctrl-C: stop now, wherever the loop was
+            raise self._interrupted(saved=False) from None
+        finally:
+            # Leaving with an error under torchrun (e.g. a peer died), torchrun's SIGTERM may
+            # arrive before the message saying why is printed: keep catching it (the process
+            # ends right after) so that it does not kill the process silently.
+            stopping = sys.exc_info()[0] is not None and self.world > 1
+            for signum, handler in previous.items():
+                if not (stopping and signum == signal.SIGTERM):
+                    signal.signal(signum, handler)
+
+    def _train_epoch(self) -> None:
+        cfg, model, opt = self.cfg, self.model, self.optimizer
+        model.train()
+        whiten = getattr(model, "whiten", None)
+        if whiten is not None and whiten.bias is not None and cfg.whiten_bias_epochs is not None:
+            whiten.bias.requires_grad_(self.epoch < cfg.whiten_bias_epochs)
+        self._wrap_for_ddp()
+        self.loader.set_epoch(self.epoch)
+        batches = iter(self.loader)
+        for _ in range(self.step):  # resuming mid-epoch: replay the same batches, unused
+            next(batches)
+        bar = self._progress_bar()
+        started = time.perf_counter() - self.totals.seconds  # the epoch's clock (resumed too)
+        for x, y in batches:
+            if self.global_step >= self.total_steps:
+                break  # a step-counted run resumed right at its end
+            # ---- the step
+            set_lr(opt, self.base_lrs, lr_factor(cfg, self.global_step, self.total_steps))
+            if cfg.progressive:
+                x = self._resize(x, self.global_step / self.total_steps)
+            with self._autocast():
+                logits = self.forward(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            self.totals.add(loss.detach(), logits.detach(), y)
+            self.step += 1
+            self._after_step(self.global_step)
+            bar.update(1)
+            # ---- after the step: the end, the budget's pace, Ctrl-C, NaN, the bar
+            if self.global_step >= self.total_steps:
+                break  # the last, partial epoch of a step-counted run (Ctrl-C: after the epoch)
+            if self.pacer is not None:
+                self._pace(x.shape[-1], bar)
+            if self._stop_requested():
+                bar.close()
+                self.totals.seconds = time.perf_counter() - started
+                raise _StopRequested
+            if self.step % 25 == 0 or self.step == len(self.loader):
+                self.totals.seconds = time.perf_counter() - started
+                self._check_finite()
+                self._show(bar)
+        if self.lookahead is not None:
+            self.lookahead.update(model, 1.0)  # end the epoch on the averaged weights
+        distributed.sync_buffers(model)
+        bar.close()
+        self.totals.seconds = time.perf_counter() - started
+        self._check_finite()
+
+    def _end_epoch(self) -> dict[str, Any]:
+        t = self.totals
+        loss, correct, seen = t.summed(self.device)
+        row: dict[str, Any] = {
+            "epoch": self.epoch + 1,
+            "train_loss": loss / max(seen, 1),
+            "train_acc": correct / max(seen, 1),
+            "val_loss": None,
+            "val_acc": None,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "epoch_seconds": t.seconds,
+            "images_per_s": seen / max(t.seconds, 1e-9),
+        }
+        if self.val_loader is not None and self.main:
+            # Rank 0 alone validates, on the bare model (a DDP forward would wait for the
+            # other ranks); they go on and meet it at the next step's all-reduce.
+            model = self.model if distributed.is_distributed() else self.forward
+            t0 = time.perf_counter()
+            logits, labels = predict_logits(model, self.val_loader, autocast=self.autocast)
+            if self.pacer is not None:
+                self.pacer.validated(time.perf_counter() - t0)
+            row["val_loss"], row["val_acc"] = loss_and_accuracy(logits, labels)
+        self.elapsed += t.seconds
+        row["elapsed_seconds"] = self.elapsed
+        self.epoch, self.step = self.epoch + 1, 0
+        self.totals = _Totals.zeros(self.device)
+        score = row["val_acc"] if row["val_acc"] is not None else row["train_acc"]
+        is_best = score > self.best_val
+        if is_best:
+            self.best_val, self.best_epoch = score, self.epoch
+        # last.pt carries this row and which epoch is best: if what follows (best.pt, the
+        # metrics line) is lost to a crash or a full disk, --resume rebuilds it from last.pt
+        self.last_row = row
+        self.save(LAST)
+        if is_best and self.main:
+            self.folder.promote_last_to_best()
+        return row
+
+    # ---------------------------------------------------- its state: checkpoints, resume
 
     def state(self) -> dict[str, Any]:
         return {
@@ -224,97 +299,10 @@ class Trainer:
             state["totals"].update(loss=loss, correct=correct, seen=seen)
             self.folder.save_checkpoint(name, state)
 
-    # ------------------------------------------------------------------ loop
+    # ---------------------------------------------------- what a step and an epoch use
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         return devices.autocast_context(self.device, self.autocast)
-
-    def init_whitening(self) -> None:
-        """Set a whitening stem (FastNet) from the patches of the first training images: once,
-        at the start of a new run (its result is in every checkpoint)."""
-        init = getattr(self.model, "init_whitening", None)
-        if init is None:
-            return
-        t0 = time.perf_counter()
-        sample = self.loader.images[: self.WHITEN_SAMPLE]
-        init(normalize(sample, self.mean, self.std))
-        self.elapsed += time.perf_counter() - t0
-
-    def fit(self) -> None:
-        cfg = self.cfg
-        previous = self._catch_signals()
-        try:
-            while self.epoch < cfg.epochs:
-                self._train_epoch()
-                row = self._end_epoch()
-                if self.main:
-                    self.folder.append_metrics(row)
-                    print(_summary_line(row, cfg.epochs), flush=True)
-                if self._stop_requested():  # Ctrl-C during validation: last.pt is saved
-                    raise _StopRequested
-        except _StopRequested:
-            self.save(LAST)  # at a step boundary: the state resumes exactly
-            raise self._interrupted() from None
-        except KeyboardInterrupt:  # a second Ctrl-C: stop now, wherever the loop was
-            raise self._interrupted(saved=False) from None
-        finally:
-            # Leaving with an error under torchrun (e.g. a peer died), torchrun's SIGTERM may
-            # arrive before the message saying why is printed: keep catching it (the process
-            # ends right after) so that it does not kill the process silently.
-            stopping = sys.exc_info()[0] is not None and self.world > 1
-            for signum, handler in previous.items():
-                if not (stopping and signum == signal.SIGTERM):
-                    signal.signal(signum, handler)
-
-    def _interrupted(self, saved: bool = True) -> TrainingInterrupted:
-        if not saved:
-            return TrainingInterrupted(
-                f"interrupted at epoch {self.epoch + 1}, step {self.step}; the last checkpoint "
-                f"is {self.run_dir / LAST}. Resume with: cifarlab train --resume {self.run_dir}"
-            )
-        return TrainingInterrupted(
-            f"interrupted at epoch {self.epoch + 1}, step {self.step}; checkpoint saved. "
-            f"Resume with: cifarlab train --resume {self.run_dir}"
-        )
-
-    def _catch_signals(self) -> dict[int, Any]:
-        """Ctrl-C (SIGINT) and, under torchrun, SIGTERM (how torchrun stops its processes)
-        ask the loop to stop at the next step boundary, where the state can be saved and
-        resumed exactly; a second Ctrl-C stops at once."""
-        self._signal = None
-
-        def request(signum: int, frame: object) -> None:
-            if self._signal is not None and signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            self._signal = signum
-
-        signals = [signal.SIGINT] + ([signal.SIGTERM] if self.world > 1 else [])
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in signals:
-                previous[signum] = signal.signal(signum, request)
-        return previous
-
-    def _stop_requested(self) -> bool:
-        """Whether any rank was asked to stop: all ranks stop at the same step."""
-        return distributed.any_rank(self._signal is not None, self.device)
-
-    def _wrap_for_ddp(self) -> None:
-        """In a distributed run, (re)build the DistributedDataParallel wrapper whenever the set
-        of trainable parameters changes (the whitening bias freezes after a few epochs): DDP
-        fixes the gradients it all-reduces when it is built. Building it broadcasts rank 0's
-        weights and buffers, so every rank starts from the same state."""
-        if not distributed.is_distributed():
-            return
-        key = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
-        if key == self._ddp_key:
-            return
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        # broadcast_buffers: rank 0's BatchNorm running statistics go to every rank at each
-        # forward, so all ranks hold the same buffers and any rank's checkpoint is the same.
-        ddp = DistributedDataParallel(self.model, device_ids=ids, **_SYNC_BUFFERS)
-        self.forward = torch.compile(ddp) if self.cfg.compile else ddp
-        self._ddp_key = key
 
     def _after_step(self, global_step: int) -> None:
         """Lookahead: every ``lookahead_every`` steps once ``lookahead_start`` of training is
@@ -330,55 +318,23 @@ class Trainer:
         else:
             self.lookahead.update(self.model, self.lookahead.decay(progress, every))
 
-    def _train_epoch(self) -> None:
-        cfg, model, opt = self.cfg, self.model, self.optimizer
-        model.train()
-        whiten = getattr(model, "whiten", None)
-        if whiten is not None and whiten.bias is not None and cfg.whiten_bias_epochs is not None:
-            whiten.bias.requires_grad_(self.epoch < cfg.whiten_bias_epochs)
-        self._wrap_for_ddp()
-        self.loader.set_epoch(self.epoch)
-        batches = iter(self.loader)
-        for _ in range(self.step):  # resuming mid-epoch: replay the same batches, unused
-            next(batches)
-        bar = self._progress_bar()
-        started = time.perf_counter() - self.totals.seconds  # the epoch's clock (resumed too)
-        for x, y in batches:
-            if self.global_step >= self.total_steps:
-                break  # a step-counted run resumed right at its end
-            # ---- the step
-            set_lr(opt, self.base_lrs, lr_factor(cfg, self.global_step, self.total_steps))
-            if cfg.progressive:
-                x = self._resize(x, self.global_step / self.total_steps)
-            with self._autocast():
-                logits = self.forward(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            self.totals.add(loss.detach(), logits.detach(), y)
-            self.step += 1
-            self._after_step(self.global_step)
-            bar.update(1)
-            # ---- after the step: the end, the budget's pace, Ctrl-C, NaN, the bar
-            if self.global_step >= self.total_steps:
-                break  # the last, partial epoch of a step-counted run (Ctrl-C: after the epoch)
-            if self.pacer is not None:
-                self._pace(x.shape[-1], bar)
-            if self._stop_requested():
-                bar.close()
-                self.totals.seconds = time.perf_counter() - started
-                raise _StopRequested
-            if self.step % 25 == 0 or self.step == len(self.loader):
-                self.totals.seconds = time.perf_counter() - started
-                self._check_finite()
-                self._show(bar)
-        if self.lookahead is not None:
-            self.lookahead.update(model, 1.0)  # end the epoch on the averaged weights
-        distributed.sync_buffers(model)
-        bar.close()
-        self.totals.seconds = time.perf_counter() - started
-        self._check_finite()
+    def _resize(self, x: torch.Tensor, progress: float) -> torch.Tensor:
+        """Progressive resizing: the batch at this point of training's image size."""
+        size = self.cfg.image_size(progress, x.shape[-1])
+        if size >= x.shape[-1]:
+            return x
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
+
+    def _pace(self, image_size: int, bar: tqdm) -> None:
+        """Under a budget: the pacer may set a new total number of steps (the schedule follows
+        it from here on)."""
+        new_total = self.pacer.step(self.global_step, image_size, self.total_steps)
+        if new_total is not None:
+            self.total_steps = new_total
+            self.cfg.steps = new_total
+            self.cfg.epochs = math.ceil(new_total / len(self.loader))
+        bar.total = min(len(self.loader), self.total_steps - self.epoch * len(self.loader))
 
     def _progress_bar(self) -> tqdm:
         steps_here = min(len(self.loader), self.total_steps - self.epoch * len(self.loader))
@@ -403,24 +359,6 @@ class Trainer:
             refresh=False,
         )
 
-    def _resize(self, x: torch.Tensor, progress: float) -> torch.Tensor:
-        """Progressive resizing: the batch at this point of training's image size."""
-        size = self.cfg.image_size(progress, x.shape[-1])
-        if size >= x.shape[-1]:
-            return x
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
-        return x.contiguous(memory_format=torch.channels_last) if self.cfg.channels_last else x
-
-    def _pace(self, image_size: int, bar: tqdm) -> None:
-        """Under a budget: the pacer may set a new total number of steps (the schedule follows
-        it from here on)."""
-        new_total = self.pacer.step(self.global_step, image_size, self.total_steps)
-        if new_total is not None:
-            self.total_steps = new_total
-            self.cfg.steps = new_total
-            self.cfg.epochs = math.ceil(new_total / len(self.loader))
-        bar.total = min(len(self.loader), self.total_steps - self.epoch * len(self.loader))
-
     def _check_finite(self) -> None:
         bad = not bool(torch.isfinite(self.totals.loss))
         if distributed.any_rank(bad, self.device):  # all ranks stop together
@@ -429,43 +367,109 @@ class Trainer:
                 f"training stopped (try a lower --lr than {self.cfg.lr})"
             )
 
-    def _end_epoch(self) -> dict[str, Any]:
-        t = self.totals
-        loss, correct, seen = t.summed(self.device)
-        row: dict[str, Any] = {
-            "epoch": self.epoch + 1,
-            "train_loss": loss / max(seen, 1),
-            "train_acc": correct / max(seen, 1),
-            "val_loss": None,
-            "val_acc": None,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "epoch_seconds": t.seconds,
-            "images_per_s": seen / max(t.seconds, 1e-9),
+    # ---------------------------------------------------- stopping; several processes
+
+    def _catch_signals(self) -> dict[int, Any]:
+        """Ctrl-C (SIGINT) and, under torchrun, SIGTERM (how torchrun stops its processes)
+        ask the loop to stop at the next step boundary, where the state can be saved and
+        resumed exactly; a second Ctrl-C stops at once."""
+        self._signal = None
+
+        def request(signum: int, frame: object) -> None:
+            if self._signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        signals = [signal.SIGINT] + ([signal.SIGTERM] if self.world > 1 else [])
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in signals:
+                previous[signum] = signal.signal(signum, request)
+        return previous
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank was asked to stop: all ranks stop at the same step."""
+        return distributed.any_rank(self._signal is not None, self.device)
+
+    def _interrupted(self, saved: bool = True) -> TrainingInterrupted:
+        if not saved:
+            return TrainingInterrupted(
+                f"interrupted at epoch {self.epoch + 1}, step {self.step}; the last checkpoint "
+                f"is {self.run_dir / LAST}. Resume with: cifarlab train --resume {self.run_dir}"
+            )
+        return TrainingInterrupted(
+            f"interrupted at epoch {self.epoch + 1}, step {self.step}; checkpoint saved. "
+            f"Resume with: cifarlab train --resume {self.run_dir}"
+        )
+
+    def _wrap_for_ddp(self) -> None:
+        """In a distributed run, (re)build the DistributedDataParallel wrapper whenever the set
+        of trainable parameters changes (the whitening bias freezes after a few epochs): DDP
+        fixes the gradients it all-reduces when it is built. Building it broadcasts rank 0's
+        weights and buffers, so every rank starts from the same state."""
+        if not distributed.is_distributed():
+            return
+        key = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
+        if key == self._ddp_key:
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # broadcast_buffers: rank 0's BatchNorm running statistics go to every rank at each
+        # forward, so all ranks hold the same buffers and any rank's checkpoint is the same.
+        ddp = DistributedDataParallel(self.model, device_ids=ids, **_SYNC_BUFFERS)
+        self.forward = torch.compile(ddp) if self.cfg.compile else ddp
+        self._ddp_key = key
+
+
+@dataclass
+class _Totals:
+    """Running sums of one epoch (kept as tensors: no device sync per step)."""
+
+    loss: torch.Tensor
+    correct: torch.Tensor
+    seen: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> _Totals:
+        return cls(torch.zeros((), device=device), torch.zeros((), device=device))
+
+    def add(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """One step's batch: its mean loss, its logits and true labels."""
+        self.loss += loss * len(labels)
+        self.correct += (logits.argmax(1) == labels).sum()
+        self.seen += len(labels)
+
+    def to_state(self) -> dict:
+        return {
+            "loss": self.loss.item(),
+            "correct": self.correct.item(),
+            "seen": self.seen,
+            "seconds": self.seconds,
         }
-        if self.val_loader is not None and self.main:
-            # Rank 0 alone validates, on the bare model (a DDP forward would wait for the
-            # other ranks); they go on and meet it at the next step's all-reduce.
-            model = self.model if distributed.is_distributed() else self.forward
-            t0 = time.perf_counter()
-            logits, labels = predict_logits(model, self.val_loader, autocast=self.autocast)
-            if self.pacer is not None:
-                self.pacer.validated(time.perf_counter() - t0)
-            row["val_loss"], row["val_acc"] = loss_and_accuracy(logits, labels)
-        self.elapsed += t.seconds
-        row["elapsed_seconds"] = self.elapsed
-        self.epoch, self.step = self.epoch + 1, 0
-        self.totals = _Totals.zeros(self.device)
-        score = row["val_acc"] if row["val_acc"] is not None else row["train_acc"]
-        is_best = score > self.best_val
-        if is_best:
-            self.best_val, self.best_epoch = score, self.epoch
-        # last.pt carries this row and which epoch is best: if what follows (best.pt, the
-        # metrics line) is lost to a crash or a full disk, --resume rebuilds it from last.pt
-        self.last_row = row
-        self.save(LAST)
-        if is_best and self.main:
-            self.folder.promote_last_to_best()
-        return row
+
+    def summed(self, device: torch.device) -> tuple[float, float, int]:
+        """Loss, correct and seen summed over every rank (a collective: all ranks call it)."""
+        loss, correct, seen = distributed.all_sum(
+            [self.loss.item(), self.correct.item(), float(self.seen)], device
+        )
+        return loss, correct, int(seen)
+
+    @classmethod
+    def from_state(cls, s: dict, device: torch.device) -> _Totals:
+        return cls(
+            torch.tensor(s["loss"], device=device, dtype=torch.float32),
+            torch.tensor(s["correct"], device=device, dtype=torch.float32),
+            s["seen"],
+            s["seconds"],
+        )
+
+
+# DDP's option to broadcast rank 0's buffers at every forward: renamed in recent PyTorch.
+_SYNC_BUFFERS = (
+    {"forward_sync_buffers": True}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": True}
+)
 
 
 def _summary_line(row: dict, epochs: int) -> str:
