@@ -19,20 +19,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cifarlab.runs import RunFolder
+
 
 def _cli(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "cifarlab", *args], check=True)
 
 
 def row(run: Path, *, rerun: bool = False) -> dict:
-    ev = run / "eval_test.json"
-    if rerun or not ev.is_file() or "calibration" not in json.loads(ev.read_text()):
+    folder = RunFolder(run)
+    ev = folder.eval_path("test")
+    if rerun or not ev.is_file() or "calibration" not in folder.read_eval("test"):
         _cli("evaluate", str(run), "--no-report")
-    rb = run / "robustness.json"
-    if rerun or not rb.is_file():
+    if rerun or not folder.robustness_path.is_file():
         _cli("robustness", str(run), "--no-progress")
-    m = json.loads(ev.read_text())
-    r = json.loads(rb.read_text())
+    m = folder.read_eval("test")
+    r = folder.read_robustness()
     c = m["calibration"]
     after = c.get("after") or {}
     return {

@@ -33,8 +33,8 @@ def main() -> None:
     warnings.simplefilter("ignore")
 
     from cifarlab.evaluate.run import evaluate_run
-    from cifarlab.trained import read_run
     from cifarlab.train import TrainConfig, train
+    from cifarlab.trained import read_run
 
     results: dict[str, list[dict]] = {m: [] for m in args.models}
     for model in args.models:

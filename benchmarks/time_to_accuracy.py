@@ -39,10 +39,10 @@ def _evaluate(run: Path, split: str, tta: int) -> tuple[float, float, float]:
 
 
 def run_one(recipe: str, seed: int, args: argparse.Namespace) -> dict:
-    from cifarlab.trained import read_run
     from cifarlab.train import train
     from cifarlab.train.config import parse_setting
     from cifarlab.train.recipes import recipe_config
+    from cifarlab.trained import read_run
 
     overrides = dict(parse_setting(s) for s in args.set)
     cfg = recipe_config(recipe, root=args.root, seed=seed, **overrides)

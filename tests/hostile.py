@@ -488,6 +488,7 @@ def run_cases() -> list[Case]:
             check = _target_untouched if "symlink" in name else None
             extra = {"codes": (0, 1), "allowed": ("cache", "run")} if name in repairable else {}
             cases.append(Case(f"{name}/{command}", readers[command], setup, check=check, **extra))
+    cases += robustness_record_cases()
     # outputs that are not regular files
     cases += [
         Case("export-to-dev-null", ["export", "run", "--format", "torchscript", "--out",
@@ -543,6 +544,54 @@ def option_cases() -> list[Case]:
         Case("predict-batch-size-zero", ["predict", "run", "good.png", "--batch-size", "0"], none),
         Case("evaluate-missing-run", ["evaluate", "nowhere"], none),
         Case("data-root-fifo", ["data", "info", "--root", "pipe"], lambda c: fifo(c / "pipe")),
+        Case("robustness-severities-range", ["robustness", "run", "--severities", "0-9"], none),
+        Case("robustness-unknown-corruption", ["robustness", "run", "--corruptions", "rain"], none),
+    ]
+
+
+# A robustness record as `cifarlab robustness` writes it, cut to the fields the report reads.
+_FOG = {"family": "weather", "mean_accuracy": 0.4, "accuracy_by_severity": {"1": 0.4}}
+ROBUSTNESS_RECORD = {
+    "clean_accuracy": 0.5,
+    "mean_corruption_accuracy": 0.4,
+    "mean_corruption_error": 0.6,
+    "split": "test",
+    "images": 20,
+    "split_images": 20,
+    "tta": 0,
+    "severities": [1],
+    "corruptions": ["fog"],
+    "worst": ["fog"],
+    "per_corruption": {"fog": _FOG},
+}
+
+
+def _robustness_record(**changes) -> Callable[[Path], None]:
+    text = json.dumps({**ROBUSTNESS_RECORD, **changes})
+    return lambda c: _run(c, "robustness.json").write_text(text)
+
+
+def _robustness_note(case: Path) -> None:
+    text = _run(case, "report.html").read_text()
+    assert "run cifarlab robustness again" in text, "the report does not say the record is bad"
+
+
+def robustness_record_cases() -> list[Case]:
+    """A spoiled robustness.json, read only for the report: the report is written, its
+    robustness section says what is wrong (exit code 0)."""
+    report = ["evaluate", "run", "--root", "data"]
+    no_cell = {**_FOG, "accuracy_by_severity": {}}
+    spoils = {
+        "accuracy-str": _robustness_record(clean_accuracy="0.5"),
+        "cell-missing": _robustness_record(per_corruption={"fog": no_cell}),
+        "not-json": lambda c: _run(c, "robustness.json").write_text("{nope"),
+        "fifo": lambda c: fifo(_run(c, "robustness.json")),
+        "sparse": lambda c: sparse(_run(c, "robustness.json")),
+    }
+    written = {"codes": (0,), "allowed": ("cache", "run"), "check": _robustness_note}
+    return [
+        Case(f"robustness-{name}/report", report, setup, **written)
+        for name, setup in spoils.items()
     ]
 
 

@@ -302,3 +302,108 @@ def test_main_called_from_python_puts_ctrl_c_back_after_an_interrupt() -> None:
         timer.cancel()
     assert code == 130
     assert signal.getsignal(signal.SIGINT) is before
+
+
+# --------------------------------------------------------------------------- one rule, one place
+
+
+def _train_parser() -> argparse.ArgumentParser:
+    from cifarlab.cli import build_parser
+
+    return build_parser().parse_args(["train"]).parser
+
+
+def test_the_train_options_that_set_fields_come_from_the_parser() -> None:
+    """An option whose dest is a configuration field sets it: the list is read from the
+    train parser's groups, and is the one that was kept by hand."""
+    from cifarlab.cli import _train_fields
+    from cifarlab.train.config import AUGMENT_KEYS, FIELDS
+
+    kept_by_hand = (
+        "model dataset labels root epochs batch_size lr optimizer momentum weight_decay "
+        "label_smoothing normalize schedule precision channels_last compile tta threads seed "
+        "device train_size val_size translate flip cutout corrupt"
+    ).split()
+    derived = _train_fields(_train_parser(), (*FIELDS, *AUGMENT_KEYS))
+    assert sorted(derived) == sorted(kept_by_hand) and len(set(derived)) == len(derived)
+
+
+def test_every_dataset_option_offers_the_known_datasets() -> None:
+    from cifarlab.cli import build_parser
+    from cifarlab.data.sources import DATASETS
+
+    def parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+        out = [p]
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    out += parsers(sub)
+        return out
+
+    offered = [
+        (p.prog, a.choices)
+        for p in parsers(build_parser())
+        for a in p._actions
+        if "--dataset" in a.option_strings
+    ]
+    assert len(offered) == 4  # download, data info, data show, train
+    assert all(list(choices) == list(DATASETS) for _, choices in offered), offered
+
+
+def test_help_does_not_import_torch() -> None:
+    code = "import sys; from cifarlab.cli import build_parser; build_parser(); "
+    code += "print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (
+            ["--recipe", "quick", "--set", "recipe=fast"],
+            "--recipe is given twice (--recipe and --set recipe=)",
+        ),
+        (["--set", "recipe=5"], "--recipe must be a recipe's name, got 5"),
+        (["--set", "recipe="], "--recipe must be a recipe's name, got ''"),
+        (["--set", "recipe=turbo"], "--recipe 'turbo' is unknown"),
+    ],
+)
+def test_set_recipe_is_the_recipe(argv: list[str], message: str) -> None:
+    from cifarlab.cli import _option_namer, build_parser, train_config_from_args
+    from cifarlab.errors import SettingError
+
+    args = build_parser().parse_args(["train", *argv])
+    with pytest.raises(SettingError) as e:
+        train_config_from_args(args)
+    assert e.value.render(_option_namer(args)).startswith(message)
+    args = build_parser().parse_args(["train", "--set", "recipe=quick", "--epochs", "2"])
+    cfg = train_config_from_args(args)
+    assert (cfg.recipe, cfg.model, cfg.epochs) == ("quick", "fastnet_s", 2)
+
+
+def test_a_resumed_run_keeps_its_budget(
+    cli_main, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The rule is train()'s; the CLI prints it with the option's name."""
+    argv = ["train", "--resume", str(tmp_path / "run"), "--budget", "5m", "--no-progress"]
+    assert cli_main.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err == "error: --budget starts a new run; a resumed run keeps its own budget\n", err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_library_checks_what_the_cli_names(tmp_path: Path) -> None:
+    """Checks that moved out of the CLI name the parameter; the CLI names its option."""
+    from cifarlab.data.dataset import load_dataset
+    from cifarlab.errors import SettingError
+    from cifarlab.predict import check_options
+
+    with pytest.raises(SettingError, match=r"^val_size must be at least 0, got -1$"):
+        load_dataset("cifar10", tmp_path / "nowhere", val_size=-1)
+    with pytest.raises(SettingError, match=r"^top_k must be at least 1, got 0$"):
+        check_options(top_k=0, batch_size=1)
+    with pytest.raises(SettingError, match=r"^batch_size must be between 1 and 65536, got 0$"):
+        check_options(top_k=1, batch_size=0)
+    check_options(top_k=1, batch_size=65536)
+    assert list(tmp_path.iterdir()) == []

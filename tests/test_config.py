@@ -100,6 +100,40 @@ def test_changes_name_what_is_wrong() -> None:
         TrainConfig.from_dict({"warp_speed": 1})
 
 
+def test_a_recipe_change_names_the_recipe() -> None:
+    """``--set recipe=NAME`` (``make_config(recipe=NAME)``) is ``--recipe NAME``; both is an
+    error, and so is a value that is not a name."""
+    assert make_config(recipe="quick", epochs=2) == make_config("quick", epochs=2)
+    assert make_config(recipe="quick").model == "fastnet_s"
+    with pytest.raises(
+        SettingError, match=r"^recipe is given twice \(--recipe and --set recipe=\)"
+    ):
+        make_config("fast", recipe="quick")
+    for bad in (5, "", None, ["quick"]):
+        with pytest.raises(SettingError, match=r"^recipe must be a recipe's name, got "):
+            make_config(recipe=bad)
+    for bad in (5, "", ["quick"]):
+        with pytest.raises(SettingError, match=r"^recipe must be a recipe's name, got "):
+            apply_changes(ORIGINAL, {"recipe": bad})
+    assert apply_changes(ORIGINAL, {"recipe": None}).recipe is None  # the model's default
+
+
+def test_recipes_are_the_original_set_up_with_their_changes() -> None:
+    """A recipe's config is the original set-up with what its data (train/recipe_data.py, which
+    config.py reads too) changes."""
+    from cifarlab.train import recipe_data
+
+    for name, recipe in RECIPES.items():
+        data = recipe_data.RECIPE_DATA[name]
+        assert (recipe.description, recipe.measured) == (data.description, data.measured)
+        expected = {**recipe_data.ORIGINAL_VALUES, **data.changes, "recipe": name}
+        assert {k: getattr(recipe.config, k) for k in expected} == expected
+    values = recipe_data.recipe_values("fast")
+    values["augment"]["translate"] = 9  # a copy: the recipe is not changed
+    assert get_recipe("fast").config.augment["translate"] == 2
+    assert TrainConfig(model="fastnet_m").resolved().augment == get_recipe("fast").config.augment
+
+
 def test_set_values_are_json_or_text() -> None:
     assert parse_setting("lookahead-every=0") == ("lookahead_every", 0)
     assert parse_setting('augment={"translate": 4}') == ("augment", {"translate": 4})

@@ -10,19 +10,25 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cifarlab.errors import CifarlabError
-from cifarlab.robustness import corruptions as C
-from cifarlab.robustness.corruptions import (
+from cifarlab.data import corruptions as C
+from cifarlab.data.corruptions import (
     CORRUPTIONS,
     FAMILIES,
     NOTES,
     SEVERITIES,
     corrupt,
 )
+from cifarlab.errors import CifarlabError
 
 # Corruptions that draw nothing at random: the seed must not matter.
-DETERMINISTIC = {"defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate",
-                 "jpeg_compression"}  # fmt: skip
+DETERMINISTIC = {
+    "defocus_blur",
+    "zoom_blur",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+}
 
 
 def synthetic_images(n: int = 24, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -67,10 +73,22 @@ def mean_psnr(clean: np.ndarray, noisy: np.ndarray) -> float:
 
 def test_names_families_severities() -> None:
     assert CORRUPTIONS == (
-        "gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur",
-        "motion_blur", "zoom_blur", "snow", "frost", "fog", "brightness", "contrast",
-        "elastic_transform", "pixelate", "jpeg_compression",
-    )  # fmt: skip
+        "gaussian_noise",
+        "shot_noise",
+        "impulse_noise",
+        "defocus_blur",
+        "glass_blur",
+        "motion_blur",
+        "zoom_blur",
+        "snow",
+        "frost",
+        "fog",
+        "brightness",
+        "contrast",
+        "elastic_transform",
+        "pixelate",
+        "jpeg_compression",
+    )
     assert set(FAMILIES) == set(CORRUPTIONS)
     assert set(FAMILIES.values()) == {"noise", "blur", "weather", "digital"}
     assert SEVERITIES == (1, 2, 3, 4, 5)
@@ -237,8 +255,10 @@ def test_zoom_blur_matches_the_published_sum() -> None:
     x = synthetic_images(3, seed=5)
     x01 = (x / 255.0).astype(np.float32)
     for s, factors in zip(SEVERITIES, C._ZOOM_BLUR, strict=True):
-        ref = [(im + sum(clipped_zoom_reference(im, z) for z in factors)) / (len(factors) + 1)
-               for im in x01]  # fmt: skip
+        ref = [
+            (im + sum(clipped_zoom_reference(im, z) for z in factors)) / (len(factors) + 1)
+            for im in x01
+        ]
         expected = np.clip(np.stack(ref) * 255, 0, 255)
         diff = corrupt(x, "zoom_blur", s).astype(float) - expected
         assert np.all(diff < 1e-3) and np.all(diff > -1)  # truncated, as np.uint8 does
@@ -250,11 +270,18 @@ def test_bilinear_matches_map_coordinates(mode: str) -> None:
     img = rng.random((2, 9, 11, 3))
     rows = rng.uniform(-5, 14, (2, 9, 11))
     cols = rng.uniform(-5, 16, (2, 9, 11))
-    expected = np.stack([
-        np.stack([ndimage.map_coordinates(img[n, :, :, c], [rows[n], cols[n]], order=1,
-                                          mode=mode) for c in range(3)], axis=-1)
-        for n in range(2)
-    ])  # fmt: skip
+    expected = np.stack(
+        [
+            np.stack(
+                [
+                    ndimage.map_coordinates(img[n, :, :, c], [rows[n], cols[n]], order=1, mode=mode)
+                    for c in range(3)
+                ],
+                axis=-1,
+            )
+            for n in range(2)
+        ]
+    )
     np.testing.assert_allclose(C._bilinear(img, rows, cols, mode), expected, atol=1e-12)
 
 
@@ -267,8 +294,9 @@ def motion_blur_reference(img: np.ndarray, radius: float, sigma: float, angle: f
     weights = np.array([math.exp(-(i * i) / (2 * sigma * sigma)) for i in range(width)])
     weights /= weights.sum()
     a = math.radians(angle)
-    taps = [(math.ceil(i * math.cos(a) - 0.5), math.ceil(i * math.sin(a) - 0.5))
-            for i in range(width)]  # fmt: skip
+    taps = [
+        (math.ceil(i * math.cos(a) - 0.5), math.ceil(i * math.sin(a) - 0.5)) for i in range(width)
+    ]
     out = np.zeros_like(img)
     for y in range(h):
         for x in range(w):

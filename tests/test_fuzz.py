@@ -269,10 +269,48 @@ def test_metrics_and_eval_schemas(bounded: Path, rows: list, raw: str) -> None:
     outcome(lambda: RunFolder(run).read_eval("test"))
 
 
+_robustness_fields = st.sampled_from(
+    [*hostile.ROBUSTNESS_RECORD, "subset", "relative_drop", "per_family", "checkpoint_epoch"]
+)
+_corruption_fields = st.sampled_from(["family", "mean_accuracy", "accuracy_by_severity", "note"])
+
+
+@fuzz
+@given(
+    field=_robustness_fields | st.text(max_size=8),
+    inner=_corruption_fields | st.text(max_size=8),
+    nested=st.booleans(),
+    value=_json,
+    drop=st.booleans(),
+)
+def test_robustness_schema(
+    bounded: Path, field: str, inner: str, nested: bool, value, drop: bool
+) -> None:
+    """robustness.json with one field changed or dropped (at the top, or in a corruption's
+    record): refused in one line, or accepted and drawn into the report's section."""
+    from cifarlab.report.html import robustness_section
+    from cifarlab.runs import RunFolder
+
+    run = bounded / "run"
+    run.mkdir(exist_ok=True)
+    record = json.loads(json.dumps(hostile.ROBUSTNESS_RECORD))
+    target, key = (record["per_corruption"]["fog"], inner) if nested else (record, field)
+    if drop:
+        target.pop(key, None)
+    else:
+        target[key] = value
+    (run / "robustness.json").write_text(json.dumps(record))
+    result = outcome(lambda: RunFolder(run).read_robustness())
+    section = robustness_section(run)
+    assert section is not None and section.startswith('<section id="robustness">')
+    if isinstance(result, CifarlabError):
+        assert "run cifarlab robustness again" in section
+
+
 @fuzz
 @given(data=st.binary(max_size=200), at=st.integers(0, 120_000))
 def test_checkpoint_reader(bounded: Path, data: bytes, at: int) -> None:
-    from cifarlab.train.checkpoint import load_checkpoint
+    from cifarlab.checkpoint import load_checkpoint
 
     valid = (REPO / "tests" / "fixtures" / "run_v0_1" / "best.pt").read_bytes()
     path = bounded / "best.pt"

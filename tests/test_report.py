@@ -50,13 +50,31 @@ def synthetic_run(num_classes: int, n: int = 400, seed: int = 0) -> dict:
     probs = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
     images = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
     history = [
-        {"epoch": e, "train_loss": 2.0 / e, "train_acc": 0.2 * e, "val_loss": 2.2 / e,
-         "val_acc": 0.18 * e, "lr": 0.01, "epoch_seconds": 1.5, "images_per_s": 3e4}
+        {
+            "epoch": e,
+            "train_loss": 2.0 / e,
+            "train_acc": 0.2 * e,
+            "val_loss": 2.2 / e,
+            "val_acc": 0.18 * e,
+            "lr": 0.01,
+            "epoch_seconds": 1.5,
+            "images_per_s": 3e4,
+        }
         for e in (1, 2, 3)
-    ]  # fmt: skip
-    config = {"model": "simple_cnn", "dataset": "cifar10" if num_classes == 10 else "cifar100",
-              "labels": "fine", "epochs": 3, "batch_size": 32, "lr": 0.01, "optimizer": "sgd",
-              "seed": 0, "params": 122570, "class_names": names, "train_seconds": 75.2}  # fmt: skip
+    ]
+    config = {
+        "model": "simple_cnn",
+        "dataset": "cifar10" if num_classes == 10 else "cifar100",
+        "labels": "fine",
+        "epochs": 3,
+        "batch_size": 32,
+        "lr": 0.01,
+        "optimizer": "sgd",
+        "seed": 0,
+        "params": 122570,
+        "class_names": names,
+        "train_seconds": 75.2,
+    }
     return {
         "config": config,
         "history": history,
@@ -72,9 +90,14 @@ def report(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
     run = synthetic_run(request.param)
     run_dir = tmp_path_factory.mktemp(f"run{request.param}")
     return write_report(
-        run_dir, run["config"], run["history"], run["metrics"], run["images"], run["probs"],
+        run_dir,
+        run["config"],
+        run["history"],
+        run["metrics"],
+        run["images"],
+        run["probs"],
         labels=run["labels"],
-    )  # fmt: skip
+    )
 
 
 def image_sources(page: str) -> list[str]:
@@ -108,12 +131,26 @@ def test_report_is_self_contained(report: Path) -> None:
 def test_report_rejects_mismatched_inputs(tmp_path: Path) -> None:
     run = synthetic_run(10, n=50)
     with pytest.raises(ValueError, match="must match"):
-        write_report(tmp_path, run["config"], run["history"], run["metrics"], run["images"][:10],
-                     run["probs"], labels=run["labels"])  # fmt: skip
+        write_report(
+            tmp_path,
+            run["config"],
+            run["history"],
+            run["metrics"],
+            run["images"][:10],
+            run["probs"],
+            labels=run["labels"],
+        )
     other = np.roll(run["probs"], 1, axis=1)
     with pytest.raises(ValueError, match="not the ones"):
-        write_report(tmp_path, run["config"], run["history"], run["metrics"], run["images"],
-                     other, labels=run["labels"])  # fmt: skip
+        write_report(
+            tmp_path,
+            run["config"],
+            run["history"],
+            run["metrics"],
+            run["images"],
+            other,
+            labels=run["labels"],
+        )
 
 
 def test_report_reads_labels_saved_beside_the_run(tmp_path: Path) -> None:
@@ -148,10 +185,21 @@ def test_report_renders_in_chromium(report: Path, tmp_path: Path) -> None:
     probed = tmp_path / "probed.html"
     probed.write_text(page, encoding="utf-8")
     profile = tmp_path / "profile"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-           "--no-first-run", "--disable-background-networking", "--disable-component-update",
-           "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-           "--dump-dom", probed.as_uri()]  # fmt: skip
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=5000",
+        "--dump-dom",
+        probed.as_uri(),
+    ]
     try:
         out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     finally:
@@ -240,9 +288,14 @@ def test_a_val_report_does_not_overwrite_the_test_report(tmp_path: Path) -> None
         run = synthetic_run(10, seed=seed)
         metrics = {**run["metrics"], "split": split}
         written[split] = write_report(
-            tmp_path, run["config"], run["history"], metrics, run["images"], run["probs"],
+            tmp_path,
+            run["config"],
+            run["history"],
+            metrics,
+            run["images"],
+            run["probs"],
             labels=run["labels"],
-        )  # fmt: skip
+        )
     assert written["test"].name == "report.html" and written["val"].name == "report_val.html"
     assert "test split" in written["test"].read_text() and "val split" in written["val"].read_text()
     for name in FIGURES:
@@ -282,9 +335,15 @@ def test_user_text_is_never_markup_or_math(tmp_path: Path) -> None:
     names = list(ODD_NAMES)
     m = compute_metrics(run["labels"], run["probs"], names)
     m["split"] = "<i>test</i>"
-    config = {**run["config"], "class_names": names, "model": "<img src=x onerror=alert(1)>",
-              "recipe": "$r$", "notes": "</td><script>alert(2)</script>", "params": float("nan"),
-              "machine": "<b>cpu</b>"}  # fmt: skip
+    config = {
+        **run["config"],
+        "class_names": names,
+        "model": "<img src=x onerror=alert(1)>",
+        "recipe": "$r$",
+        "notes": "</td><script>alert(2)</script>",
+        "params": float("nan"),
+        "machine": "<b>cpu</b>",
+    }
     run_dir = tmp_path / "<b>run $x$"
     # usetex on, as a user's matplotlibrc may say: no LaTeX is installed here, and none is run
     with matplotlib.rc_context({"text.usetex": True, "text.parse_math": True}):
@@ -313,13 +372,21 @@ def test_user_text_is_never_markup_or_math(tmp_path: Path) -> None:
             "<script>alert(1)</script>",
             "100% {x} \\  y",
         ]
-        page = write_report(run_dir, config, run["history"], m, run["images"], run["probs"],
-                            labels=run["labels"]).read_text(encoding="utf-8")  # fmt: skip
-        out = save_sample_grid(torch.from_numpy(run["images"]), torch.from_numpy(run["labels"]),
-                               names, tmp_path / "s.png", per_class=1)  # fmt: skip
+        page = write_report(
+            run_dir, config, run["history"], m, run["images"], run["probs"], labels=run["labels"]
+        ).read_text(encoding="utf-8")
+        out = save_sample_grid(
+            torch.from_numpy(run["images"]),
+            torch.from_numpy(run["labels"]),
+            names,
+            tmp_path / "s.png",
+            per_class=1,
+        )
         assert out.read_bytes().startswith(PNG_MAGIC)
-        runs = [("<script>alert(1)</script>", config, m, run["history"]),
-                ("$x^$", {**config, "model": "\udcff"}, {**m, "accuracy": 0.1}, [])]  # fmt: skip
+        runs = [
+            ("<script>alert(1)</script>", config, m, run["history"]),
+            ("$x^$", {**config, "model": "\udcff"}, {**m, "accuracy": 0.1}, []),
+        ]
         compare = write_comparison(tmp_path / "c.html", runs).read_text(encoding="utf-8")
     for text in (page, compare):
         assert "<script" not in text and "<img src=x" not in text and "<b>" not in text

@@ -1,6 +1,7 @@
-"""``cifarlab robustness`` (cifarlab/robustness/evaluate.py, cli.py): corrupted sets made once
-and cached, a trained run evaluated on them, the result's arithmetic, its figures, the report
-section and the command line. The corruptions themselves are tested in test_corruptions.py."""
+"""``cifarlab robustness`` (cifarlab/robustness/evaluate.py; its figures in report/plots.py, its
+report section in report/html.py, its command in cli.py): corrupted sets made once and cached,
+a trained run evaluated on them, the result's arithmetic, its figures, the report section and
+the command line. The corruptions themselves are tested in test_corruptions.py."""
 
 from __future__ import annotations
 
@@ -16,15 +17,15 @@ import numpy as np
 import pytest
 
 import fakedata
+from cifarlab.data.corruptions import CORRUPTIONS, NOTES
 from cifarlab.errors import CifarlabError, SettingError
-from cifarlab.robustness.corruptions import CORRUPTIONS, NOTES
+from cifarlab.report.html import robustness_section
 from cifarlab.robustness.evaluate import (
     cache_folder,
     cache_key,
     corrupted_set,
     parse_corruptions,
     parse_severities,
-    report_section_html,
     run_robustness,
 )
 from cifarlab.runs import RunFolder
@@ -37,8 +38,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "CIFARLAB_CACHE": str(cache)}
-    return subprocess.run([sys.executable, "-m", "cifarlab", "robustness", *args],
-                          capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "cifarlab", "robustness", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
 
 
 # --------------------------------------------------------------------------- parsing
@@ -51,9 +57,12 @@ def test_corruptions_and_severities_are_parsed() -> None:
     assert parse_severities("5,1,3") == [1, 3, 5]
     assert parse_severities(" 2 ") == [2]
     assert parse_severities("1-2,4") == [1, 2, 4]
-    with pytest.raises(SettingError, match=r"^corruptions names an unknown corruption "
-                       r"'gausian_noise' \(did you mean gaussian_noise\?\): choose all, or "
-                       r"names from gaussian_noise, shot_noise") as e:  # fmt: skip
+    with pytest.raises(
+        SettingError,
+        match=r"^corruptions names an unknown corruption "
+        r"'gausian_noise' \(did you mean gaussian_noise\?\): choose all, or "
+        r"names from gaussian_noise, shot_noise",
+    ) as e:
         parse_corruptions("gausian_noise,fog")
     assert "\n" not in str(e.value) and "jpeg_compression" in str(e.value)
     for bad in ("", "fog,", "All,fog"):
@@ -101,8 +110,7 @@ def robust(
 ) -> dict[str, Any]:
     """A run on 200 images, 3 corruptions × 2 severities, twice (the second from the cache)."""
     out = tmp_path_factory.mktemp("robust")
-    kw = dict(corruptions=NAMES, severities=LEVELS, images=IMAGES, device="cpu",
-              progress=False)  # fmt: skip
+    kw = dict(corruptions=NAMES, severities=LEVELS, images=IMAGES, device="cpu", progress=False)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("CIFARLAB_CACHE", str(shared_cache))
         first = run_robustness(trained_run, out=out / "first", **kw)
@@ -110,8 +118,14 @@ def robust(
         stamps = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
         second = run_robustness(trained_run, **kw)  # no out: nothing written for a subset
         after = {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
-    return {"first": first, "second": second, "out": out / "first", "stamps": stamps,
-            "after": after, "run": trained_run}  # fmt: skip
+    return {
+        "first": first,
+        "second": second,
+        "out": out / "first",
+        "stamps": stamps,
+        "after": after,
+        "run": trained_run,
+    }
 
 
 def test_result_fields_and_headline(robust: dict[str, Any]) -> None:
@@ -150,8 +164,10 @@ def test_result_fields_and_headline(robust: dict[str, Any]) -> None:
     assert r["timing"]["total_s"] > 0
     written = json.loads((robust["out"] / "robustness.json").read_text())
     assert written == {k: v for k, v in r.items() if k != "written"}
-    assert r["written"] == [str(robust["out"] / f) for f in ("robustness.json",
-                            "robustness_heatmap.png", "robustness_examples.png")]  # fmt: skip
+    assert r["written"] == [
+        str(robust["out"] / f)
+        for f in ("robustness.json", "robustness_heatmap.png", "robustness_examples.png")
+    ]
 
 
 def test_a_second_run_reads_the_cache(robust: dict[str, Any]) -> None:
@@ -175,16 +191,16 @@ def test_figures_are_pngs_of_a_readable_size(robust: dict[str, Any]) -> None:
 
 def test_report_section(robust: dict[str, Any], tmp_path: Path) -> None:
     r = robust["first"]
-    html = report_section_html(robust["out"])
+    html = robustness_section(robust["out"])
     assert html.startswith('<section id="robustness">') and "Robustness to corruptions" in html
     assert f"{100 * r['clean_accuracy']:.1f}%" in html
     assert f"{100 * r['mean_corruption_accuracy']:.1f}%" in html
     assert "200 of 10,000 test images (a subset)" in html and "WRN-40-2 26.9%" in html
     assert html.count("data:image/png;base64,") == 2 and "frost" in html
     assert "Not the published protocol" in html
-    assert report_section_html(tmp_path) is None  # no record: no section
+    assert robustness_section(tmp_path) is None  # no record: no section
     RunFolder(tmp_path).robustness_path.write_text('{"clean_accuracy": 2}')
-    broken = report_section_html(tmp_path)  # a broken record: said, the report goes on
+    broken = robustness_section(tmp_path)  # a broken record: said, the report goes on
     assert "not a robustness record written by cifarlab" in broken
 
 
@@ -209,10 +225,12 @@ def test_only_the_whole_test_split_is_written_into_the_run_folder(
     assert r["clean_accuracy"] == metrics["accuracy"]
     r = run_robustness(run, examples=False, **kw)
     assert r["images"] == r["split_images"] == 100 and r["subset"] is None
-    assert r["written"] == [str(folder.robustness_path),
-                            str(folder.robustness_figure_path("heatmap"))]  # fmt: skip
+    assert r["written"] == [
+        str(folder.robustness_path),
+        str(folder.robustness_figure_path("heatmap")),
+    ]
     assert not folder.robustness_figure_path("examples").exists()
-    assert "100 test images" in report_section_html(run)
+    assert "100 test images" in robustness_section(run)
     # once the run is evaluated on test, robustness writes its report again, with the section
     evaluate_run(run, "test", root=fake, device="cpu")
     assert "Robustness to corruptions" in folder.report_path("test").read_text()
@@ -257,8 +275,18 @@ def test_command_line_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_command_prints_the_table_and_json(robust: dict[str, Any], shared_cache: Path) -> None:
-    common = [str(robust["run"]), "--images", str(IMAGES), "--corruptions", ",".join(NAMES),
-              "--severities", "1,5", "--device", "cpu", "--no-progress"]  # fmt: skip
+    common = [
+        str(robust["run"]),
+        "--images",
+        str(IMAGES),
+        "--corruptions",
+        ",".join(NAMES),
+        "--severities",
+        "1,5",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     p = cli(*common, cache=shared_cache)
     assert p.returncode == 0, p.stderr
     out = p.stdout
@@ -303,8 +331,8 @@ def test_a_record_that_is_not_ours_gives_a_note_not_a_failure(
             path.write_bytes(record)
         else:
             path.write_text(record if isinstance(record, str) else json.dumps(record))
-        html = report_section_html(tmp_path)
+        html = robustness_section(tmp_path)
         assert html.startswith('<section id="robustness">') and "run cifarlab robustness" in html
     path.unlink()
     path.mkdir()  # not a file at all
-    assert "is a folder" in report_section_html(tmp_path)
+    assert "is a folder" in robustness_section(tmp_path)

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import re
 import sys
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+from cifarlab.data.sources import DATASETS  # the names only: no torch
 from cifarlab.errors import CifarlabError, SettingError, one_line
-from cifarlab.robustness.cli import add_parser as _robustness_parser
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
@@ -24,7 +23,7 @@ def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> Non
     p.add_argument(
         "--dataset",
         default="cifar10",
-        choices=["cifar10", "cifar100"],
+        choices=list(DATASETS),
         help="which dataset (default: cifar10)",
     )
     p.add_argument(
@@ -224,6 +223,22 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "option given overrides the recipe's value; --set FIELD=VALUE reaches any "
         "field of the configuration (`cifarlab recipes --show NAME` lists them).",
     )
+    for add in (
+        _train_what_options,
+        _train_data_options,
+        _train_optimisation_options,
+        _train_augmentation_options,
+        _train_speed_options,
+        _train_run_options,
+    ):
+        add(p)
+
+
+# `train`'s options, one function per group of its --help. An option whose dest is a TrainConfig
+# field (or translate, flip, cutout, corrupt: augment's) sets that field (`_train_fields`).
+
+
+def _train_what_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
     g.add_argument("--recipe", help="start from this recipe (see `cifarlab recipes`)")
     g.add_argument(
@@ -239,10 +254,11 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         "and number of steps with the best expected accuracy; --model limits the "
         "choice to one network",
     )
+
+
+def _train_data_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data")
-    g.add_argument(
-        "--dataset", choices=["cifar10", "cifar100"], help="which dataset (default: cifar10)"
-    )
+    g.add_argument("--dataset", choices=list(DATASETS), help="which dataset (default: cifar10)")
     g.add_argument(
         "--root",
         type=Path,
@@ -265,6 +281,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="download the official archive if the data is not found",
     )
+
+
+def _train_optimisation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, help="epochs to train")
     g.add_argument("--batch-size", type=int, help="images per step")
@@ -281,6 +300,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument(
         "--schedule", choices=["constant", "triangle", "cosine"], help="learning-rate schedule"
     )
+
+
+def _train_augmentation_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing and augmentation")
     g.add_argument(
         "--normalize",
@@ -297,6 +319,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
         help="training for robustness: replace this share (0..1) of each batch by copies "
         "with a random CIFAR-10-C corruption at a random severity (see cifarlab robustness)",
     )
+
+
+def _train_speed_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("speed")
     g.add_argument(
         "--precision",
@@ -313,6 +338,9 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile")
     g.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's choice)")
     g.add_argument("--device", help="auto, cpu, cuda or mps (default: auto)")
+
+
+def _train_run_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--out", type=Path, help="run folder (default: runs/MODEL-DATASET-TIME)")
     g.add_argument(
@@ -452,8 +480,6 @@ def _export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _serve_parser(sub: argparse._SubParsersAction) -> None:
-    from cifarlab.serve import TOKEN_ENV  # no FastAPI, no torch: the names only
-
     p = _command(
         sub,
         "serve",
@@ -478,7 +504,17 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         choices=["best", "last"],
         help="best on validation (default) or last",
     )
-    g = p.add_argument_group("network")
+    _serve_network_options(p.add_argument_group("network"))
+    _serve_request_options(p.add_argument_group("requests"))
+    _serve_speed_options(p.add_argument_group("speed"))
+
+
+# `serve`'s options, one function per group of its --help.
+
+
+def _serve_network_options(g: argparse._ArgumentGroup) -> None:
+    from cifarlab.serve.settings import TOKEN_ENV  # lazy start: no FastAPI, no torch
+
     g.add_argument(
         "--host",
         default="127.0.0.1",
@@ -496,7 +532,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         help=f"API calls need 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)",
     )
     g.add_argument("--access-log", action="store_true", help="log every request")
-    g = p.add_argument_group("requests")
+
+
+def _serve_request_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--max-upload-mb",
         type=float,
@@ -526,7 +564,9 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
         default=0.5,
         help="a top-1 probability under this is marked uncertain (default: 0.5)",
     )
-    g = p.add_argument_group("speed")
+
+
+def _serve_speed_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--backend",
         choices=["auto", "torch", "onnx"],
@@ -569,6 +609,70 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
         default=Path("runs/compare.html"),
         help="HTML file to write (default: runs/compare.html)",
     )
+
+
+def _robustness_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "robustness",
+        cmd_robustness,
+        help="accuracy on CIFAR-10-C-style corrupted test images (15 corruptions × 5 severities)",
+        description="Evaluate a trained run on corrupted copies of its test split, made as "
+        "CIFAR-10-C was (Hendrycks & Dietterich, ICLR 2019): 15 corruptions (noise, blur, "
+        "weather, digital) at 5 severities. The corrupted sets are generated once and cached "
+        "(about 2.3 GB for the whole test split). Prints the accuracy per corruption and "
+        "severity, the means per corruption and family, and the mean corruption error beside "
+        "the published ones; on the whole test split writes robustness.json and its figures "
+        "into the run folder (a subset or the val split only with --out).",
+    )
+    _add_run_argument(p)
+    p.add_argument(
+        "--corruptions",
+        default="all",
+        metavar="all|NAME,...",
+        help="all (default) or a comma-separated list, e.g. gaussian_noise,fog",
+    )
+    p.add_argument(
+        "--severities",
+        default="1-5",
+        metavar="LEVELS",
+        help="levels 1..5 as 1-5 (default), 1,3,5 or 2",
+    )
+    p.add_argument(
+        "--tta",
+        type=int,
+        nargs="?",
+        const=True,
+        choices=[0, 1, 2],
+        metavar="LEVEL",
+        help="test-time augmentation: --tta alone uses the run's own level; or 0 none, "
+        "1 mirror, 2 mirror + 1-px shifts (default: 0, as the published numbers)",
+    )
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "val"],
+        help="test (default), or val to compare training options without touching test",
+    )
+    p.add_argument(
+        "--images",
+        type=int,
+        metavar="N",
+        help="only N images of the split, class-stratified (a quick look: written only with --out)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="the corruptions' random draws (default: 0)")
+    p.add_argument("--root", type=Path, help="data folder, if not the one the run used")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (default: auto)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="DIR",
+        help="folder to write robustness.json and its figures into (default: the run folder, "
+        "for the whole test split only)",
+    )
+    p.add_argument("--no-examples", action="store_true", help="skip the example-images figure")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 COMMANDS = (
@@ -624,18 +728,12 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load(args: argparse.Namespace):  # noqa: ANN202
+def cmd_data_info(args: argparse.Namespace) -> int:
     from cifarlab.data.dataset import load_dataset
 
-    if args.val_size < 0:
-        raise CifarlabError(f"--val-size must be at least 0, got {args.val_size}")
-    return load_dataset(
+    ds = load_dataset(
         args.dataset, args.root, val_size=args.val_size, labels=args.labels, download=args.download
     )
-
-
-def cmd_data_info(args: argparse.Namespace) -> int:
-    ds = _load(args)
     meta = ds.meta
     where = {"--root": "--root", "CIFARLAB_DATA": "$CIFARLAB_DATA", "cache": "user cache"}
     kind = f"{ds.labels_kind} labels, " if ds.info.num_coarse_classes else ""
@@ -659,28 +757,17 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
-# The sample grid's limits: beyond them the PNG is too large to look at (CIFAR-100 at 10 per
-# class is already 100 rows, 15,500 pixels tall) and slow to draw.
-MAX_PER_CLASS, MAX_THUMBNAILS = 50, 1000
-MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take
-
-
 def cmd_data_show(args: argparse.Namespace) -> int:
-    from cifarlab.report.samples import save_sample_grid
+    from cifarlab.data.dataset import load_dataset
+    from cifarlab.report.samples import check_grid, save_sample_grid
 
-    if args.per_class < 1:
-        raise CifarlabError(f"--per-class must be at least 1, got {args.per_class}")
-    if not 0 <= args.seed <= MAX_SEED:
-        raise CifarlabError(f"--seed must be between 0 and 2**63 - 1, got {args.seed}")
+    check_grid(args.per_class, args.seed)
     if args.out.suffix.lower() != ".png":
         raise CifarlabError(f"--out must name a .png file, got {args.out}")
-    ds = _load(args)
-    most = max(1, min(MAX_PER_CLASS, MAX_THUMBNAILS // len(ds.class_names)))
-    if args.per_class > most:
-        raise CifarlabError(
-            f"--per-class must be at most {most} for {len(ds.class_names)} classes (a bigger "
-            f"grid is too large to look at), got {args.per_class}"
-        )
+    ds = load_dataset(
+        args.dataset, args.root, val_size=args.val_size, labels=args.labels, download=args.download
+    )
+    check_grid(args.per_class, args.seed, len(ds.class_names))
     split = ds.split(args.split)
     if len(split) == 0:
         raise CifarlabError(f"the {args.split} split is empty (is --val-size 0?)")
@@ -715,43 +802,25 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options of `train` that set the TrainConfig field of the same name (translate, flip and
-# cutout: that key of `augment`).
-_TRAIN_FIELDS = (
-    "model",
-    "dataset",
-    "labels",
-    "root",
-    "epochs",
-    "batch_size",
-    "lr",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "label_smoothing",
-    "normalize",
-    "schedule",
-    "precision",
-    "channels_last",
-    "compile",
-    "tta",
-    "threads",
-    "seed",
-    "device",
-    "train_size",
-    "val_size",
-    "translate",
-    "flip",
-    "cutout",
-    "corrupt",
-)
+# Options of `train` that are configuration fields but not changes to the recipe: --recipe
+# names the recipe the changes apply to, --budget is a duration (for train()).
+_APART = ("recipe", "budget")
+
+
+def _train_fields(p: argparse.ArgumentParser, fields: Iterable[str]) -> list[str]:
+    """The options of the train parser ``p`` that set the configuration field of the same
+    name, group by group: every option whose dest is one of ``fields`` (TrainConfig's fields,
+    and translate, flip, cutout and corrupt: that key of ``augment``), but those passed apart."""
+    names = set(fields) - set(_APART)
+    return [a.dest for g in p._action_groups for a in g._group_actions if a.dest in names]
 
 
 def _changes(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line: each option given, then each --set."""
-    from cifarlab.train.config import parse_setting
+    from cifarlab.train.config import AUGMENT_KEYS, FIELDS, parse_setting
 
-    given = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    fields = _train_fields(args.parser, (*FIELDS, *AUGMENT_KEYS))
+    given = {k: getattr(args, k) for k in fields if getattr(args, k) is not None}
     if "root" in given:
         given["root"] = str(given["root"])
     for text in args.settings:
@@ -761,19 +830,11 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
-    """The TrainConfig that `cifarlab train` options describe: the recipe (or the model's
-    default recipe), then every option given, then every --set."""
+    """The TrainConfig that `cifarlab train` options describe: the recipe (--recipe, or --set
+    recipe=; else the model's default recipe), then every option given, then every --set."""
     from cifarlab.train.config import make_config
 
-    changes = _changes(args)
-    if "recipe" in changes:  # --set recipe=NAME: as --recipe NAME
-        if args.recipe is not None:
-            raise SettingError("recipe", "is given twice (--recipe and --set recipe=)")
-        recipe = changes.pop("recipe")
-        if not isinstance(recipe, str) or not recipe:
-            raise SettingError("recipe", f"must be a recipe's name, got {recipe!r}")
-        return make_config(recipe, **changes)
-    return make_config(args.recipe, **changes)
+    return make_config(args.recipe, **_changes(args))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -786,14 +847,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         load_dataset(args.dataset or "cifar10", args.root, download=True, val_size=0)
     progress = not args.no_progress
-    if args.resume is not None:
-        if args.budget is not None:
-            raise SettingError("budget", "starts a new run; a resumed run keeps its own budget")
+    if args.resume is not None:  # train() refuses a budget here: a resumed run keeps its own
         given = _changes(args)
         for key in ("recipe", "out"):
             if getattr(args, key) is not None:
                 given[key] = getattr(args, key)
-        run = train(resume=args.resume, changes=given, progress=progress)
+        run = train(resume=args.resume, changes=given, progress=progress, budget=args.budget)
     elif args.budget is not None:
         given = _changes(args)
         model = given.pop("model", None)
@@ -908,8 +967,8 @@ def _calibration_lines(c: dict | None) -> str:
         return ""
 
     def row(label: str, x: dict) -> str:
-        return (f"  {label:<28} ECE {x['ece']:7.2%}   MCE {x['mce']:7.2%}   "
-                f"Brier {x['brier']:.4f}   NLL {x['nll']:.4f}")  # fmt: skip
+        ece, mce = f"ECE {x['ece']:7.2%}", f"MCE {x['mce']:7.2%}"
+        return f"  {label:<28} {ece}   {mce}   Brier {x['brier']:.4f}   NLL {x['nll']:.4f}"
 
     lines = ["calibration (15 equal-width bins):", row("as trained", c["before"])]
     if c.get("after") is not None:
@@ -919,20 +978,12 @@ def _calibration_lines(c: dict | None) -> str:
     return "\n".join(lines)
 
 
-MAX_PREDICT_BATCH = 65536  # images per forward pass; more only costs memory
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    if args.top_k < 1:
-        raise CifarlabError(f"--top-k must be at least 1, got {args.top_k}")
-    if not 1 <= args.batch_size <= MAX_PREDICT_BATCH:
-        raise CifarlabError(
-            f"--batch-size must be between 1 and {MAX_PREDICT_BATCH}, got {args.batch_size}"
-        )
-    from cifarlab.predict import load_run, shown
+    from cifarlab.predict import check_options, load_run, shown
 
+    check_options(top_k=args.top_k, batch_size=args.batch_size)
     run = load_run(args.run, args.checkpoint, device=args.device, calibrated=args.calibrated)
     print(f"{run.name}: {run.calibration_note}", file=sys.stderr)
     results = run.predict_files(args.paths, batch_size=args.batch_size, resize=args.resize)
@@ -967,26 +1018,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from cifarlab.export import export_run
+    from cifarlab.export import export_run, read_metadata
 
-    out = export_run(args.run, args.format, args.out, checkpoint=args.checkpoint,
-                     input_kind=args.input_kind, calibrated=args.calibrated)  # fmt: skip
+    out = export_run(
+        args.run,
+        args.format,
+        args.out,
+        checkpoint=args.checkpoint,
+        input_kind=args.input_kind,
+        calibrated=args.calibrated,
+    )
     print(f"wrote {out}")
-    print(_exported_note(out))
+    print(read_metadata(out).get("calibration", ""))  # what its probabilities are
     return 0
-
-
-def _exported_note(out: Path) -> str:
-    """What the exported file's probabilities are (its metadata's calibration line)."""
-    from cifarlab.export import read_metadata
-
-    return read_metadata(out).get("calibration", "")
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from cifarlab.files import check_output
     from cifarlab.report.html import write_comparison
-    from cifarlab.runs import RunFolder, read_run
+    from cifarlab.runs import RunFolder
+    from cifarlab.trained import read_run
 
     # the page's file: a folder gets comparison.html inside; a device or a FIFO is refused
     # (never replaced) before any run is read
@@ -1007,80 +1058,132 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import math
-    import os
+    # each option checked as its settings object is built (SettingError: named by its option)
+    from cifarlab.serve.settings import Launch, Settings, require, token_from
 
-    from cifarlab.serve import TOKEN_ENV, require, serve
-
-    def check(flag: str, ok: bool, what: str) -> None:
-        if not ok:
-            raise CifarlabError(f"{flag} must be {what}")
-
-    check("--port", 0 <= args.port <= 65535, f"0..65535, got {args.port}")
-    check("--workers", 1 <= args.workers <= 64, f"1..64, got {args.workers}")
-    check(
-        "--max-upload-mb",
-        math.isfinite(args.max_upload_mb) and 0 < args.max_upload_mb <= 1024,
-        f"more than 0 and at most 1024, got {args.max_upload_mb:g}",
-    )
-    check("--max-files", 1 <= args.max_files <= 10_000, f"1..10000, got {args.max_files}")
-    check(
-        "--uncertain-below",
-        0 <= args.uncertain_below <= 1,
-        f"a probability 0..1, got {args.uncertain_below:g}",
-    )
-    check(
-        "--batch-wait-ms",
-        0 <= args.batch_wait_ms <= 1000,
-        f"0..1000 ms, got {args.batch_wait_ms:g}",
-    )
-    if args.threads is not None:
-        check("--threads", 1 <= args.threads <= 1024, f"1..1024, got {args.threads}")
-    check("--max-batch", 1 <= args.max_batch <= 4096, f"1..4096, got {args.max_batch}")
-    check(
-        "--max-pending-mb",
-        math.isfinite(args.max_pending_mb) and args.max_upload_mb <= args.max_pending_mb,
-        f"at least --max-upload-mb ({args.max_upload_mb:g}), got {args.max_pending_mb:g}",
-    )
-    check(
-        "--max-request-megapixels",
-        0 < args.max_request_megapixels <= 10_000,
-        f"more than 0 and at most 10000, got {args.max_request_megapixels:g}",
-    )
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
-    if token is not None:  # RFC 6750's token characters: what an HTTP header carries as is
-        check(
-            "--token",
-            bool(re.fullmatch(r"[A-Za-z0-9._~+/=-]{1,512}", token)),
-            "1 to 512 of A-Z a-z 0-9 - . _ ~ + / = (no spaces or other characters)",
-        )
-    require()  # before the runs are read: a missing extra is the first thing to say
-    from cifarlab.serve.app import Settings
-
-    settings = Settings(
-        max_upload_mb=args.max_upload_mb,
-        max_files=args.max_files,
-        token=token,
-        batching=not args.no_batching,
-        max_batch=args.max_batch,
-        batch_wait_ms=args.batch_wait_ms,
-        uncertain_below=args.uncertain_below,
-        max_request_pixels=args.max_request_megapixels * 1e6,
-        max_pending_mb=args.max_pending_mb,
-    )
-    return serve(
-        args.runs,
-        settings,
+    launch = Launch(
         host=args.host,
         port=args.port,
         workers=args.workers,
         backend=args.backend,
         checkpoint=args.checkpoint,
-        access_log=args.access_log,
         tta=args.tta,
-        threads=args.threads,
         calibrated=args.calibrated,
+        access_log=args.access_log,
     )
+    settings = Settings(
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+        token=token_from(args.token),
+        batching=not args.no_batching,
+        max_batch=args.max_batch,
+        batch_wait_ms=args.batch_wait_ms,
+        uncertain_below=args.uncertain_below,
+        threads=args.threads,
+        max_request_megapixels=args.max_request_megapixels,
+        max_pending_mb=args.max_pending_mb,
+    )
+    require()  # before the runs are read: a missing extra is the first thing to say
+    from cifarlab.serve.server import serve  # FastAPI, uvicorn, torch: once require() passed
+
+    return serve(args.runs, settings, launch)
+
+
+def cmd_robustness(args: argparse.Namespace) -> int:
+    import json
+
+    from cifarlab.robustness.evaluate import run_robustness
+
+    result = run_robustness(
+        args.run,
+        corruptions=args.corruptions,  # names and levels are checked before anything is loaded
+        severities=args.severities,
+        tta=False if args.tta is None else args.tta,
+        split=args.split,
+        images=args.images,
+        seed=args.seed,
+        checkpoint=args.checkpoint,
+        root=args.root,
+        device=args.device,
+        out=args.out,
+        progress=not args.no_progress,
+        examples=not args.no_examples,
+    )
+    if args.json:
+        print(json.dumps(result, indent=1, allow_nan=False))
+    else:
+        print(_robustness_text(result, str(args.run)))
+    return 0
+
+
+def _pct_cell(x: Any) -> str:
+    return f"{100 * x:5.1f}" if isinstance(x, (int, float)) else "    –"
+
+
+def _robustness_table(r: dict[str, Any]) -> list[str]:
+    """robustness's table: accuracy (%) per corruption (grouped by family) and severity."""
+    from cifarlab.report.plots import grouped
+
+    per, levels = r["per_corruption"], r["severities"]
+    width = max(20, *(len(n) + 2 for n in per))
+    lines = [f"{'accuracy (%)':<{width}}" + "".join(f"{s:>7}" for s in levels) + "   mean"]
+    lines.append(f"{'clean':<{width + 7 * len(levels)}}  {_pct_cell(r['clean_accuracy'])}")
+    family = None
+    for name in grouped(r):
+        p = per[name]
+        if p["family"] != family:
+            family = p["family"]
+            lines.append(family)
+        cells = "".join(f"  {_pct_cell(p['accuracy_by_severity'][str(s)])}" for s in levels)
+        lines.append(f"  {name:<{width - 2}}{cells}  {_pct_cell(p['mean_accuracy'])}")
+    return lines
+
+
+def _robustness_text(r: dict[str, Any], run: str) -> str:
+    """robustness's result as printed: scope, table, family means, headline, notes, files."""
+    from cifarlab.report.html import PUBLISHED_ERROR
+    from cifarlab.report.plots import scope
+
+    epoch = f", epoch {r['checkpoint_epoch']}" if r.get("checkpoint_epoch") is not None else ""
+    tta = f"test-time augmentation {r['tta']}" if r.get("tta") else "no test-time augmentation"
+    lines = [f"{run}: {scope(r)}, {r['checkpoint']} checkpoint{epoch}, {tta}, seed {r['seed']}"]
+    lines += ["", *_robustness_table(r)]
+    means = "   ".join(f"{f} {100 * v['mean_accuracy']:.1f}%" for f, v in r["per_family"].items())
+    lines += ["", f"family means: {means}", f"worst: {', '.join(r['worst'])}"]
+    drop = r.get("relative_drop")
+    drop_text = f"{drop:.1%}" if isinstance(drop, (int, float)) else "–"
+    lines.append(
+        f"clean {r['clean_accuracy']:.1%}   mean corruption accuracy "
+        f"{r['mean_corruption_accuracy']:.1%}   relative drop {drop_text}   mean corruption "
+        f"error {r['mean_corruption_error']:.1%} (published, standard training: WRN-40-2 "
+        f"{PUBLISHED_ERROR['WRN-40-2']:.1%})"
+    )
+    if not r.get("comparable"):
+        lines.append(
+            "not the published protocol (all 15 corruptions × 5 severities on the whole test "
+            "split, no test-time augmentation): compare with care"
+        )
+    per = r["per_corruption"]
+    notes = [(n, per[n]["note"]) for n in r["corruptions"] if per[n].get("note")]
+    if notes:
+        lines += ["", "where these corruptions differ from CIFAR-10-C:"]
+        lines += [f"  {n}: {t}" for n, t in notes]
+    t, c = r["timing"], r["cache"]
+    gen = sum(t[n]["generate_s"] for n in r["corruptions"])
+    ev = sum(t[n]["evaluate_s"] for n in r["corruptions"]) + t.get("clean_evaluate_s", 0.0)
+    lines += [
+        "",
+        f"{t['total_s']:.1f} s: corrupting {gen:.1f} s ({c['generated']} sets made, "
+        f"{c['loaded']} from the cache {c['folder']}), evaluating {ev:.1f} s",
+    ]
+    if r.get("written"):
+        lines.append("wrote " + ", ".join(r["written"]))
+    else:
+        lines.append(
+            "nothing written (a subset or the val split is not the run's robustness record): "
+            "--out DIR keeps it"
+        )
+    return "\n".join(lines)
 
 
 DEBUG_ENV = "CIFARLAB_DEBUG"  # set to 1: an unexpected error shows its traceback

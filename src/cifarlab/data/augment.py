@@ -10,9 +10,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from cifarlab.data.corruptions import CORRUPTIONS, corrupt
 from cifarlab.errors import CifarlabError, SettingError
 
 FLIP_MODES = ("none", "random", "alternate")
@@ -26,7 +28,7 @@ class Augment:
     flip: str = "none"  # "none" | "random" | "alternate"
     cutout: int = 0  # side of the zeroed square, 0 for none
     # share of each batch replaced by a corrupted copy (CIFAR-10-C's corruptions at a random
-    # severity: cifarlab.robustness.corruptions), 0 for none
+    # severity: cifarlab.data.corruptions), 0 for none
     corrupt: float = 0.0
 
     def __post_init__(self) -> None:
@@ -55,18 +57,14 @@ def corrupt_batch(x: Tensor, share: float, gen: torch.Generator) -> Tensor:
     """Replace ``share`` of the uint8 NCHW batch ``x`` by corrupted copies: the chosen images
     are cut into a few groups, each given one of CIFAR-10-C's corruptions at a random severity
     (1–5). The draws come from ``gen``: a replayed epoch gets the same images. The corruptions
-    run in numpy on the CPU (:mod:`cifarlab.robustness.corruptions`)."""
-    import numpy as np
-
-    from cifarlab.robustness.corruptions import CORRUPTIONS, corrupt
-
+    run in numpy on the CPU (:mod:`cifarlab.data.corruptions`)."""
     n = int(round(share * len(x)))
     if n == 0:
         return x
     device = gen.device
     chosen = torch.randperm(len(x), generator=gen, device=device)[:n].to(x.device)
-    picks = torch.randint(0, len(CORRUPTIONS) * 5, (CORRUPT_GROUPS,), generator=gen,
-                          device=device).tolist()  # fmt: skip
+    draws = len(CORRUPTIONS) * 5
+    picks = torch.randint(0, draws, (CORRUPT_GROUPS,), generator=gen, device=device).tolist()
     seeds = torch.randint(0, 2**31 - 1, (CORRUPT_GROUPS,), generator=gen, device=device).tolist()
     out = x.clone()
     nhwc = x.index_select(0, chosen).permute(0, 2, 3, 1).cpu().numpy()

@@ -3,6 +3,11 @@
 After the first parse a dataset is saved as ``.npy`` files that load memory-mapped. Each cache
 entry records a fingerprint (name, size, mtime of every source file); when the source changes the
 fingerprint differs and the entry is rebuilt.
+
+Every cached ``.npy`` (the parsed data here, the corrupted sets of ``cifarlab robustness``) is
+written by :func:`write_array` (a temporary name, then a rename: a reader never sees half a file,
+and of concurrent writers one whole file wins) and read by :func:`read_array` (memory-mapped; a
+missing, damaged or foreign file is None, never an error: the entry is made again).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cifarlab.errors import CifarlabError
-from cifarlab.files import read_input
+from cifarlab.files import atomic_write, read_input
 
 CACHE_VERSION = 2  # 2: loads re-validated (missing-class warning)
 ARRAY_KEYS = ("train_x", "train_y", "test_x", "test_y", "train_coarse", "test_coarse")
@@ -59,6 +64,42 @@ def fingerprint(files: list[Path]) -> str:
     return h.hexdigest()
 
 
+def read_array(
+    path: Path, shape: tuple[int, ...] | None = None, dtype: np.dtype | type | None = None
+) -> np.ndarray | None:
+    """The cached array at ``path``, memory-mapped, or None when it is absent, not a regular
+    ``.npy`` file, unreadable, or not of ``shape`` and ``dtype`` (when given)."""
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO (it would block)
+            return None
+        # mmap_mode="c": copy-on-write pages, so the array is writable (torch wants that) yet
+        # nothing is read from disk until it is used.
+        arr = np.load(path, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError):
+        return None
+    if not isinstance(arr, np.ndarray):  # a .npz archive under the name
+        arr.close()
+        return None
+    if shape is not None and arr.shape != tuple(shape):
+        return None
+    if dtype is not None and arr.dtype != dtype:
+        return None
+    return arr
+
+
+def write_array(path: Path, arr: np.ndarray) -> Path:
+    """Write ``arr`` as a ``.npy`` file at ``path``: to a temporary name beside it, then
+    renamed, so that a reader never sees half a file and two processes writing the same file
+    at once each leave a whole one. A failure is a :class:`~cifarlab.errors.WriteError` (an
+    OSError)."""
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file, not a name: np.save would append ".npy"
+            np.save(f, arr, allow_pickle=False)
+
+    return atomic_write(path, write)
+
+
 def entry_dir(dataset: str, source: Path, kind: str) -> Path:
     key = f"{dataset}\0{kind}\0{_resolved(source)}".encode("utf-8", "surrogateescape")
     return cache_dir() / "parsed" / f"{dataset}-{kind}-{hashlib.sha1(key).hexdigest()[:16]}"
@@ -77,12 +118,10 @@ def load(entry: Path, expected_fingerprint: str) -> tuple[dict[str, np.ndarray],
             return None
         arrays = {}
         for k in names:
-            path = entry / f"{k}.npy"
-            if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO (it would block)
+            arr = read_array(entry / f"{k}.npy")
+            if arr is None:
                 return None
-            # mmap_mode="c": copy-on-write pages, so the arrays are writable (torch wants
-            # that) yet nothing is read from disk until it is used.
-            arrays[k] = np.load(path, mmap_mode="c")
+            arrays[k] = arr
     except (OSError, ValueError, KeyError, TypeError, CifarlabError):
         return None
     return arrays, meta
@@ -101,7 +140,7 @@ def save(entry: Path, arrays: dict[str, np.ndarray | None], meta: dict[str, Any]
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=entry.parent))
         present = [k for k in ARRAY_KEYS if arrays.get(k) is not None]
         for k in present:
-            np.save(tmp / f"{k}.npy", arrays[k])
+            write_array(tmp / f"{k}.npy", arrays[k])
         meta = {**meta, "version": CACHE_VERSION, "arrays": present}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         for _ in range(5):

@@ -1,4 +1,5 @@
-"""Self-contained HTML reports: one run (``write_report``) and several runs side by side
+"""Self-contained HTML reports: one run (``write_report``, with the section of its robustness
+record when it has one: ``robustness_section``) and several runs side by side
 (``write_comparison``).
 
 Each page is a single file: the figures are embedded as base64 PNG data URIs and the style
@@ -12,14 +13,17 @@ import base64
 import html
 import json
 import math
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cifarlab.errors import printable
+from cifarlab.errors import CifarlabError, one_line, printable
 from cifarlab.evaluate.metrics import classification_report_text
-from cifarlab.files import atomic_write
+from cifarlab.files import atomic_write, read_input
+from cifarlab.limits import MAX_RUN_FILE, megabytes
 from cifarlab.report import plots
 from cifarlab.runs import RunFolder
 
@@ -164,8 +168,10 @@ def _report_table(metrics: dict) -> str:
             f"<td>{predicted:,}</td></tr>"
         )
     n = metrics["num_samples"]
-    foot = [f"<tr><td>accuracy</td><td></td><td></td><td>{metrics['accuracy']:.2f}</td>"
-            f"<td>{n:,}</td><td></td></tr>"]  # fmt: skip
+    foot = [
+        f"<tr><td>accuracy</td><td></td><td></td><td>{metrics['accuracy']:.2f}</td>"
+        f"<td>{n:,}</td><td></td></tr>"
+    ]
     for label, key in (("macro avg", "macro_avg"), ("weighted avg", "weighted_avg")):
         a = metrics[key]
         foot.append(
@@ -200,6 +206,80 @@ def _saved_labels(run_dir: Path, metrics: dict) -> np.ndarray:
     return labels
 
 
+def _checked(
+    run_dir: Path, metrics: dict, images: np.ndarray, probs: np.ndarray, labels: Any
+) -> tuple[np.ndarray, np.ndarray]:
+    """The true labels (``None``: from ``predictions_<split>.npz``) and predicted classes,
+    checked against the metrics they must have produced."""
+    if labels is None:
+        labels = _saved_labels(run_dir, metrics)
+    labels = np.asarray(labels).astype(np.int64, copy=False)
+    names = metrics["class_names"]
+    n = metrics["num_samples"]
+    if not (len(images) == len(probs) == len(labels) == n) or probs.shape[1] != len(names):
+        raise ValueError(
+            f"images ({len(images)}), probabilities {probs.shape} and labels ({len(labels)}) "
+            f"must match the metrics ({n} samples, {len(names)} classes)"
+        )
+    if np.bincount(labels, minlength=len(names)).tolist() != metrics["true_counts"]:
+        raise ValueError("these labels are not the ones the metrics were computed from")
+    preds = probs.argmax(axis=1)
+    if np.bincount(preds, minlength=len(names)).tolist() != metrics["predicted_counts"]:
+        raise ValueError("these probabilities are not the ones the metrics were computed from")
+    return labels, preds
+
+
+def _figures(
+    history: list[dict],
+    metrics: dict,
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    preds: np.ndarray,
+) -> list[tuple[str, str, str, Callable[[], Any]]]:
+    """The report's figures as (file, section id, heading, how to draw it): drawn, saved and
+    closed one by one."""
+    names = metrics["class_names"]
+    top_prob = probs[np.arange(len(probs)), preds]
+    figures = [
+        ("training_curves.png", "curves", "Training curves",
+         lambda: plots.training_curves(history)),
+        ("confusion_matrix.png", "confusion", "Confusion matrix",
+         lambda: plots.confusion_heatmap(metrics)),
+        ("predicted_vs_true.png", "counts", "Predicted vs true class counts",
+         lambda: plots.predicted_vs_true(metrics)),
+        ("predictions.png", "predictions", "Sample predictions",
+         lambda: plots.prediction_grid(images, labels, preds, top_prob, names)),
+        ("mistakes.png", "mistakes", "Most confident mistakes",
+         lambda: plots.confident_mistakes(images, labels, preds, top_prob, names)),
+    ]  # fmt: skip
+    calibration = metrics.get("calibration")
+    if calibration:
+        figures += [
+            ("reliability.png", "reliability", "Reliability diagram",
+             lambda: plots.reliability_diagram(calibration)),
+            ("confidence.png", "confidence", "Confidence of right and wrong answers",
+             lambda: plots.confidence_histogram(labels, probs, calibration.get("temperature"))),
+        ]  # fmt: skip
+    return figures
+
+
+def _headline_cards(config: dict, metrics: dict) -> str:
+    tta = metrics.get("tta") or 0
+    without = ("accuracy without test-time augmentation", _pct(metrics.get("accuracy_without_tta")))
+    return _cards(
+        [
+            (f"accuracy{' (test-time augmentation)' if tta else ''}", _pct(metrics["accuracy"])),
+            *([without] if tta else []),
+            ("top-5 accuracy", _pct(metrics.get("top5_accuracy"))),
+            ("log-loss", _num(metrics["log_loss"])),
+            ("macro F1", _num(metrics["macro_avg"]["f1"])),
+            ("parameters", _count(config.get("params"))),
+            ("training time", _duration(config.get("train_seconds"))),
+        ]
+    )
+
+
 def write_report(
     run_dir: str | Path,
     config: dict,
@@ -221,74 +301,24 @@ def write_report(
     """
     run_dir = Path(run_dir)
     probs = np.asarray(preds_probs)
-    if labels is None:
-        labels = _saved_labels(run_dir, metrics)
-    labels = np.asarray(labels).astype(np.int64, copy=False)
-    names = metrics["class_names"]
-    n = metrics["num_samples"]
-    if not (len(images) == len(probs) == len(labels) == n) or probs.shape[1] != len(names):
-        raise ValueError(
-            f"images ({len(images)}), probabilities {probs.shape} and labels ({len(labels)}) "
-            f"must match the metrics ({n} samples, {len(names)} classes)"
-        )
-    if np.bincount(labels, minlength=len(names)).tolist() != metrics["true_counts"]:
-        raise ValueError("these labels are not the ones the metrics were computed from")
-    preds = probs.argmax(axis=1)
-    if np.bincount(preds, minlength=len(names)).tolist() != metrics["predicted_counts"]:
-        raise ValueError("these probabilities are not the ones the metrics were computed from")
-    top_prob = probs[np.arange(n), preds]
-
-    figures = [  # (file, section id, heading, how to draw it): drawn, saved and closed one by one
-        ("training_curves.png", "curves", "Training curves",
-         lambda: plots.training_curves(history)),
-        ("confusion_matrix.png", "confusion", "Confusion matrix",
-         lambda: plots.confusion_heatmap(metrics)),
-        ("predicted_vs_true.png", "counts", "Predicted vs true class counts",
-         lambda: plots.predicted_vs_true(metrics)),
-        ("predictions.png", "predictions", "Sample predictions",
-         lambda: plots.prediction_grid(images, labels, preds, top_prob, names)),
-        ("mistakes.png", "mistakes", "Most confident mistakes",
-         lambda: plots.confident_mistakes(images, labels, preds, top_prob, names)),
-    ]  # fmt: skip
-    calibration = metrics.get("calibration")
-    if calibration:
-        figures += [
-            ("reliability.png", "reliability", "Reliability diagram",
-             lambda: plots.reliability_diagram(calibration)),
-            ("confidence.png", "confidence", "Confidence of right and wrong answers",
-             lambda: plots.confidence_histogram(labels, probs, calibration.get("temperature"))),
-        ]  # fmt: skip
+    labels, preds = _checked(run_dir, metrics, images, probs, labels)
     split = metrics.get("split", "test")
     folder = RunFolder(run_dir)
     embedded = {}
-    for filename, sid, heading, draw in figures:
+    for filename, sid, heading, draw in _figures(history, metrics, images, labels, probs, preds):
         path = plots.save_png(draw(), folder.figure_path(split, filename))
         embedded[sid] = _img(path.read_bytes(), heading)
 
     recipe = f" (recipe {config['recipe']})" if config.get("recipe") else ""
     title = f"{config.get('model', '?')}{recipe} on {_dataset_label(config)}: {split} split"
-    tta = metrics.get("tta") or 0
-    tta_cards = (
-        [("accuracy without test-time augmentation", _pct(metrics.get("accuracy_without_tta")))]
-        if tta
-        else []
-    )
-    cards = _cards([
-        (f"accuracy{' (test-time augmentation)' if tta else ''}", _pct(metrics["accuracy"])),
-        *tta_cards,
-        ("top-5 accuracy", _pct(metrics.get("top5_accuracy"))),
-        ("log-loss", _num(metrics["log_loss"])),
-        ("macro F1", _num(metrics["macro_avg"]["f1"])),
-        ("parameters", _count(config.get("params"))),
-        ("training time", _duration(config.get("train_seconds"))),
-    ])  # fmt: skip
     report_text = classification_report_text(metrics)
     body = [
         f"<h1>{_esc(title)}</h1>",
-        f'<p class="sub">run folder {_esc(run_dir.name)}, {n:,} {_esc(split)} images, '
-        f"{len(names)} classes, {len(history)} epochs recorded</p>",
+        f'<p class="sub">run folder {_esc(run_dir.name)}, {metrics["num_samples"]:,} '
+        f"{_esc(split)} images, {len(metrics['class_names'])} classes, {len(history)} epochs "
+        "recorded</p>",
         _trained_on(config),
-        _section("summary", "Headline numbers", cards),
+        _section("summary", "Headline numbers", _headline_cards(config, metrics)),
         _section("config", "Configuration", _config_table(config)),
         _section("curves", "Training curves", embedded["curves"]),
         _section(
@@ -302,17 +332,181 @@ def write_report(
         _section("predictions", "Sample predictions", embedded["predictions"]),
         _section("mistakes", "Most confident mistakes", embedded["mistakes"]),
     ]
+    calibration = metrics.get("calibration")
     if calibration:
-        body.append(_section("calibration", "Calibration",
-                             _calibration_html(calibration, split) + embedded["reliability"]
-                             + embedded["confidence"]))  # fmt: skip
+        figures = embedded["reliability"] + embedded["confidence"]
+        html_text = _calibration_html(calibration, split) + figures
+        body.append(_section("calibration", "Calibration", html_text))
     if split == "test":
-        from cifarlab.robustness.evaluate import report_section_html
-
-        section = report_section_html(run_dir)
+        section = robustness_section(run_dir)
         if section:
             body.append(section)
     return _write_text(folder.report_path(split), _page(title, "\n".join(body)))
+
+
+# --------------------------------------------------------------------------- robustness
+
+ROBUSTNESS_HEADING = "Robustness to corruptions"
+# The published mean corruption errors on CIFAR-10-C, standard training and AugMix.
+PUBLISHED_ERROR = {
+    "WRN-40-2": 0.269,
+    "ResNeXt-29": 0.275,
+    "DenseNet": 0.307,
+    "AugMix WRN-40-2": 0.112,
+}
+SOURCES = (
+    "Sources: Hendrycks & Dietterich, ICLR 2019 (CIFAR-10-C); Hendrycks et al., ICLR "
+    "2020 (AugMix), Table 1."
+)
+
+
+def published_text() -> str:
+    """The published mean corruption errors, in words."""
+    standard = ", ".join(f"{k} {v:.1%}" for k, v in PUBLISHED_ERROR.items() if "AugMix" not in k)
+    augmix = PUBLISHED_ERROR["AugMix WRN-40-2"]
+    return (
+        f"Published on CIFAR-10-C with standard training: {standard}; with AugMix, WRN-40-2 "
+        f"{augmix:.1%}"
+    )
+
+
+def _pretty(name: Any) -> str:
+    return str(name).replace("_", " ")
+
+
+def _png(path: Path) -> bytes | None:
+    """A figure of the run folder, if it is there and a PNG."""
+    if not os.path.lexists(path):
+        return None
+    try:
+        data = read_input(path, megabytes(MAX_RUN_FILE))
+    except CifarlabError:
+        return None
+    return data if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 24 else None
+
+
+def _robustness_sub(r: dict[str, Any]) -> str:
+    """What was evaluated: scope, corruptions × severities, checkpoint, seed, version."""
+    per, levels = r["per_corruption"], r["severities"]
+    epoch = r.get("checkpoint_epoch")
+    at_epoch = f" (epoch {_esc(epoch)})" if epoch is not None else ""
+    return (
+        f'<p class="sub">{_esc(plots.scope(r))}; {len(per)} corruptions × {len(levels)} '
+        f"severities ({_esc(', '.join(map(str, levels)))}); {_esc(r.get('checkpoint', '?'))} "
+        f"checkpoint{at_epoch}; corrupted with seed {_esc(r.get('seed', '?'))}, corruptions "
+        f"version {_esc(r.get('corruptions_version', '?'))}</p>"
+    )
+
+
+def _robustness_reference(r: dict[str, Any]) -> str:
+    """The mean corruption error beside the published ones, and whether they compare."""
+    if r.get("comparable"):
+        compare = (
+            "Every corruption and severity on the whole test set, without test-time "
+            "augmentation: the published protocol (our corruptions differ where noted below)."
+        )
+    else:
+        compare = (
+            "Not the published protocol (all 15 corruptions × 5 severities on the whole test "
+            "set, no test-time augmentation): compare with care."
+        )
+    return (
+        f"<p>Mean corruption error here: <b>{_pct(r['mean_corruption_error'])}</b>. "
+        f"{_esc(published_text())}. {_esc(compare)}</p>"
+        f'<p class="note">{_esc(SOURCES)}</p>'
+    )
+
+
+def _worst_table(r: dict[str, Any]) -> str:
+    """The worst corruptions: family, mean and each severity's accuracy."""
+    per, levels = r["per_corruption"], r["severities"]
+    head = "".join(f"<th>{_esc(s)}</th>" for s in levels)
+    rows = "".join(
+        f"<tr><td>{_esc(_pretty(n))}</td><td>{_esc(per[n]['family'])}</td>"
+        f"<td>{_pct(per[n]['mean_accuracy'])}</td>"
+        + "".join(f"<td>{_pct(per[n]['accuracy_by_severity'][str(s)])}</td>" for s in levels)
+        + "</tr>"
+        for n in r["worst"]
+    )
+    return (
+        f"<h3>The {len(r['worst'])} worst corruptions</h3><table><thead><tr><th>corruption"
+        f"</th><th>family</th><th>mean</th>{head}</tr></thead><tbody>{rows}</tbody>"
+        "</table>"
+    )
+
+
+def _family_table(r: dict[str, Any]) -> str:
+    """Mean accuracy per family ("" when the record has no readable family means)."""
+    fams = r.get("per_family") if isinstance(r.get("per_family"), dict) else {}
+    left = ' style="text-align: left"'
+    rows = "".join(
+        f"<tr><td>{_esc(f)}</td><td>{_pct(v.get('mean_accuracy'))}</td><td{left}>"
+        f"{_esc(', '.join(_pretty(n) for n in v['corruptions']))}</td></tr>"
+        for f, v in fams.items()
+        if isinstance(v, dict) and isinstance(v.get("corruptions"), list)
+    )
+    if not rows:
+        return ""
+    return (
+        f"<h3>By family</h3><table><thead><tr><th>family</th><th>mean accuracy</th>"
+        f"<th{left}>corruptions</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _robustness_figures(folder: RunFolder) -> str:
+    """The heat-map and the examples, those that are there."""
+    figures = ""
+    for what, alt in (
+        ("heatmap", "accuracy per corruption and severity"),
+        ("examples", "example images under each corruption"),
+    ):
+        png = _png(folder.robustness_figure_path(what))
+        if png is not None:
+            figures += _img(png, alt)
+    return figures
+
+
+def _corruption_notes(r: dict[str, Any]) -> str:
+    """Where our corruptions differ from CIFAR-10-C's ("" when none of them does)."""
+    per = r["per_corruption"]
+    notes = [(n, per[n]["note"]) for n in r["corruptions"] if per[n].get("note")]
+    if not notes:
+        return ""
+    items = "".join(f"<li><b>{_esc(_pretty(n))}</b>: {_esc(t)}</li>" for n, t in notes)
+    return f"<h3>Where these corruptions differ from CIFAR-10-C</h3><ul>{items}</ul>"
+
+
+def robustness_section(run_dir: str | os.PathLike) -> str | None:
+    """The report's robustness section (a ``<section id="robustness">``): headline numbers,
+    the five worst corruptions, the family means, the figures, where our corruptions differ,
+    and the published numbers; None if the run has no robustness record. A record that cannot
+    be read gives a section saying so (the rest of the report is still written)."""
+    folder = RunFolder(run_dir)
+    try:
+        r = folder.read_robustness()
+    except CifarlabError as e:
+        note = f'<p class="note">{_esc(one_line(e))}; run cifarlab robustness again</p>'
+        return _section("robustness", ROBUSTNESS_HEADING, note)
+    if r is None:
+        return None
+    cards = _cards(
+        [
+            ("clean accuracy", _pct(r["clean_accuracy"])),
+            ("mean accuracy under corruption", _pct(r["mean_corruption_accuracy"])),
+            ("relative drop", _pct(r.get("relative_drop"))),
+            ("mean corruption error", _pct(r["mean_corruption_error"])),
+        ]
+    )
+    parts = [
+        _robustness_sub(r),
+        cards,
+        _robustness_reference(r),
+        _worst_table(r),
+        _family_table(r),
+        _robustness_figures(folder),
+        _corruption_notes(r),
+    ]
+    return _section("robustness", ROBUSTNESS_HEADING, "\n".join(parts))
 
 
 def _calibration_html(c: dict, split: str) -> str:
@@ -320,8 +514,10 @@ def _calibration_html(c: dict, split: str) -> str:
     rows = [("as trained", c["before"])]
     if c.get("after") is not None:
         rows.append((f"temperature scaling, T = {c['temperature']:.3f}", c["after"]))
-    head = ("<tr><th></th><th>ECE</th><th>MCE</th><th>Brier</th><th>NLL</th>"
-            "<th>mean confidence</th></tr>")  # fmt: skip
+    head = (
+        "<tr><th></th><th>ECE</th><th>MCE</th><th>Brier</th><th>NLL</th>"
+        "<th>mean confidence</th></tr>"
+    )
     cells = "".join(
         f"<tr><td>{_esc(name)}</td><td>{_pct(m['ece'])}</td><td>{_pct(m['mce'])}</td>"
         f"<td>{_num(m['brier'], 4)}</td><td>{_num(m['nll'], 4)}</td>"
@@ -330,16 +526,18 @@ def _calibration_html(c: dict, split: str) -> str:
     )
     notes = [_esc(c.get("note", ""))]
     if split == "val" and c.get("after") is not None:
-        notes.append("The temperature was fitted on this split: these numbers after scaling are "
-                     "in-sample.")  # fmt: skip
-    notes.append("ECE: expected calibration error over 15 equal-width confidence bins "
-                 "(Guo et al., ICML 2017); MCE: the largest bin's gap; Brier: mean squared "
-                 "error of the probability vector; NLL: mean negative log-likelihood. "
-                 "Temperature scaling divides the logits by one number fitted on the "
-                 "validation split: the predicted classes, and so the accuracy, are "
-                 "unchanged.")  # fmt: skip
-    return (f"<table>{head}{cells}</table>"
-            + "".join(f'<p class="sub">{n}</p>' for n in notes if n))  # fmt: skip
+        notes.append(
+            "The temperature was fitted on this split: these numbers after scaling are in-sample."
+        )
+    notes.append(
+        "ECE: expected calibration error over 15 equal-width confidence bins "
+        "(Guo et al., ICML 2017); MCE: the largest bin's gap; Brier: mean squared "
+        "error of the probability vector; NLL: mean negative log-likelihood. "
+        "Temperature scaling divides the logits by one number fitted on the "
+        "validation split: the predicted classes, and so the accuracy, are "
+        "unchanged."
+    )
+    return f"<table>{head}{cells}</table>" + "".join(f'<p class="sub">{n}</p>' for n in notes if n)
 
 
 def _verdict(rows: list[dict]) -> str:
@@ -414,13 +612,15 @@ def write_comparison(out: str | Path, runs: list[tuple[str, dict, dict, list[dic
         "Validation accuracy by epoch",
     )
     title = f"Comparison of {len(runs)} runs"
-    body = "\n".join([
-        f"<h1>{_esc(title)}</h1>",
-        f'<p class="verdict">{_esc(_verdict(rows))}</p>',
-        _section("runs", "Runs", table + notes),
-        _section("f1", "Per-class F1", f1),
-        _section("curves", "Validation accuracy", curves),
-    ])  # fmt: skip
+    body = "\n".join(
+        [
+            f"<h1>{_esc(title)}</h1>",
+            f'<p class="verdict">{_esc(_verdict(rows))}</p>',
+            _section("runs", "Runs", table + notes),
+            _section("f1", "Per-class F1", f1),
+            _section("curves", "Validation accuracy", curves),
+        ]
+    )
     return _write_text(out, _page(title, body))
 
 

@@ -1,4 +1,5 @@
-"""Evaluation figures: training curves, confusion matrix, predicted-vs-true counts, image grids.
+"""Evaluation figures: training curves, confusion matrix, predicted-vs-true counts, image grids,
+calibration, and robustness to corruptions (heat-map, example images).
 
 Every function returns a ``matplotlib.figure.Figure`` drawn on the Agg canvas. The figures are
 built without pyplot, so they need no display, leave no global state behind and are safe to
@@ -34,6 +35,7 @@ from matplotlib.patches import Patch
 from matplotlib.text import Text
 from matplotlib.ticker import MaxNLocator
 
+from cifarlab.data.corruptions import FAMILY_ORDER
 from cifarlab.errors import printable
 from cifarlab.files import atomic_write
 
@@ -205,8 +207,15 @@ def predicted_vs_true(metrics: dict) -> Figure:
             d = int(p - t)
             colour = OVER if d > 0 else UNDER if d < 0 else EXACT
             label = f"{d:+d}" if d else "±0"
-            ax.text(xi, max(p, t) + 0.015 * top, label, ha="center", va="bottom", fontsize=9,
-                    color=colour)  # fmt: skip
+            ax.text(
+                xi,
+                max(p, t) + 0.015 * top,
+                label,
+                ha="center",
+                va="bottom",
+                fontsize=9,
+                color=colour,
+            )
     ax.set_ylim(0, top * 1.12)
     ax.set_xlim(-0.6, c - 0.4)
     _class_axis(ax, "x", names)
@@ -220,8 +229,13 @@ def predicted_vs_true(metrics: dict) -> Figure:
     ]
     if (pred == true).any():
         handles.insert(2, Patch(color=EXACT, label="predicted exactly as often"))
-    ax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=len(handles),
-              frameon=False)  # fmt: skip
+    ax.legend(
+        handles=handles,
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(handles),
+        frameon=False,
+    )
     fig.suptitle(
         f"Predicted vs true class counts: {safe_text(metrics.get('split', ''))} split, "
         f"{int(true.sum()):,} images",
@@ -285,9 +299,12 @@ def prediction_grid(
         colours.append(RIGHT if ok else WRONG)
     right = sum(c == RIGHT for c in colours)
     return _image_grid(
-        images, picks, titles, colours,
+        images,
+        picks,
+        titles,
+        colours,
         f"Predictions on {len(picks)} random images: {right} right ✓, {len(picks) - right} wrong ✗",
-    )  # fmt: skip
+    )
 
 
 @plain_text
@@ -309,9 +326,12 @@ def confident_mistakes(
         for i in picks
     ]
     return _image_grid(
-        images, picks, titles, [WRONG] * len(picks),
+        images,
+        picks,
+        titles,
+        [WRONG] * len(picks),
         f"The {len(picks)} most confident mistakes (of {len(wrong):,} wrong predictions)",
-    )  # fmt: skip
+    )
 
 
 @plain_text
@@ -377,27 +397,57 @@ def _reliability_panel(ax: Any, table: list[dict], title: str, ece: float) -> No
     acc = np.array([b["accuracy"] if b["count"] else np.nan for b in table])
     conf = np.array([b["confidence"] if b["count"] else np.nan for b in table])
     has = count > 0
-    ax.bar(centre[has], acc[has], width=width * 0.95, color="#9cc3e6",
-           label="accuracy in the bin")  # fmt: skip
+    ax.bar(centre[has], acc[has], width=width * 0.95, color="#9cc3e6", label="accuracy in the bin")
     # the gap to the bin's mean confidence, hatched: red above the bar (over-confident),
     # orange inside it (under-confident); the black tick is the mean confidence
     gap = conf - acc
     over = has & (gap > 0)
     under = has & (gap < 0)
-    ax.bar(centre[over], gap[over], bottom=acc[over], width=width * 0.95, facecolor="none",
-           hatch="///", edgecolor=WRONG, linewidth=0.8, label="gap: over-confident")  # fmt: skip
-    ax.bar(centre[under], -gap[under], bottom=conf[under], width=width * 0.95,
-           facecolor="none", hatch="\\\\\\", edgecolor="#b35900", linewidth=0.8,
-           label="gap: under-confident")  # fmt: skip
-    ax.hlines(conf[has], centre[has] - width * 0.47, centre[has] + width * 0.47, colors="black",
-              linewidth=1.5, label="mean confidence in the bin")  # fmt: skip
+    ax.bar(
+        centre[over],
+        gap[over],
+        bottom=acc[over],
+        width=width * 0.95,
+        facecolor="none",
+        hatch="///",
+        edgecolor=WRONG,
+        linewidth=0.8,
+        label="gap: over-confident",
+    )
+    ax.bar(
+        centre[under],
+        -gap[under],
+        bottom=conf[under],
+        width=width * 0.95,
+        facecolor="none",
+        hatch="\\\\\\",
+        edgecolor="#b35900",
+        linewidth=0.8,
+        label="gap: under-confident",
+    )
+    ax.hlines(
+        conf[has],
+        centre[has] - width * 0.47,
+        centre[has] + width * 0.47,
+        colors="black",
+        linewidth=1.5,
+        label="mean confidence in the bin",
+    )
     ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="perfect calibration")
     total = max(int(count.sum()), 1)
     for x, n, a_, c_ in zip(centre[has], count[has], acc[has], conf[has], strict=True):
         share = n / total
         text = f"{n:,}" if share >= 0.001 else f"{n}"
-        ax.text(x, max(a_, c_) + 0.02, text, ha="center", va="bottom", fontsize=7, rotation=90,
-                color="#333333")  # fmt: skip
+        ax.text(
+            x,
+            max(a_, c_) + 0.02,
+            text,
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            rotation=90,
+            color="#333333",
+        )
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.18)
     ax.set_yticks(np.linspace(0, 1, 6))
@@ -423,14 +473,15 @@ def reliability_diagram(calibration: dict) -> Figure:
         Patch(facecolor="#9cc3e6", label="accuracy in the bin"),
         Line2D([], [], color="black", linewidth=1.5, label="mean confidence in the bin"),
         Patch(facecolor="none", hatch="///", edgecolor=WRONG, label="gap: over-confident"),
-        Patch(facecolor="none", hatch="\\\\\\", edgecolor="#b35900",
-              label="gap: under-confident"),
+        Patch(facecolor="none", hatch="\\\\\\", edgecolor="#b35900", label="gap: under-confident"),
         Line2D([], [], color="black", linestyle="--", linewidth=1, label="perfect calibration"),
-    ]  # fmt: skip
-    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False,
-               fontsize=9)  # fmt: skip
-    fig.suptitle(f"Reliability diagram ({len(calibration['before']['bins'])} equal-width bins)",
-                 fontsize=12)  # fmt: skip
+    ]
+    fig.legend(
+        handles=handles, loc="outside lower center", ncol=len(handles), frameon=False, fontsize=9
+    )
+    fig.suptitle(
+        f"Reliability diagram ({len(calibration['before']['bins'])} equal-width bins)", fontsize=12
+    )
     return fig
 
 
@@ -460,8 +511,14 @@ def confidence_histogram(
             if mask.any():
                 n = int(mask.sum())
                 label = f"{name}: {n:,} images, mean {conf[mask].mean():.0%}"
-                ax.hist(conf[mask], bins=edges, weights=np.full(n, 100.0 / n), color=colour,
-                        alpha=0.45, label=label)  # fmt: skip
+                ax.hist(
+                    conf[mask],
+                    bins=edges,
+                    weights=np.full(n, 100.0 / n),
+                    color=colour,
+                    alpha=0.45,
+                    label=label,
+                )
                 ax.axvline(conf[mask].mean(), color=colour, linestyle="--", linewidth=1.2)
         ax.set_xlim(0, 1)
         ax.set_xlabel("confidence (top-1 probability)")
@@ -470,6 +527,144 @@ def confidence_histogram(
         ax.legend(loc="upper right", fontsize=9, frameon=False)
     axes[0].set_ylabel("share of the right / of the wrong answers (%)")
     fig.suptitle("Confidence of right and wrong answers (dashed: their means)", fontsize=12)
+    return fig
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+def grouped(result: dict[str, Any]) -> list[str]:
+    """The corruptions of a robustness result grouped by family (CIFAR-10-C's order within
+    each)."""
+    per = result["per_corruption"]
+    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
+    return sorted(
+        per, key=lambda n: (rank.get(per[n]["family"], len(rank)), result["corruptions"].index(n))
+    )
+
+
+def scope(result: dict[str, Any]) -> str:
+    """What a robustness result evaluated, in words: split, images, TTA."""
+    n = result["images"]
+    if result.get("subset"):
+        what = f"{n:,} of {result['split_images']:,} {result['split']} images (a subset)"
+    else:
+        what = f"{n:,} {result['split']} images"
+    tta = f", test-time augmentation level {result['tta']}" if result.get("tta") else ""
+    return what + tta
+
+
+def headline(result: dict[str, Any]) -> str:
+    """One line: clean accuracy, mean accuracy under corruption, relative drop."""
+    drop = result.get("relative_drop")
+    drop_text = f"{drop:.1%}" if isinstance(drop, (int, float)) else "–"
+    return (
+        f"clean {result['clean_accuracy']:.1%}, mean under corruption "
+        f"{result['mean_corruption_accuracy']:.1%}, relative drop {drop_text}"
+    )
+
+
+def _family_axis(ax: Any, families: list[str]) -> None:
+    """The families on the right of the heat-map, white lines between them."""
+    starts = [i for i in range(len(families)) if i == 0 or families[i] != families[i - 1]]
+    for i in starts[1:]:
+        ax.axhline(i - 0.5, color="white", linewidth=3)
+    ends = [*starts[1:], len(families)]
+    fam_axis = ax.secondary_yaxis("right")
+    fam_axis.set_yticks(
+        [(a + b - 1) / 2 for a, b in zip(starts, ends, strict=True)],
+        [safe_text(families[a]) for a in starts],
+    )
+    fam_axis.tick_params(length=0, labelsize=10)
+    for label in fam_axis.get_yticklabels():
+        label.set_fontweight("bold")
+        label.set_color("#444444")
+    for spine in (*ax.spines.values(), *fam_axis.spines.values()):
+        spine.set_visible(False)
+
+
+@plain_text
+def robustness_heatmap(result: dict[str, Any]) -> Figure:
+    """Accuracy (%) per corruption (rows, grouped by family) and severity (columns), with
+    each corruption's mean; the clean accuracy marked on the colour bar."""
+    names = grouped(result)
+    levels = [int(s) for s in result["severities"]]
+    per = result["per_corruption"]
+    by = [[per[n]["accuracy_by_severity"][str(s)] for s in levels] for n in names]
+    acc = np.array([row + [per[n]["mean_accuracy"]] for row, n in zip(by, names, strict=True)])
+    acc = acc * 100
+    clean = 100 * result["clean_accuracy"]
+    lo = math.floor(min(acc.min(), clean) / 10) * 10
+    hi = max(min(math.ceil((max(acc.max(), clean) + 2) / 10) * 10, 100), lo + 10)
+    norm = Normalize(lo, hi)
+    width = max(9.0, 2.6 + 0.85 * (len(levels) + 1) + 1.6)  # the title's two lines fit
+    fig = new_figure(width, max(3.6, 1.6 + 0.42 * len(names)))
+    ax = fig.subplots()
+    im = ax.imshow(acc, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
+    for (i, j), v in np.ndenumerate(acc):
+        colour = "white" if norm(v) < 0.6 else "black"
+        weight = "bold" if j == len(levels) else "normal"
+        ax.text(
+            j, i, f"{v:.1f}", ha="center", va="center", fontsize=9, color=colour, fontweight=weight
+        )
+    ax.set_xticks(range(len(levels) + 1), [*map(str, levels), "mean"])
+    ax.xaxis.tick_top()
+    ax.xaxis.set_label_position("top")
+    ax.set_xlabel("severity")
+    ax.set_yticks(range(len(names)), [_pretty(n) for n in names])
+    ax.tick_params(length=0)
+    ax.axvline(len(levels) - 0.5, color="white", linewidth=3)
+    _family_axis(ax, [per[n]["family"] for n in names])
+    cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
+    cbar.set_label("accuracy (%)")
+    cbar.ax.axhline(clean, color=WRONG, linewidth=2.5)
+    title = safe_text(result.get("run") or "run")
+    fig.suptitle(
+        f"{title}: accuracy under corruption, {scope(result)}\n{headline(result)}"
+        " (red line on the scale: clean)",
+        fontsize=11,
+    )
+    return fig
+
+
+@plain_text
+def corruption_examples(
+    images: np.ndarray,
+    shown: dict[tuple[str, int], np.ndarray],
+    names: list[str],
+    levels: list[int],
+    *,
+    labels: list[str] | None = None,
+) -> Figure:
+    """For each example image, a row per corruption: the clean image, then each severity
+    (32×32 pixels drawn as blocks, nearest neighbour)."""
+    n_ex, cols = len(images), 1 + len(levels)
+    cell = 0.82
+    fig = new_figure(max(7.5, 1.6 + n_ex * cols * cell + (n_ex - 1) * 0.3), 0.9 + len(names) * cell)
+    widths = []
+    for e in range(n_ex):
+        widths += [1.0] * cols + ([0.35] if e < n_ex - 1 else [])
+    grid = fig.add_gridspec(len(names), len(widths), width_ratios=widths, wspace=0.04, hspace=0.04)
+    for r, name in enumerate(names):
+        for e in range(n_ex):
+            for k in range(cols):
+                ax = fig.add_subplot(grid[r, e * (cols + 1) + k])
+                img = images[e] if k == 0 else shown[name, levels[k - 1]][e]
+                ax.imshow(img, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if r == 0:
+                    head = "clean" if k == 0 else f"severity {levels[k - 1]}"
+                    if k == 0 and labels:
+                        head = f"{safe_text(labels[e])}\n{head}"
+                    ax.set_title(head, fontsize=8)
+                if e == 0 and k == 0:
+                    ax.set_ylabel(_pretty(name), rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(
+        f"The same {n_ex} images under each corruption: clean, then severities "
+        f"{', '.join(map(str, levels))}",
+        fontsize=11,
+    )
     return fig
 
 

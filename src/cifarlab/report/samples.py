@@ -9,9 +9,32 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from cifarlab.errors import SettingError
 from cifarlab.report.plots import new_figure, plain_text, safe_text, save_png
 
 _ROWS_PER_CLASS_LIMIT = 20  # above this many classes, one title per image reads better
+# The grid's limits: beyond them the PNG is too large to look at (CIFAR-100 at 10 per class is
+# already 100 rows, 15,500 pixels tall) and slow to draw.
+MAX_PER_CLASS, MAX_THUMBNAILS = 50, 1000
+MAX_SEED = 2**63 - 1  # what torch.Generator.manual_seed and numpy take
+
+
+def check_grid(per_class: int, seed: int, num_classes: int | None = None) -> None:
+    """``per_class`` and ``seed`` are ones a grid can be drawn with (for ``num_classes``
+    classes, when known: the grid's size limit depends on it)."""
+    if per_class < 1:
+        raise SettingError("per_class", f"must be at least 1, got {per_class}")
+    if not 0 <= seed <= MAX_SEED:
+        raise SettingError("seed", f"must be between 0 and 2**63 - 1, got {seed}")
+    if num_classes is None:
+        return
+    most = max(1, min(MAX_PER_CLASS, MAX_THUMBNAILS // num_classes))
+    if per_class > most:
+        raise SettingError(
+            "per_class",
+            f"must be at most {most} for {num_classes} classes (a bigger grid is too large to "
+            f"look at), got {per_class}",
+        )
 
 
 def pick_samples(labels: torch.Tensor, per_class: int, seed: int = 0) -> list[list[int]]:
@@ -39,6 +62,7 @@ def sample_grid(
     With up to 20 classes each class is a row labelled with its name; with more (CIFAR-100
     fine labels) the images flow in a grid of 10 columns, each titled with its class.
     """
+    check_grid(per_class, seed, len(class_names))
     picks = pick_samples(labels, per_class, seed)
     picks += [[] for _ in range(len(class_names) - len(picks))]
     if len(class_names) <= _ROWS_PER_CLASS_LIMIT:
@@ -54,8 +78,9 @@ def sample_grid(
                     spine.set_visible(False)
                 if c < len(idx):
                     ax.imshow(np.asarray(images[idx[c]]), interpolation="nearest")
-            axes[r][0].set_ylabel(safe_text(class_names[r]), rotation=0, ha="right", va="center",
-                                  fontsize=11)  # fmt: skip
+            axes[r][0].set_ylabel(
+                safe_text(class_names[r]), rotation=0, ha="right", va="center", fontsize=11
+            )
     else:
         flat = [(i, c) for c, idx in enumerate(picks) for i in idx]
         cols = 10

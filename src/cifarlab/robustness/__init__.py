@@ -1,1 +1,2 @@
-"""Robustness: CIFAR-10-C-style corruptions and their evaluation."""
+"""Robustness: a trained run evaluated on CIFAR-10-C-style corrupted copies of its test split
+(the corruptions themselves are :mod:`cifarlab.data.corruptions`)."""

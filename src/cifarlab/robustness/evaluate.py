@@ -1,61 +1,65 @@
 """Robustness to common corruptions: a trained run evaluated on CIFAR-10-C-style corrupted
 copies of its test split (Hendrycks & Dietterich, ICLR 2019: 15 corruptions × 5 severities).
 
-The corrupted sets are made here (:mod:`cifarlab.robustness.corruptions`), not downloaded, and
+The corrupted sets are made here (:mod:`cifarlab.data.corruptions`), not downloaded, and
 cached: one ``.npy`` per corruption and severity under ``CACHE/corrupted/KEY/``, where KEY
 fingerprints the clean images (a digest of their bytes), the corruptions' ``VERSION`` and the
-seed. A file is written under a temporary name and renamed, so two processes may fill the cache
-at once; a later run loads it (memory-mapped) instead of generating again. The whole test set
-takes about 2.3 GB there (as much as the published CIFAR-10-C); delete the folder to free it.
+seed. Each file is written and read by the data cache's helpers
+(:func:`cifarlab.data.cache.write_array`: a temporary name, then a rename, so two processes may
+fill the cache at once; :func:`~cifarlab.data.cache.read_array`: memory-mapped), so a later
+run loads it instead of generating again. The whole test set takes about 2.3 GB there (as much
+as the published CIFAR-10-C); delete the folder to free it.
 
 Where the results go: the run folder's robustness record (``robustness.json`` and its figures,
-:meth:`cifarlab.runs.RunFolder.robustness_path`) is written only by a run on the *whole test
+:meth:`cifarlab.runs.RunFolder.write_robustness`) is written only by a run on the *whole test
 split*, so that the report never shows a subset or the validation split as the run's
 robustness. A run on a subset (``images=N``) or on val writes nothing unless ``out=`` names a
-folder; the result always records ``split``, ``images`` and ``subset``.
+folder; the result always records ``split``, ``images`` and ``subset``. The figures are
+:mod:`cifarlab.report.plots`'s, the report's section :mod:`cifarlab.report.html`'s.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-import json
-import math
 import os
 import re
-import stat
 import sys
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
-from cifarlab.data.cache import cache_dir
+from cifarlab.data.cache import cache_dir, read_array, write_array
+from cifarlab.data.corruptions import (
+    CORRUPTIONS,
+    FAMILIES,
+    FAMILY_ORDER,
+    NOTES,
+    SEVERITIES,
+    VERSION,
+    corrupt,
+)
 from cifarlab.errors import CifarlabError, SettingError, one_line
-from cifarlab.files import atomic_write, read_input
+from cifarlab.evaluate.inference import TTA_LEVELS, eval_loader, predict_logits
+from cifarlab.evaluate.run import run_split
+from cifarlab.report import plots
+from cifarlab.report.html import write_report
+from cifarlab.runs import RunFolder
+from cifarlab.trained import OpenRun, open_run
 
-HEADING = "Robustness to corruptions"
-FAMILY_ORDER = ("noise", "blur", "weather", "digital")
 REFERENCE = (
     "CIFAR-10-C, Hendrycks & Dietterich, ICLR 2019; published mean corruption error with "
     "standard training (AugMix paper, Hendrycks et al., ICLR 2020, Table 1): WRN-40-2 26.9 %, "
     "ResNeXt-29 27.5 %, DenseNet 30.7 %; AugMix WRN-40-2 11.2 %"
 )
-PUBLISHED_ERROR = {"WRN-40-2": 0.269, "ResNeXt-29": 0.275, "DenseNet": 0.307,
-                   "AugMix WRN-40-2": 0.112}  # fmt: skip
-SOURCES = ("Sources: Hendrycks & Dietterich, ICLR 2019 (CIFAR-10-C); Hendrycks et al., ICLR "
-           "2020 (AugMix), Table 1.")  # fmt: skip
 EXAMPLE_IMAGES = 2  # images shown in the examples figure
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
-def _corruptions() -> Any:
-    """The corruptions module (imported on first use: it is only needed here)."""
-    from cifarlab.robustness import corruptions
-
-    return corruptions
 
 
 # --------------------------------------------------------------------------- parsing
@@ -64,44 +68,47 @@ def _corruptions() -> Any:
 def parse_corruptions(text: str) -> list[str]:
     """``all`` or a comma-separated list of corruption names → the names, in CIFAR-10-C's
     order, each once; an unknown name is a :class:`SettingError` naming it."""
-    names = _corruptions().CORRUPTIONS
     parts = [p.strip() for p in str(text).split(",")]
     if [p.lower() for p in parts] == ["all"]:
-        return list(names)
+        return list(CORRUPTIONS)
     if not any(parts):
-        raise SettingError("corruptions", f"must be all or names from {', '.join(names)}")
+        raise SettingError("corruptions", f"must be all or names from {', '.join(CORRUPTIONS)}")
     for p in parts:
-        if p not in names:
-            close = difflib.get_close_matches(p, names, n=1)
+        if p not in CORRUPTIONS:
+            close = difflib.get_close_matches(p, CORRUPTIONS, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             what = f"an unknown corruption {p!r}" if p else "an empty name"
-            raise SettingError("corruptions", f"names {what}{hint}: choose all, or names from "
-                               f"{', '.join(names)}")  # fmt: skip
-    return [n for n in names if n in parts]
+            raise SettingError(
+                "corruptions",
+                f"names {what}{hint}: choose all, or names from {', '.join(CORRUPTIONS)}",
+            )
+    return [n for n in CORRUPTIONS if n in parts]
 
 
 def parse_severities(text: str) -> list[int]:
     """``1-5``, ``1,3,5``, ``2`` (ranges and single levels, comma-separated) → the levels,
     sorted, each once; anything else, or a level outside 1..5, is a :class:`SettingError`."""
-    levels = _corruptions().SEVERITIES
-    lo, hi = min(levels), max(levels)
+    lo, hi = min(SEVERITIES), max(SEVERITIES)
     out: set[int] = set()
     for part in str(text).split(","):
         m = re.fullmatch(r"\s*(\d{1,3})\s*(?:-\s*(\d{1,3})\s*)?", part)
         if not m:
-            raise SettingError("severities", f"must be levels {lo}..{hi} as 1-5, 1,3,5 or 2, "
-                               f"got {one_line(text, 60)!r}")  # fmt: skip
+            raise SettingError(
+                "severities",
+                f"must be levels {lo}..{hi} as 1-5, 1,3,5 or 2, got {one_line(text, 60)!r}",
+            )
         a, b = int(m[1]), int(m[2] or m[1])
         if not (lo <= a <= hi and lo <= b <= hi) or a > b:
-            raise SettingError("severities", f"must be levels {lo}..{hi} (a range low-high), "
-                               f"got {part.strip()!r}")  # fmt: skip
+            raise SettingError(
+                "severities", f"must be levels {lo}..{hi} (a range low-high), got {part.strip()!r}"
+            )
         out.update(range(a, b + 1))
     return sorted(out)
 
 
 def _names(corruptions: Any) -> list[str]:
     if corruptions is None:
-        return list(_corruptions().CORRUPTIONS)
+        return list(CORRUPTIONS)
     if isinstance(corruptions, str):
         return parse_corruptions(corruptions)
     return parse_corruptions(",".join(map(str, corruptions)))
@@ -109,12 +116,25 @@ def _names(corruptions: Any) -> list[str]:
 
 def _levels(severities: Any) -> list[int]:
     if severities is None:
-        return list(_corruptions().SEVERITIES)
+        return list(SEVERITIES)
     if isinstance(severities, str):
         return parse_severities(severities)
     if isinstance(severities, int):
         severities = [severities]
     return parse_severities(",".join(map(str, severities)))
+
+
+def _check_options(split: str, images: int | None, seed: int, tta: bool | int) -> None:
+    """The options of :func:`run_robustness` that are not names or levels, checked before
+    anything is loaded."""
+    if split not in ("test", "val"):
+        raise SettingError("split", f"must be test or val, got {split!r}")
+    if images is not None and (isinstance(images, bool) or int(images) < 1):
+        raise SettingError("images", f"must be at least 1, got {images}")
+    if isinstance(seed, bool) or not 0 <= int(seed) < 2**63:
+        raise SettingError("seed", f"must be a whole number 0 or more, got {seed}")
+    if not isinstance(tta, bool) and tta not in TTA_LEVELS:
+        raise SettingError("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta}")
 
 
 # --------------------------------------------------------------------------- the cache
@@ -126,7 +146,7 @@ def cache_key(images: np.ndarray, seed: int = 0) -> str:
     arr = np.ascontiguousarray(images)
     h = hashlib.sha256(f"{arr.shape}|{arr.dtype}|".encode())
     h.update(memoryview(arr).cast("B"))
-    return f"{h.hexdigest()[:20]}-v{_corruptions().VERSION}-seed{int(seed)}"
+    return f"{h.hexdigest()[:20]}-v{VERSION}-seed{int(seed)}"
 
 
 def cache_folder(key: str) -> Path:
@@ -136,50 +156,33 @@ def cache_folder(key: str) -> Path:
     return cache_dir() / "corrupted" / key
 
 
-def _load_cached(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
-    """The cached array at ``path`` if it is a regular ``.npy`` of ``shape`` and uint8."""
-    try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # never open a FIFO (it would block)
-            return None
-        arr = np.load(path, mmap_mode="c", allow_pickle=False)  # "c": writable, lazily read
-    except (OSError, ValueError):
-        return None
-    if arr.shape != tuple(shape) or arr.dtype != np.uint8:
-        return None
-    return arr
-
-
 def _save_cached(path: Path, arr: np.ndarray) -> None:
-    """Write ``arr`` to ``path`` (temporary name, then rename); a failure only warns."""
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file, not a name: np.save would append ".npy"
-            np.save(f, arr, allow_pickle=False)
-
+    """Cache a corrupted set (:func:`cifarlab.data.cache.write_array`); a failure only
+    warns: the set was made, the evaluation goes on."""
     try:
-        atomic_write(path, write)
+        write_array(path, arr)
     except (CifarlabError, OSError) as e:
-        warnings.warn(f"could not cache the corrupted set in {path.parent} ({one_line(e)})",
-                      stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"could not cache the corrupted set in {path.parent} ({one_line(e)})", stacklevel=3
+        )
 
 
 def _corrupted(
     images: np.ndarray, name: str, severity: int, seed: int, key: str
 ) -> tuple[np.ndarray, bool]:
     """The corrupted set and whether it was generated now (False: read from the cache)."""
-    c = _corruptions()
-    if name not in c.CORRUPTIONS:
-        raise CifarlabError(f"unknown corruption {name!r}: choose from {', '.join(c.CORRUPTIONS)}")
-    if severity not in c.SEVERITIES:
-        raise CifarlabError(f"severity must be one of {c.SEVERITIES}, got {severity!r}")
+    if name not in CORRUPTIONS:
+        raise CifarlabError(f"unknown corruption {name!r}: choose from {', '.join(CORRUPTIONS)}")
+    if severity not in SEVERITIES:
+        raise CifarlabError(f"severity must be one of {SEVERITIES}, got {severity!r}")
     path = cache_folder(key) / f"{name}-{int(severity)}.npy"
-    cached = _load_cached(path, images.shape)
+    cached = read_array(path, images.shape, np.uint8)
     if cached is not None:
         return cached, False
-    out = c.corrupt(np.asarray(images), name, int(severity), seed=seed)
+    out = corrupt(np.asarray(images), name, int(severity), seed=seed)
     if not isinstance(out, np.ndarray) or out.shape != images.shape or out.dtype != np.uint8:
-        raise CifarlabError(f"corruption {name} gave {getattr(out, 'dtype', type(out).__name__)} "
-                            f"{getattr(out, 'shape', '')}, not uint8 {images.shape}")  # fmt: skip
+        got = f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}"
+        raise CifarlabError(f"corruption {name} gave {got}, not uint8 {images.shape}")
     _save_cached(path, out)
     return out, True
 
@@ -235,15 +238,13 @@ def summarize(
     severity) cell: means per corruption and family, the five worst, mean corruption error.
     ``complete``: every corruption and severity on the whole test split, without TTA (the
     published protocol), which makes ``comparable`` true."""
-    c = _corruptions()
-    notes = getattr(c, "NOTES", {}) or {}
     per: dict[str, Any] = {}
     for name, by_level in cells.items():
         per[name] = {
-            "family": c.FAMILIES.get(name, "other"),
+            "family": FAMILIES.get(name, "other"),
             "accuracy_by_severity": {str(s): by_level[s] for s in sorted(by_level)},
             "mean_accuracy": _mean(list(by_level.values())),
-            "note": notes.get(name),
+            "note": NOTES.get(name),
         }
     every = [a for by_level in cells.values() for a in by_level.values()]
     mean = _mean(every)
@@ -251,8 +252,8 @@ def summarize(
     for fam in [*FAMILY_ORDER, *sorted({p["family"] for p in per.values()} - set(FAMILY_ORDER))]:
         members = [n for n, p in per.items() if p["family"] == fam]
         if members:
-            families[fam] = {"mean_accuracy": _mean([per[n]["mean_accuracy"] for n in members]),
-                             "corruptions": members}  # fmt: skip
+            fam_mean = _mean([per[n]["mean_accuracy"] for n in members])
+            families[fam] = {"mean_accuracy": fam_mean, "corruptions": members}
     worst = sorted(per, key=lambda n: (per[n]["mean_accuracy"], n))[:5]
     return {
         "clean_accuracy": clean,
@@ -264,6 +265,116 @@ def summarize(
         "per_family": families,
         "worst": worst,
     }
+
+
+@dataclass
+class _CleanSet:
+    """The images the corruptions are made from: the split (or its class-stratified subset),
+    their labels, and how many images the whole split holds."""
+
+    images: np.ndarray
+    labels: torch.Tensor
+    split_images: int
+    subset: str | None
+
+
+def _clean_set(run: OpenRun, split: str, root: Any, images: int | None) -> _CleanSet:
+    """The run's ``split`` (``images``: a class-stratified subset of that many), checked to be
+    of 32×32 RGB images."""
+    _, part = run_split(run, split, root)
+    if tuple(part.images.shape[1:]) != (32, 32, 3):
+        h, w, ch = part.images.shape[1:]
+        raise CifarlabError(
+            f"{run.cfg.dataset}: the corruptions are made for 32×32 RGB images (CIFAR-10-C), the "
+            f"{split} split's are {h}×{w}×{ch}"
+        )
+    all_labels = part.labels.numpy()
+    if images is not None and int(images) < len(part):
+        pick = _subset(all_labels, int(images))
+        subset = f"class-stratified: the first images of each class, {len(pick):,} of {len(part):,}"
+        return _CleanSet(
+            part.images.numpy()[pick], torch.from_numpy(all_labels[pick]), len(part), subset
+        )
+    return _CleanSet(np.ascontiguousarray(part.images.numpy()), part.labels, len(part), None)
+
+
+def _accuracy(run: OpenRun, x: np.ndarray, labels: torch.Tensor, level: int) -> float:
+    """The run's accuracy on the images ``x`` at test-time augmentation ``level``."""
+    cfg = run.cfg
+    loader = eval_loader(
+        torch.from_numpy(np.asarray(x)),
+        labels,
+        batch_size=cfg.eval_batch_size,
+        device=run.device,
+        mean=run.mean,
+        std=run.std,
+        channels_last=cfg.channels_last,
+    )
+    logits, y = predict_logits(run.model, loader, tta=level, autocast=run.autocast)
+    return int((logits.argmax(1) == y).sum()) / len(y)
+
+
+@dataclass
+class _Sweep:
+    """What evaluating the clean set and every (corruption, severity) cell gave."""
+
+    clean_accuracy: float = 0.0
+    cells: dict[str, dict[int, float]] = field(default_factory=dict)
+    shown: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)  # the examples
+    timing: dict[str, Any] = field(default_factory=dict)
+    generated: int = 0  # sets made now
+    loaded: int = 0  # sets read from the cache
+
+
+def _sweep(
+    run: OpenRun,
+    clean: _CleanSet,
+    names: list[str],
+    levels: list[int],
+    *,
+    level: int,
+    seed: int,
+    key: str,
+    examples: list[int],
+    progress: bool,
+) -> _Sweep:
+    """The accuracy on the clean set, then on each corruption at each severity (each set
+    corrupted, or read from the cache, just before it is evaluated)."""
+    done = _Sweep(cells={n: {} for n in names})
+    done.timing = {n: {"generate_s": 0.0, "evaluate_s": 0.0} for n in names}
+    bar = tqdm(
+        total=1 + len(names) * len(levels),
+        disable=not progress,
+        desc="clean",
+        unit="set",
+        leave=False,
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
+    try:
+        t = time.perf_counter()
+        bar.set_postfix_str("evaluating")
+        done.clean_accuracy = _accuracy(run, clean.images, clean.labels, level)
+        done.timing["clean_evaluate_s"] = time.perf_counter() - t
+        bar.update()
+        for name in names:
+            for s in levels:
+                bar.set_description_str(f"{name} {s}")
+                bar.set_postfix_str("corrupting")
+                t = time.perf_counter()
+                x, made = _corrupted(clean.images, name, s, seed, key)
+                done.generated, done.loaded = done.generated + made, done.loaded + (not made)
+                done.timing[name]["generate_s"] += time.perf_counter() - t
+                bar.set_postfix_str("evaluating")
+                t = time.perf_counter()
+                done.cells[name][s] = _accuracy(run, x, clean.labels, level)
+                done.timing[name]["evaluate_s"] += time.perf_counter() - t
+                done.shown[name, s] = np.array(x[examples])
+                del x
+                bar.update()
+    finally:
+        bar.close()
+    return done
 
 
 def run_robustness(
@@ -291,121 +402,79 @@ def run_robustness(
     own level) or a level 0-2. ``images=N``: a class-stratified subset of N images (quick looks;
     not comparable with the published numbers). ``out``: a folder to write the results into
     (default: the run folder, for the whole test split only). ``examples``: draw the examples
-    figure too."""
-    import torch
-    from tqdm import tqdm
-
-    from cifarlab.evaluate.inference import TTA_LEVELS, eval_loader, predict_logits
-    from cifarlab.evaluate.run import run_split
-    from cifarlab.runs import open_run
-
+    figure too. Every option is checked before anything is loaded."""
     names, levels = _names(corruptions), _levels(severities)
-    if split not in ("test", "val"):
-        raise SettingError("split", f"must be test or val, got {split!r}")
-    if images is not None and (isinstance(images, bool) or int(images) < 1):
-        raise SettingError("images", f"must be at least 1, got {images}")
-    if isinstance(seed, bool) or not 0 <= int(seed) < 2**63:
-        raise SettingError("seed", f"must be a whole number 0 or more, got {seed}")
-    if not isinstance(tta, bool) and tta not in TTA_LEVELS:
-        raise SettingError("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta}")
+    _check_options(split, images, seed, tta)
     started = time.perf_counter()
     run = open_run(run_dir, checkpoint, device, calibrated=False)  # accuracy only
-    cfg, folder = run.cfg, run.folder
     level = (run.tta if tta else 0) if isinstance(tta, bool) else int(tta)
-    _, part = run_split(run, split, root)
-    if tuple(part.images.shape[1:]) != (32, 32, 3):
-        h, w, ch = part.images.shape[1:]
-        raise CifarlabError(f"{cfg.dataset}: the corruptions are made for 32×32 RGB images "
-                            f"(CIFAR-10-C), the {split} split's are {h}×{w}×{ch}")  # fmt: skip
-    all_labels = part.labels.numpy()
-    subset = None
-    if images is not None and int(images) < len(part):
-        pick = _subset(all_labels, int(images))
-        clean = part.images.numpy()[pick]
-        labels = torch.from_numpy(all_labels[pick])
-        subset = f"class-stratified: the first images of each class, {len(pick):,} of {len(part):,}"
-    else:
-        clean = np.ascontiguousarray(part.images.numpy())
-        labels = part.labels
-    key = cache_key(clean, seed)
-
-    def accuracy(x: np.ndarray) -> float:
-        loader = eval_loader(torch.from_numpy(np.asarray(x)), labels,
-                             batch_size=cfg.eval_batch_size, device=run.device, mean=run.mean,
-                             std=run.std, channels_last=cfg.channels_last)  # fmt: skip
-        logits, y = predict_logits(run.model, loader, tta=level, autocast=run.autocast)
-        return int((logits.argmax(1) == y).sum()) / len(y)
-
-    ex = _example_picks(labels.numpy())
-    shown: dict[tuple[str, int], np.ndarray] = {}
-    cells: dict[str, dict[int, float]] = {n: {} for n in names}
-    timing: dict[str, Any] = {n: {"generate_s": 0.0, "evaluate_s": 0.0} for n in names}
-    generated = loaded = 0
-    bar = tqdm(total=1 + len(names) * len(levels), disable=not progress, desc="clean",
-               unit="set", leave=False, dynamic_ncols=True, file=sys.stderr)  # fmt: skip
-    try:
-        t = time.perf_counter()
-        bar.set_postfix_str("evaluating")
-        clean_acc = accuracy(clean)
-        timing["clean_evaluate_s"] = time.perf_counter() - t
-        bar.update()
-        for name in names:
-            for s in levels:
-                bar.set_description_str(f"{name} {s}")
-                bar.set_postfix_str("corrupting")
-                t = time.perf_counter()
-                x, made = _corrupted(clean, name, s, seed, key)
-                generated, loaded = generated + made, loaded + (not made)
-                timing[name]["generate_s"] += time.perf_counter() - t
-                bar.set_postfix_str("evaluating")
-                t = time.perf_counter()
-                cells[name][s] = accuracy(x)
-                timing[name]["evaluate_s"] += time.perf_counter() - t
-                shown[name, s] = np.array(x[ex])
-                del x
-                bar.update()
-    finally:
-        bar.close()
-    timing["total_s"] = time.perf_counter() - started
-    whole_test = split == "test" and subset is None
-    complete = (whole_test and level == 0 and names == list(_corruptions().CORRUPTIONS)
-                and levels == list(_corruptions().SEVERITIES))  # fmt: skip
+    clean = _clean_set(run, split, root, images)
+    key = cache_key(clean.images, seed)
+    ex = _example_picks(clean.labels.numpy())
+    done = _sweep(
+        run, clean, names, levels, level=level, seed=seed, key=key, examples=ex, progress=progress
+    )
+    done.timing["total_s"] = time.perf_counter() - started
+    whole_test = split == "test" and clean.subset is None
+    complete = (
+        whole_test and level == 0 and names == list(CORRUPTIONS) and levels == list(SEVERITIES)
+    )
     result: dict[str, Any] = {
-        "run": folder.name,
+        "run": run.folder.name,
         "split": split,
-        "images": len(clean),
-        "split_images": len(part),
-        "subset": subset,
+        "images": len(clean.images),
+        "split_images": clean.split_images,
+        "subset": clean.subset,
         "tta": level,
         "seed": int(seed),
         "checkpoint": checkpoint,
         "checkpoint_epoch": run.checkpoint_epoch,
         "corruptions": names,
         "severities": levels,
-        **summarize(clean_acc, cells, complete=complete),
-        "timing": timing,
-        "cache": {"folder": str(cache_folder(key)), "generated": generated, "loaded": loaded},
-        "corruptions_version": _corruptions().VERSION,
+        **summarize(done.clean_accuracy, done.cells, complete=complete),
+        "timing": done.timing,
+        "cache": {
+            "folder": str(cache_folder(key)),
+            "generated": done.generated,
+            "loaded": done.loaded,
+        },
+        "corruptions_version": VERSION,
         "reference": REFERENCE,
     }
-    target = Path(out) if out is not None else (folder.path if whole_test else None)
-    result["written"] = []
-    if target is not None:
-        titles = [run.class_names[int(labels[i])] for i in ex]
-        result["written"] = write_results(target, result, clean[ex], shown, examples=examples,
-                                          labels=titles)  # fmt: skip
-        if whole_test and target.resolve() == folder.path.resolve():
-            report = _refresh_report(folder, run.config, clean)
-            if report is not None:
-                result["written"].append(report)
+    result["written"] = _write(run, result, clean, done.shown, ex, out=out, examples=examples)
     return result
 
 
-def _refresh_report(folder: Any, config: dict[str, Any], images: np.ndarray) -> str | None:
+def _write(
+    run: OpenRun,
+    result: dict[str, Any],
+    clean: _CleanSet,
+    shown: dict[tuple[str, int], np.ndarray],
+    ex: list[int],
+    *,
+    out: str | os.PathLike | None,
+    examples: bool,
+) -> list[str]:
+    """Write the result where it belongs (the module's docstring says where) and, into the run
+    folder, its report again; the paths written."""
+    whole_test = result["split"] == "test" and clean.subset is None
+    target = Path(out) if out is not None else (run.folder.path if whole_test else None)
+    if target is None:
+        return []
+    titles = [run.class_names[int(clean.labels[i])] for i in ex]
+    written = write_results(
+        target, result, clean.images[ex], shown, examples=examples, labels=titles
+    )
+    if whole_test and target.resolve() == run.folder.path.resolve():
+        report = _refresh_report(run.folder, run.config, clean.images)
+        if report is not None:
+            written.append(report)
+    return written
+
+
+def _refresh_report(folder: RunFolder, config: dict[str, Any], images: np.ndarray) -> str | None:
     """Write the run's test report again, now with its robustness section, when the run has
     been evaluated on test (its metrics and predictions are there); None otherwise."""
-    from cifarlab.report.html import write_report
-
     try:
         metrics = folder.read_eval("test")
         labels, probs = folder.read_predictions("test")
@@ -414,8 +483,10 @@ def _refresh_report(folder: Any, config: dict[str, Any], images: np.ndarray) -> 
         return None  # not evaluated yet: `cifarlab evaluate` writes the report with the section
     if len(labels) != len(images):
         return None
-    return str(write_report(folder.path, config, history, metrics, np.asarray(images), probs,
-                            labels=labels))  # fmt: skip
+    report = write_report(
+        folder.path, config, history, metrics, np.asarray(images), probs, labels=labels
+    )
+    return str(report)
 
 
 # --------------------------------------------------------------------------- writing
@@ -432,311 +503,13 @@ def write_results(
 ) -> list[str]:
     """Write the result's JSON and heat-map (and, given the example images, the examples
     figure) into ``folder`` under the run folder's names; returns the paths written."""
-    from cifarlab.report import plots
-    from cifarlab.runs import RunFolder
-
     where = RunFolder(folder)
-    data = {k: v for k, v in result.items() if k != "written"}
-    text = json.dumps(data, indent=1, allow_nan=False) + "\n"
-    paths = [atomic_write(where.robustness_path, lambda tmp: tmp.write_text(text))]
-    paths.append(plots.save_png(heatmap_figure(result), where.robustness_figure_path("heatmap")))
+    paths = [where.write_robustness({k: v for k, v in result.items() if k != "written"})]
+    heatmap = plots.robustness_heatmap(result)
+    paths.append(plots.save_png(heatmap, where.robustness_figure_path("heatmap")))
     if examples and example_images is not None and shown:
-        fig = examples_figure(example_images, shown, result["corruptions"], result["severities"],
-                              labels=labels)  # fmt: skip
+        fig = plots.corruption_examples(
+            example_images, shown, result["corruptions"], result["severities"], labels=labels
+        )
         paths.append(plots.save_png(fig, where.robustness_figure_path("examples")))
     return [str(p) for p in paths]
-
-
-def grouped(result: dict[str, Any]) -> list[str]:
-    """The evaluated corruptions grouped by family (CIFAR-10-C's order within each)."""
-    per = result["per_corruption"]
-    rank = {f: i for i, f in enumerate(FAMILY_ORDER)}
-    return sorted(per, key=lambda n: (rank.get(per[n]["family"], len(rank)),
-                                      result["corruptions"].index(n)))  # fmt: skip
-
-
-def published_text() -> str:
-    """The published mean corruption errors, in words."""
-    standard = ", ".join(f"{k} {v:.1%}" for k, v in PUBLISHED_ERROR.items() if "AugMix" not in k)
-    return (f"Published on CIFAR-10-C with standard training: {standard}; with AugMix, WRN-40-2 "
-            f"{PUBLISHED_ERROR['AugMix WRN-40-2']:.1%}")  # fmt: skip
-
-
-def headline(result: dict[str, Any]) -> str:
-    """One line: clean accuracy, mean accuracy under corruption, relative drop."""
-    drop = result.get("relative_drop")
-    drop_text = f"{drop:.1%}" if isinstance(drop, (int, float)) else "–"
-    return (f"clean {result['clean_accuracy']:.1%}, mean under corruption "
-            f"{result['mean_corruption_accuracy']:.1%}, relative drop {drop_text}")  # fmt: skip
-
-
-def scope(result: dict[str, Any]) -> str:
-    """What was evaluated, in words: split, images, TTA."""
-    n = result["images"]
-    what = (f"{n:,} of {result['split_images']:,} {result['split']} images (a subset)"
-            if result.get("subset") else f"{n:,} {result['split']} images")  # fmt: skip
-    tta = f", test-time augmentation level {result['tta']}" if result.get("tta") else ""
-    return what + tta
-
-
-def _pretty(name: str) -> str:
-    return str(name).replace("_", " ")
-
-
-def heatmap_figure(result: dict[str, Any]) -> Any:
-    """Accuracy (%) per corruption (rows, grouped by family) and severity (columns), with
-    each corruption's mean; the clean accuracy marked on the colour bar."""
-    from matplotlib.colors import Normalize
-
-    from cifarlab.report import plots
-
-    @plots.plain_text
-    def build() -> Any:
-        names = grouped(result)
-        levels = [int(s) for s in result["severities"]]
-        per = result["per_corruption"]
-        acc = np.array([[per[n]["accuracy_by_severity"][str(s)] for s in levels]
-                        + [per[n]["mean_accuracy"]] for n in names]) * 100  # fmt: skip
-        clean = 100 * result["clean_accuracy"]
-        lo = math.floor(min(acc.min(), clean) / 10) * 10
-        hi = max(min(math.ceil((max(acc.max(), clean) + 2) / 10) * 10, 100), lo + 10)
-        norm = Normalize(lo, hi)
-        width = max(9.0, 2.6 + 0.85 * (len(levels) + 1) + 1.6)  # the title's two lines fit
-        fig = plots.new_figure(width, max(3.6, 1.6 + 0.42 * len(names)))
-        ax = fig.subplots()
-        im = ax.imshow(acc, cmap="viridis", norm=norm, aspect="auto", interpolation="nearest")
-        for (i, j), v in np.ndenumerate(acc):
-            colour = "white" if norm(v) < 0.6 else "black"
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=9, color=colour,
-                    fontweight="bold" if j == len(levels) else "normal")  # fmt: skip
-        ax.set_xticks(range(len(levels) + 1), [*map(str, levels), "mean"])
-        ax.xaxis.tick_top()
-        ax.xaxis.set_label_position("top")
-        ax.set_xlabel("severity")
-        ax.set_yticks(range(len(names)), [_pretty(n) for n in names])
-        ax.tick_params(length=0)
-        ax.axvline(len(levels) - 0.5, color="white", linewidth=3)
-        families = [per[n]["family"] for n in names]
-        starts = [i for i in range(len(names)) if i == 0 or families[i] != families[i - 1]]
-        for i in starts[1:]:
-            ax.axhline(i - 0.5, color="white", linewidth=3)
-        ends = [*starts[1:], len(names)]
-        fam_axis = ax.secondary_yaxis("right")
-        fam_axis.set_yticks([(a + b - 1) / 2 for a, b in zip(starts, ends, strict=True)],
-                            [plots.safe_text(families[a]) for a in starts])  # fmt: skip
-        fam_axis.tick_params(length=0, labelsize=10)
-        for label in fam_axis.get_yticklabels():
-            label.set_fontweight("bold")
-            label.set_color("#444444")
-        for spine in (*ax.spines.values(), *fam_axis.spines.values()):
-            spine.set_visible(False)
-        cbar = fig.colorbar(im, ax=ax, shrink=0.9, pad=0.02)
-        cbar.set_label("accuracy (%)")
-        cbar.ax.axhline(clean, color="#c62828", linewidth=2.5)
-        title = plots.safe_text(result.get("run") or "run")
-        fig.suptitle(f"{title}: accuracy under corruption, {scope(result)}\n{headline(result)}"
-                     " (red line on the scale: clean)", fontsize=11)  # fmt: skip
-        return fig
-
-    return build()
-
-
-def examples_figure(
-    images: np.ndarray,
-    shown: dict[tuple[str, int], np.ndarray],
-    names: list[str],
-    levels: list[int],
-    *,
-    labels: list[str] | None = None,
-) -> Any:
-    """For each example image, a row per corruption: the clean image, then each severity
-    (32×32 pixels drawn as blocks, nearest neighbour)."""
-    from cifarlab.report import plots
-
-    @plots.plain_text
-    def build() -> Any:
-        n_ex, cols = len(images), 1 + len(levels)
-        cell = 0.82
-        fig = plots.new_figure(max(7.5, 1.6 + n_ex * cols * cell + (n_ex - 1) * 0.3),
-                               0.9 + len(names) * cell)  # fmt: skip
-        widths = []
-        for e in range(n_ex):
-            widths += [1.0] * cols + ([0.35] if e < n_ex - 1 else [])
-        grid = fig.add_gridspec(len(names), len(widths), width_ratios=widths, wspace=0.04,
-                                hspace=0.04)  # fmt: skip
-        for r, name in enumerate(names):
-            for e in range(n_ex):
-                for k in range(cols):
-                    ax = fig.add_subplot(grid[r, e * (cols + 1) + k])
-                    img = images[e] if k == 0 else shown[name, levels[k - 1]][e]
-                    ax.imshow(img, interpolation="nearest")
-                    ax.set_xticks([])
-                    ax.set_yticks([])
-                    if r == 0:
-                        head = "clean" if k == 0 else f"severity {levels[k - 1]}"
-                        if k == 0 and labels:
-                            head = f"{plots.safe_text(labels[e])}\n{head}"
-                        ax.set_title(head, fontsize=8)
-                    if e == 0 and k == 0:
-                        ax.set_ylabel(_pretty(name), rotation=0, ha="right", va="center",
-                                      fontsize=9)  # fmt: skip
-        fig.suptitle(f"The same {n_ex} images under each corruption: clean, then severities "
-                     f"{', '.join(map(str, levels))}", fontsize=11)  # fmt: skip
-        return fig
-
-    return build()
-
-
-# --------------------------------------------------------------------------- the report
-
-
-def read_result(run_dir: str | os.PathLike) -> dict[str, Any] | None:
-    """The run folder's robustness record, or None if it has none; a file that is not one
-    cifarlab wrote is a one-line :class:`CifarlabError`."""
-    from cifarlab.limits import MAX_JSON_FILE, megabytes
-    from cifarlab.runs import RunFolder
-
-    path = RunFolder(run_dir).robustness_path
-    if not os.path.lexists(path):
-        return None
-    data = read_input(path, megabytes(MAX_JSON_FILE), limit_hint=MAX_JSON_FILE.env)
-    try:
-        r = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError) as e:
-        raise CifarlabError(f"{path}: not valid JSON ({one_line(e)})") from None
-    problem = _result_problem(r)
-    if problem:
-        raise CifarlabError(f"{path}: not a robustness record written by cifarlab ({problem})")
-    return r
-
-
-def _fraction(x: Any) -> bool:
-    ok = isinstance(x, (int, float)) and not isinstance(x, bool)
-    return ok and math.isfinite(x) and 0 <= x <= 1
-
-
-def _result_problem(r: Any) -> str | None:
-    """What is wrong with a robustness record read back, or None."""
-    if not isinstance(r, dict):
-        return "not a JSON object"
-    for k in ("clean_accuracy", "mean_corruption_accuracy", "mean_corruption_error"):
-        if not _fraction(r.get(k)):
-            return f"{k} is not a fraction"
-    if not isinstance(r.get("split"), str):
-        return "split is not text"
-    for key in ("images", "split_images", "tta"):
-        if not isinstance(r.get(key), int) or isinstance(r[key], bool) or r[key] < 0:
-            return f"{key} is not a count"
-    if r.get("subset") is not None and not isinstance(r["subset"], str):
-        return "subset is not text"
-    levels, per = r.get("severities"), r.get("per_corruption")
-    if not isinstance(levels, list) or not levels or not all(isinstance(s, int) for s in levels):
-        return "severities is not a list of levels"
-    if not isinstance(per, dict) or not per:
-        return "per_corruption missing"
-    for key in ("corruptions", "worst"):
-        if not isinstance(r.get(key), list) or not all(isinstance(n, str) for n in r[key]):
-            return f"{key} is not a list of names"
-    if set(r["corruptions"]) != set(per):
-        return "corruptions and per_corruption differ"
-    for name, p in per.items():
-        by = p.get("accuracy_by_severity") if isinstance(p, dict) else None
-        if not isinstance(by, dict) or not all(_fraction(by.get(str(s))) for s in levels):
-            return f"per_corruption.{name} lacks an accuracy per severity"
-        if not _fraction(p.get("mean_accuracy")) or not isinstance(p.get("family"), str):
-            return f"per_corruption.{name} lacks its mean accuracy or family"
-        if p.get("note") is not None and not isinstance(p["note"], str):
-            return f"per_corruption.{name}.note is not text"
-    if not all(w in per for w in r["worst"]):
-        return "worst names a corruption not evaluated"
-    return None
-
-
-def _png(path: Path) -> bytes | None:
-    """A figure of the run folder, if it is there and a PNG."""
-    from cifarlab.limits import MAX_RUN_FILE, megabytes
-
-    if not os.path.lexists(path):
-        return None
-    try:
-        data = read_input(path, megabytes(MAX_RUN_FILE))
-    except CifarlabError:
-        return None
-    return data if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 24 else None
-
-
-def report_section_html(run_dir: str | os.PathLike) -> str | None:
-    """The report's robustness section (a ``<section id="robustness">``): headline numbers,
-    the five worst corruptions, the family means, the figures, where our corruptions differ,
-    and the published numbers; None if the run has no robustness record. A record that cannot
-    be read gives a section saying so (the rest of the report is still written)."""
-    from cifarlab.report.html import _cards, _esc, _img, _pct, _section
-    from cifarlab.runs import RunFolder
-
-    try:
-        r = read_result(run_dir)
-    except CifarlabError as e:
-        return _section("robustness", HEADING, f'<p class="note">{_esc(one_line(e))}; run '
-                        "cifarlab robustness again</p>")  # fmt: skip
-    if r is None:
-        return None
-    folder = RunFolder(run_dir)
-    per, levels = r["per_corruption"], r["severities"]
-    drop = r.get("relative_drop")
-    cards = _cards([
-        ("clean accuracy", _pct(r["clean_accuracy"])),
-        ("mean accuracy under corruption", _pct(r["mean_corruption_accuracy"])),
-        ("relative drop", _pct(drop)),
-        ("mean corruption error", _pct(r["mean_corruption_error"])),
-    ])  # fmt: skip
-    epoch = r.get("checkpoint_epoch")
-    sub = (f'<p class="sub">{_esc(scope(r))}; {len(per)} corruptions × {len(levels)} '
-           f"severities ({_esc(', '.join(map(str, levels)))}); {_esc(r.get('checkpoint', '?'))} "
-           f"checkpoint{f' (epoch {_esc(epoch)})' if epoch is not None else ''}; corrupted with "
-           f"seed {_esc(r.get('seed', '?'))}, corruptions version "
-           f"{_esc(r.get('corruptions_version', '?'))}</p>")  # fmt: skip
-    if r.get("comparable"):
-        compare = ("Every corruption and severity on the whole test set, without test-time "
-                   "augmentation: the published protocol (our corruptions differ where noted "
-                   "below).")  # fmt: skip
-    else:
-        compare = ("Not the published protocol (all 15 corruptions × 5 severities on the whole "
-                   "test set, no test-time augmentation): compare with care.")  # fmt: skip
-    reference = (f"<p>Mean corruption error here: <b>{_pct(r['mean_corruption_error'])}</b>. "
-                 f"{_esc(published_text())}. {_esc(compare)}</p>"
-                 f'<p class="note">{_esc(SOURCES)}</p>')  # fmt: skip
-    head = "".join(f"<th>{_esc(s)}</th>" for s in levels)
-    rows = "".join(
-        f"<tr><td>{_esc(_pretty(n))}</td><td>{_esc(per[n]['family'])}</td>"
-        f"<td>{_pct(per[n]['mean_accuracy'])}</td>"
-        + "".join(f"<td>{_pct(per[n]['accuracy_by_severity'][str(s)])}</td>" for s in levels)
-        + "</tr>"
-        for n in r["worst"]
-    )
-    worst = (f"<h3>The {len(r['worst'])} worst corruptions</h3><table><thead><tr><th>corruption"
-             f"</th><th>family</th><th>mean</th>{head}</tr></thead><tbody>{rows}</tbody>"
-             "</table>")  # fmt: skip
-    fams = r.get("per_family") if isinstance(r.get("per_family"), dict) else {}
-    left = ' style="text-align: left"'
-    fam_rows = "".join(
-        f"<tr><td>{_esc(f)}</td><td>{_pct(v.get('mean_accuracy'))}</td><td{left}>"
-        f"{_esc(', '.join(_pretty(n) for n in v['corruptions']))}</td></tr>"
-        for f, v in fams.items()
-        if isinstance(v, dict) and isinstance(v.get("corruptions"), list)
-    )
-    families = (f"<h3>By family</h3><table><thead><tr><th>family</th><th>mean accuracy</th>"
-                f"<th{left}>corruptions</th></tr></thead><tbody>{fam_rows}</tbody></table>"
-                if fam_rows else "")  # fmt: skip
-    figures = ""
-    for what, alt in (("heatmap", "accuracy per corruption and severity"),
-                      ("examples", "example images under each corruption")):  # fmt: skip
-        png = _png(folder.robustness_figure_path(what))
-        if png is not None:
-            figures += _img(png, alt)
-    notes = [(n, per[n]["note"]) for n in r["corruptions"] if per[n].get("note")]
-    notes_html = ""
-    if notes:
-        items = "".join(f"<li><b>{_esc(_pretty(n))}</b>: {_esc(t)}</li>" for n, t in notes)
-        notes_html = f"<h3>Where these corruptions differ from CIFAR-10-C</h3><ul>{items}</ul>"
-    body = "\n".join([sub, cards, reference, worst, families, figures, notes_html])
-    return _section("robustness", HEADING, body)

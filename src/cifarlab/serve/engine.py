@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import hashlib
 import io
+import json
 import os
 import threading
 import time
@@ -24,7 +27,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cifarlab import __version__
+from cifarlab.data.cache import cache_dir
 from cifarlab.errors import CifarlabError, one_line
+from cifarlab.evaluate.inference import TTAModel
+from cifarlab.export import Preprocessed, _example, _write_onnx, metadata
+from cifarlab.files import atomic_write
 from cifarlab.predict import (
     DEFAULT_RESIZE,
     ImageError,
@@ -33,6 +41,7 @@ from cifarlab.predict import (
     resize_to_32,
     shown,
 )
+from cifarlab.runs import RunFolder
 
 BACKENDS = ("auto", "torch", "onnx")
 # bumped whenever the exported graph changes: the cached ONNX files of older graphs are not used
@@ -105,7 +114,7 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, run: Run, threads: int) -> None:
-        import onnxruntime as ort
+        import onnxruntime as ort  # the optional extra (cifarlab[export]): only when it is used
 
         path = _onnx_graph(run)
         opts = ort.SessionOptions()
@@ -121,45 +130,44 @@ class OnnxBackend:
 
 
 def _onnx_graph(run: Run) -> Path:
-    """The run's model as an ONNX file in the cache, keyed by the checkpoint's bytes, the TTA
-    level and the versions: exported on the first start, reused after."""
-    import hashlib
-    import json
+    """The run's model as an ONNX file in the cache (:func:`_graph_path`): exported on the
+    first start, reused after."""
+    out = _graph_path(run)
+    if out.is_file():
+        return out
+    model = copy.deepcopy(run.model).float().cpu().eval()
+    temperature = run.temperature if run.calibrated else 1.0
+    tta = TTAModel(model, run.tta)
+    wrapped = Preprocessed(tta, run.mean, run.std, "uint8", temperature).eval()
+    meta = metadata(
+        run.config,
+        run.class_names,
+        "uint8",
+        run.mean,
+        run.std,
+        temperature,
+        run.calibration_note,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, lambda tmp: _write_onnx(wrapped, _example("uint8"), meta, tmp))
+    return out
 
-    import onnxruntime as ort
 
-    from cifarlab import __version__
-    from cifarlab.data.cache import cache_dir
-    from cifarlab.export import _example, _write_onnx, metadata
+def _graph_path(run: Run) -> Path:
+    """Where the run's graph is cached, keyed by the checkpoint's bytes, the TTA level, the
+    temperature and the versions."""
+    import onnxruntime as ort  # the optional extra (cifarlab[export]): only when it is used
 
     ckpt = run.opened.folder.checkpoint_path(run.opened.checkpoint)
     h = hashlib.sha256()
     with open(ckpt, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    key = json.dumps(
-        [GRAPH_VERSION, h.hexdigest(), run.tta, run.temperature if run.calibrated else None,
-         __version__, torch.__version__, ort.__version__]
-    )  # fmt: skip
+    temperature = run.temperature if run.calibrated else None
+    versions = [__version__, torch.__version__, ort.__version__]
+    key = json.dumps([GRAPH_VERSION, h.hexdigest(), run.tta, temperature, *versions])
     digest = hashlib.sha256(key.encode()).hexdigest()[:20]
-    out = cache_dir() / "serve" / f"{run.name[:40]}-{digest}.onnx"
-    if out.is_file():
-        return out
-    import copy
-
-    from cifarlab.evaluate.inference import TTAModel
-    from cifarlab.export import Preprocessed
-    from cifarlab.files import atomic_write
-
-    model = copy.deepcopy(run.model).float().cpu().eval()
-    temperature = run.temperature if run.calibrated else 1.0
-    wrapped = Preprocessed(TTAModel(model, run.tta), run.mean, run.std, "uint8",
-                           temperature).eval()  # fmt: skip
-    meta = metadata(run.config, run.class_names, "uint8", run.mean, run.std, temperature,
-                    run.calibration_note)  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: _write_onnx(wrapped, _example("uint8"), meta, tmp))
-    return out
+    return cache_dir() / "serve" / f"{run.name[:40]}-{digest}.onnx"
 
 
 def _best_time(fn: Callable[[np.ndarray], Any], batch: np.ndarray, repeats: int = 5) -> float:
@@ -241,72 +249,52 @@ def load_served(
     run = Run(path, checkpoint, "cpu", calibrated=calibrated)
     if tta is not None:  # instead of the run's own test-time augmentation
         run.tta = tta
-    accuracy = None
-    from cifarlab.runs import RunFolder
+    accuracy = _test_accuracy(run)
+    served = ServedRun(run.name, run, TorchBackend(run), "torch", "PyTorch", accuracy)
+    try:
+        _choose_backend(served, path, backend, threads)
+    except _KeepTorch as e:
+        served.backend_note = str(e)
+    return served
 
+
+def _test_accuracy(run: Run) -> float | None:
     try:
-        accuracy = float(RunFolder(run.path).read_eval("test")["accuracy"])
+        return float(RunFolder(run.path).read_eval("test")["accuracy"])
     except CifarlabError:
-        pass  # not evaluated yet: the page says "not evaluated"
-    torch_backend = TorchBackend(run)
-    served = ServedRun(run.name, run, torch_backend, "torch", "PyTorch", accuracy)
+        return None  # not evaluated yet: the page says "not evaluated"
+
+
+class _KeepTorch(Exception):
+    """The run stays on PyTorch; the message says why (its backend note)."""
+
+
+def _choose_backend(
+    served: ServedRun, path: str | os.PathLike, backend: str, threads: int | None
+) -> None:
+    """Put ``served`` on ONNX Runtime when ``backend`` asks for it (``onnx``) or it is exact
+    and faster (``auto``); :class:`_KeepTorch` when the run stays on PyTorch; with ``onnx``, a
+    :class:`CifarlabError` when ONNX Runtime cannot run it."""
     if backend == "torch":
-        served.backend_note = "PyTorch (chosen with --backend torch)"
-        return served
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        if backend == "onnx":
-            raise CifarlabError(
-                "--backend onnx needs ONNX Runtime: pip install 'cifarlab[export]'"
-            ) from None
-        served.backend_note = "PyTorch (ONNX Runtime is not installed)"
-        return served
-    if backend == "auto" and run.autocast is not None:
-        served.backend_note = (
-            f"PyTorch: the run evaluates in {str(run.autocast).replace('torch.', '')}, which "
-            "ONNX Runtime does not run on this CPU (float32 would change the probabilities)"
-        )
-        return served
-    threads = threads or torch.get_num_threads()
-    try:
-        onnx_backend = OnnxBackend(run, threads)
-    except CifarlabError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a model the exporter cannot take: PyTorch then
-        if backend == "onnx":
-            raise CifarlabError(
-                f"{shown(path)}: cannot export the model to ONNX "
-                f"({type(e).__name__}: {one_line(e)})"
-            ) from None
-        served.backend_note = f"PyTorch (the ONNX export failed: {type(e).__name__})"
-        return served
+        raise _KeepTorch("PyTorch (chosen with --backend torch)")
+    _check_onnx_runs(served.run, backend)
+    torch_backend = served.backend
+    onnx_backend = _onnx_backend(served.run, path, backend, threads)
     rng = np.random.default_rng(0)
     probe = rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8)
-    try:
-        diff = float(np.abs(onnx_backend(probe) - torch_backend(probe)).max())
-    except Exception as e:  # noqa: BLE001 - a graph ONNX Runtime cannot run: PyTorch then
-        if backend == "onnx":
-            raise CifarlabError(
-                f"{shown(path)}: ONNX Runtime cannot run the exported model ({type(e).__name__})"
-            ) from None
-        served.backend_note = f"PyTorch (ONNX Runtime failed on the model: {type(e).__name__})"
-        return served
+    diff = _difference(onnx_backend, torch_backend, probe, path, backend)
     if backend == "onnx":
         served.backend, served.backend_name = onnx_backend, "onnx"
         served.backend_note = f"ONNX Runtime (chosen with --backend onnx; max |Δp| {diff:.1e})"
-        return served
+        return
     t = {
         f"{b}_batch{n}_ms": 1e3 * _best_time(fn, probe[:n])
         for b, fn in (("torch", torch_backend), ("onnx", onnx_backend))
         for n in (1, 64)
     }
-    faster = t["onnx_batch1_ms"] + t["onnx_batch64_ms"] / 8 < (
-        t["torch_batch1_ms"] + t["torch_batch64_ms"] / 8
-    )
     if diff > 1e-4:
-        served.backend_note = f"PyTorch (ONNX Runtime's probabilities differ by {diff:.1e})"
-    elif faster:
+        raise _KeepTorch(f"PyTorch (ONNX Runtime's probabilities differ by {diff:.1e})")
+    if _cost(t, "onnx") < _cost(t, "torch"):
         served.backend, served.backend_name = onnx_backend, "onnx"
         served.backend_note = (
             f"ONNX Runtime: faster here (batch 1: {t['onnx_batch1_ms']:.2f} ms vs PyTorch "
@@ -319,7 +307,66 @@ def load_served(
             f"{t['onnx_batch1_ms']:.2f} ms; batch 64: {t['torch_batch64_ms']:.1f} vs "
             f"{t['onnx_batch64_ms']:.1f} ms)"
         )
-    return served
+
+
+def _cost(t: dict[str, float], backend: str) -> float:
+    """What ``auto`` compares: a batch of 1 plus an eighth of a batch of 64 (ms)."""
+    return t[f"{backend}_batch1_ms"] + t[f"{backend}_batch64_ms"] / 8
+
+
+def _check_onnx_runs(run: Run, backend: str) -> None:
+    """ONNX Runtime is installed (``--backend onnx`` without it: an error) and, for ``auto``,
+    the run evaluates in float32 (what ONNX Runtime runs on a CPU)."""
+    try:
+        import onnxruntime  # noqa: F401 - the optional extra (cifarlab[export]): is it there
+    except ImportError:
+        if backend == "onnx":
+            raise CifarlabError(
+                "--backend onnx needs ONNX Runtime: pip install 'cifarlab[export]'"
+            ) from None
+        raise _KeepTorch("PyTorch (ONNX Runtime is not installed)") from None
+    if backend == "auto" and run.autocast is not None:
+        raise _KeepTorch(
+            f"PyTorch: the run evaluates in {str(run.autocast).replace('torch.', '')}, which "
+            "ONNX Runtime does not run on this CPU (float32 would change the probabilities)"
+        )
+
+
+def _onnx_backend(
+    run: Run, path: str | os.PathLike, backend: str, threads: int | None
+) -> OnnxBackend:
+    """The run in ONNX Runtime (its graph exported on the first start)."""
+    try:
+        return OnnxBackend(run, threads or torch.get_num_threads())
+    except CifarlabError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model the exporter cannot take: PyTorch then
+        if backend == "onnx":
+            raise CifarlabError(
+                f"{shown(path)}: cannot export the model to ONNX "
+                f"({type(e).__name__}: {one_line(e)})"
+            ) from None
+        raise _KeepTorch(f"PyTorch (the ONNX export failed: {type(e).__name__})") from None
+
+
+def _difference(
+    onnx_backend: OnnxBackend,
+    torch_backend: Callable[[np.ndarray], np.ndarray],
+    probe: np.ndarray,
+    path: str | os.PathLike,
+    backend: str,
+) -> float:
+    """The largest difference between the two backends' probabilities on ``probe``."""
+    try:
+        return float(np.abs(onnx_backend(probe) - torch_backend(probe)).max())
+    except Exception as e:  # noqa: BLE001 - a graph ONNX Runtime cannot run: PyTorch then
+        if backend == "onnx":
+            raise CifarlabError(
+                f"{shown(path)}: ONNX Runtime cannot run the exported model ({type(e).__name__})"
+            ) from None
+        raise _KeepTorch(
+            f"PyTorch (ONNX Runtime failed on the model: {type(e).__name__})"
+        ) from None
 
 
 # --------------------------------------------------------------------------- batching

@@ -3,10 +3,12 @@ the configuration logic around it (one function each, used by the CLI, the Pytho
 benchmarks alike):
 
 - :meth:`TrainConfig.resolved`: fill the fields left ``None`` from the recipe the config names,
-  else from the model's default recipe (:func:`cifarlab.train.recipes.default_recipe`), then
-  check every value. Recipes (``train/recipes.py``) are the one source of training defaults.
+  else from the model's default recipe (:func:`cifarlab.train.recipe_data.default_recipe`),
+  then check every value. The recipes' values (``train/recipe_data.py``) are the one source of
+  training defaults; ``train/recipes.py`` makes them :class:`~cifarlab.train.recipes.Recipe`
+  objects.
 - :func:`make_config`: a recipe (or a model's default recipe) with changes applied: what
-  ``cifarlab train --recipe R --model M --lr X --set k=v`` means.
+  ``cifarlab train --recipe R --model M --lr X --set k=v`` means (``--set recipe=R`` included).
 - :func:`apply_changes`: set fields by name; unknown names and ill-typed values are errors.
 - :func:`parse_setting`: ``"FIELD=VALUE"`` (``--set``) → (field, value).
 - :func:`resume_config`: what a resumed run may change (:data:`RESUME_CHANGES`).
@@ -26,7 +28,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from cifarlab.data.augment import Augment
+from cifarlab.data.sources import DATASETS, get_info
 from cifarlab.errors import CifarlabError, SettingError  # noqa: F401 - SettingError: here too
+from cifarlab.train.recipe_data import default_recipe, recipe_values
 
 OPTIMIZERS = ("adam", "sgd", "muon")
 NORMALIZE = ("unit", "standard")
@@ -131,11 +135,9 @@ class TrainConfig:
     def resolved(self) -> TrainConfig:
         """A complete, validated copy: every ``None`` training setting filled from the recipe
         (``recipe``, else the model's default recipe); ``recipe`` then names that recipe."""
-        from cifarlab.train.recipes import default_recipe, get_recipe
-
         self.check_types()
         name = self.recipe or default_recipe(self.model)
-        base = get_recipe(name).config
+        base = TrainConfig(**recipe_values(name))
         values = asdict(self)
         for key, value in asdict(base).items():
             if values[key] is None:
@@ -147,21 +149,21 @@ class TrainConfig:
         for key in changed:
             acts, when = _ONLY_WITH[key]
             if not acts(cfg):
-                raise SettingError(key, f"has no effect here: it acts {when} only (this set-up: "
-                                   f"{_setup(cfg)})")  # fmt: skip
+                problem = f"has no effect here: it acts {when} only (this set-up: {_setup(cfg)})"
+                raise SettingError(key, problem)
         return cfg
 
     def validate(self) -> None:
         """Every value is one this setting can have (a resolved config: nothing missing)."""
-        missing = [f.name for f in dataclasses.fields(self)
-                   if f.name not in OPTIONAL and getattr(self, f.name) is None]  # fmt: skip
+        unset = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is None]
+        missing = [name for name in unset if name not in OPTIONAL]
         if missing:
             raise SettingError(missing, "must be set (or come from a recipe: call resolved())")
         self.check_types()
         checks = [
             ("model", self.model != "", "must name a model, got ''"),
             ("dataset", _known_dataset(self.dataset),
-             f"must be one of {', '.join(_datasets())}, got {self.dataset!r}"),
+             f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}"),
             ("labels", self.labels in LABELS, f"must be fine or coarse, got {self.labels!r}"),
             ("model_args", all(isinstance(k, str) and k.isidentifier() for k in self.model_args),
              f"keys must be the builder's option names, got {_short(list(self.model_args))}"),
@@ -224,12 +226,7 @@ class TrainConfig:
             if not ok:
                 raise SettingError(name, problem)
         _check_progressive(self.progressive)
-        keys = [f.name for f in dataclasses.fields(Augment)]
-        unknown = sorted(set(self.augment) - set(keys))
-        if unknown:
-            raise SettingError("augment", f"has no setting {', '.join(map(repr, unknown))}: its "
-                               f"settings are {', '.join(keys)}")  # fmt: skip
-        Augment(**self.augment)  # validates values
+        _check_augment(self.augment)
 
     def image_size(self, progress: float, full: int = 32) -> int:
         """The training image size at ``progress`` (0-1) of the steps (``progressive``)."""
@@ -241,8 +238,6 @@ class TrainConfig:
     def normalization(self) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
         """The (mean, std) images are normalized with: the dataset's for ``standard``,
         (None, None) for ``unit`` (pixels / 255). The one place this rule is written."""
-        from cifarlab.data.sources import get_info
-
         if self.normalize != "standard":
             return None, None
         info = get_info(self.dataset)
@@ -264,11 +259,9 @@ class TrainConfig:
         """The config of a run folder's ``config.json`` (which also holds records such as
         ``class_names``: ignored here). A run written by an older version may lack fields
         added since: they take the ``original`` recipe's values, the defaults of that time."""
-        from cifarlab.train.recipes import get_recipe
-
         names = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in d.items() if k in names}
-        for key, value in asdict(get_recipe("original").config).items():
+        for key, value in asdict(cls(**recipe_values("original"))).items():
             if values.get(key) is None and key not in OPTIONAL and key != "model":
                 values[key] = value
         cfg = cls(**values)
@@ -277,8 +270,9 @@ class TrainConfig:
 
 
 # Fields a resolved config may leave None.
-OPTIONAL = frozenset({"recipe", "root", "steps", "budget", "whiten_bias_epochs", "threads",
-                      "train_size"})  # fmt: skip
+OPTIONAL = frozenset(
+    {"recipe", "root", "steps", "budget", "whiten_bias_epochs", "threads", "train_size"}
+)
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 
 
@@ -295,20 +289,13 @@ _ONLY_WITH: dict[str, tuple[Callable[[TrainConfig], bool], str]] = {
 }
 
 
-def _setup(cfg: TrainConfig) -> str:
-    return (f"optimizer {cfg.optimizer}, schedule {cfg.schedule}, lookahead_every "
-            f"{cfg.lookahead_every}")  # fmt: skip
-
-
-def _datasets() -> tuple[str, ...]:
-    from cifarlab.data.sources import DATASETS
-
-    return tuple(DATASETS)
+def _setup(c: TrainConfig) -> str:
+    return f"optimizer {c.optimizer}, schedule {c.schedule}, lookahead_every {c.lookahead_every}"
 
 
 def _known_dataset(name: str) -> bool:
     """As :func:`cifarlab.data.sources.get_info` takes it: case, ``-`` and ``_`` aside."""
-    return name.lower().replace("-", "").replace("_", "") in _datasets()
+    return name.lower().replace("-", "").replace("_", "") in DATASETS
 
 
 def _short(value: Any, width: int = 60) -> str:
@@ -322,6 +309,15 @@ def _check_known(names: Iterable[str], known: Iterable[str]) -> None:
     unknown = sorted(set(names) - set(known))
     if unknown:
         raise SettingError(unknown, "is not a setting (see `cifarlab recipes --show NAME`)")
+
+
+def _check_augment(augment: dict[str, Any]) -> None:
+    keys = [f.name for f in dataclasses.fields(Augment)]
+    unknown = sorted(set(augment) - set(keys))
+    if unknown:
+        names = ", ".join(map(repr, unknown))
+        raise SettingError("augment", f"has no setting {names}: its settings are {', '.join(keys)}")
+    Augment(**augment)  # validates values
 
 
 def _check_progressive(stages: dict[str, Any]) -> None:
@@ -350,33 +346,45 @@ def parse_setting(text: str) -> tuple[str, Any]:
 
 
 def apply_changes(cfg: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
-    """A copy of ``cfg`` with ``changes`` (field → value) applied. ``translate``, ``flip`` and
-    ``cutout`` change that key of ``augment``. An unknown field or a value of the wrong type
-    is a :class:`SettingError` naming it."""
+    """A copy of ``cfg`` with ``changes`` (field → value) applied. ``translate``, ``flip``,
+    ``cutout`` and ``corrupt`` change that key of ``augment``; ``recipe`` must name a recipe
+    (or be ``None``). An unknown field or a value of the wrong type is a :class:`SettingError`
+    naming it."""
     changes = dict(changes)
     _check_known(changes, (*FIELDS, *AUGMENT_KEYS))
+    if changes.get("recipe") is not None:
+        _check_recipe_name(changes["recipe"])
     shorthands = {k: changes.pop(k) for k in AUGMENT_KEYS if k in changes}
     out = dataclasses.replace(cfg, **changes)
     if shorthands:
         base = out.augment if out.augment is not None else {}
         if not isinstance(base, dict):
-            raise SettingError("augment", f'must be a JSON object like {{"translate": 2}}, '
-                               f"got {base!r}")  # fmt: skip
+            raise SettingError(
+                "augment", f'must be a JSON object like {{"translate": 2}}, got {base!r}'
+            )
         out.augment = {**base, **shorthands}
     out.check_types()
     return out
 
 
-def make_config(recipe: str | None = None, **changes: Any) -> TrainConfig:
+def _check_recipe_name(value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise SettingError("recipe", f"must be a recipe's name, got {value!r}")
+
+
+def make_config(recipe: str | None = None, /, **changes: Any) -> TrainConfig:
     """The recipe ``recipe`` (default: the default recipe of ``changes["model"]``, else
     ``original``) with ``changes`` applied, resolved: ``make_config(model="fastnet_m",
     epochs=3)`` is ``fast`` for 3 epochs, ``make_config("fast", lr=0.1)`` is ``fast`` with
-    another lr."""
-    from cifarlab.train.recipes import default_recipe, get_recipe
-
+    another lr. A ``recipe`` change (``--set recipe=NAME``, or ``make_config(recipe=NAME)``)
+    names the recipe as ``recipe`` does; given both ways, it is an error."""
+    if "recipe" in changes:
+        if recipe is not None:
+            raise SettingError("recipe", "is given twice (--recipe and --set recipe=)")
+        recipe = changes.pop("recipe")
+        _check_recipe_name(recipe)
     name = recipe or default_recipe(changes.get("model"))
-    cfg = apply_changes(get_recipe(name).config, {**changes, "recipe": name})
-    return cfg.resolved()
+    return apply_changes(TrainConfig(**recipe_values(name)), changes).resolved()
 
 
 # What may differ when a run is resumed: nothing that changes what is computed per step (the
@@ -405,8 +413,17 @@ def resume_config(saved: TrainConfig, changes: dict[str, Any]) -> TrainConfig:
 
 
 # What --budget leaves to the user: the data and the run, not the training recipe.
-BUDGET_FIELDS = ("dataset", "labels", "root", "seed", "device", "threads", "train_size",
-                 "val_size", "eval_batch_size")  # fmt: skip
+BUDGET_FIELDS = (
+    "dataset",
+    "labels",
+    "root",
+    "seed",
+    "device",
+    "threads",
+    "train_size",
+    "val_size",
+    "eval_batch_size",
+)
 
 
 def budget_config(changes: dict[str, Any]) -> TrainConfig:

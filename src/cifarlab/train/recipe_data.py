@@ -1,0 +1,203 @@
+"""The recipes as data: the original study's set-up (every training setting), what each named
+recipe changes in it, its description and its measured figures. Nothing here imports
+:mod:`cifarlab.train`: the config logic (``train/config.py``) reads these values to fill the
+fields a :class:`~cifarlab.train.config.TrainConfig` leaves ``None``, and ``train/recipes.py``
+builds the public :class:`~cifarlab.train.recipes.Recipe` objects (each with its
+``TrainConfig``) from them.
+
+The figures in ``measured`` come from ``BENCHMARKS.md`` (section "Recipes"), where the
+commands that produced them are; a test checks that the two agree.
+
+Learning rates here are PyTorch's, for the mean loss of a batch. The SGD recipes follow
+airbench's decoupled form: for batch size B, momentum m and an "lr per 1024 images" L,
+``lr = L · B / (1024 · (1 + 1/(1-m)))`` and ``weight_decay = W / L`` for a decay W per 1024
+images; :func:`sgd_hyper` does that arithmetic.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+from cifarlab.errors import SettingError
+from cifarlab.models import get_entry
+
+
+def sgd_hyper(batch_size: int, lr_per_1024: float, wd_per_1024: float, momentum: float) -> dict:
+    """PyTorch lr and weight decay for Nesterov SGD from airbench's decoupled values."""
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    return {
+        "batch_size": batch_size,
+        "lr": round(lr_per_1024 * batch_size / kilostep, 10),
+        "weight_decay": round(wd_per_1024 / lr_per_1024, 10),
+        "momentum": momentum,
+    }
+
+
+XEON = "2 cores of an Intel Xeon (Sapphire Rapids: AVX512-BF16, AMX)"
+
+# The original study's set-up: every training setting (the fields a TrainConfig may leave
+# None); every other recipe starts from it and says what it changes. These were TrainConfig's
+# own defaults before recipes became the one source of them.
+ORIGINAL_VALUES: dict[str, Any] = {
+    "model": "simple_cnn",
+    "epochs": 10,
+    "batch_size": 32,
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "momentum": 0.9,
+    "muon_lr": 0.24,
+    "muon_momentum": 0.6,
+    "weight_decay": 0.0,
+    "label_smoothing": 0.0,
+    "normalize": "unit",
+    "augment": {},
+    "progressive": {},
+    "schedule": "constant",
+    "warmup": 0.0,
+    "lr_start": 0.0,
+    "lr_end": 0.0,
+    "bias_lr_scale": 1.0,
+    "lookahead_every": 0,
+    "lookahead_start": 0.0,
+    "whiten_bias_epochs": None,
+    "precision": "fp32",
+    "channels_last": False,
+    "tta": 0,
+    "eval_batch_size": 1000,
+}
+
+# Shared by the FastNet recipes: what the published fast recipes do, re-tuned for a CPU.
+_FAST_COMMON: dict[str, Any] = {
+    "optimizer": "sgd",
+    "normalize": "standard",
+    "label_smoothing": 0.2,
+    "augment": {"translate": 2, "flip": "alternate"},
+    "schedule": "triangle",
+    "warmup": 0.23,
+    "lr_start": 0.2,
+    "lr_end": 0.07,
+    "bias_lr_scale": 64.0,
+    "lookahead_every": 5,
+    "lookahead_start": 0.3,
+    "whiten_bias_epochs": 3,
+    "precision": "auto",
+    "channels_last": True,
+    "tta": 2,
+}
+
+# Muon on the conv filters (lr 0.08: 0.04-0.36 tried) and 24×24-pixel images for the first
+# half of the steps: chosen on the validation split (benchmarks/ablations.py, BENCHMARKS.md
+# "Fewer FLOPs for the same accuracy"). The other parameters keep the SGD recipe's settings.
+_MUON: dict[str, Any] = {
+    "optimizer": "muon",
+    "muon_lr": 0.08,
+    "muon_momentum": 0.6,
+    "progressive": {"24": 0.5},
+}
+
+
+@dataclass(frozen=True)
+class RecipeData:
+    """One named recipe as data: what it changes in :data:`ORIGINAL_VALUES`, and what was
+    measured (BENCHMARKS.md): test accuracy mean/std over seeds, training seconds, and the
+    machine that measured them (times hold on that CPU only; see `cifarlab doctor`)."""
+
+    description: str
+    changes: dict[str, Any] = field(default_factory=dict)
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+# The named recipes, in the order `cifarlab recipes` lists them.
+RECIPE_DATA: dict[str, RecipeData] = {
+    "original": RecipeData(
+        "the original study: Adam lr 1e-3, batch 32, pixels / 255, no augmentation, 10 "
+        "epochs (simple_cnn 0.679, mlp 0.479: BENCHMARKS.md); mlp's and simple_cnn's default",
+    ),
+    "quick": RecipeData(
+        "FastNet-S, 3 epochs: ≥ 70% in under 30 s of CPU training",
+        {
+            "model": "fastnet_s",
+            "epochs": 3,
+            **{**_FAST_COMMON, "whiten_bias_epochs": 1},
+            # twice airbench's lr for these few steps (val 0.778 against 0.769)
+            **sgd_hyper(256, 23.0, 0.0306, 0.85),
+        },
+        {"test_acc": 0.783, "test_acc_std": 0.003, "train_seconds": 21, "machine": XEON},
+    ),
+    "fast": RecipeData(
+        "FastNet-M, 8 epochs: ≥ 87% in under 5 min of CPU training",
+        {"model": "fastnet_m", "epochs": 8, **_FAST_COMMON, **sgd_hyper(256, 11.5, 0.0153, 0.85)},
+        {"test_acc": 0.889, "test_acc_std": 0.000, "train_seconds": 220, "machine": XEON},
+    ),
+    "max-cpu": RecipeData(
+        "FastNet-L (airbench94's shape), 18 epochs: ≥ 90.5% in under 18 min of CPU training",
+        {"model": "fastnet_l", "epochs": 18, **_FAST_COMMON, **sgd_hyper(256, 11.5, 0.0153, 0.85)},
+        {"test_acc": 0.912, "test_acc_std": 0.001, "train_seconds": 686, "machine": XEON},
+    ),
+    "fast-muon": RecipeData(
+        "FastNet-M with Muon and 24-px images for the first half, 8 epochs: `fast`'s "
+        "accuracy at 4/5 of its time (validation); a --budget candidate",
+        {
+            "model": "fastnet_m",
+            "epochs": 8,
+            **{**_FAST_COMMON, **_MUON},
+            **sgd_hyper(256, 11.5, 0.0153, 0.85),
+        },
+    ),
+    "max-cpu-muon": RecipeData(
+        "FastNet-L with Muon and 24-px images for the first half, 10 epochs: airbench94's "
+        "accuracy in less of its time; a --budget candidate",
+        {
+            "model": "fastnet_l",
+            "epochs": 10,
+            **{**_FAST_COMMON, **_MUON},
+            **sgd_hyper(256, 11.5, 0.0153, 0.85),
+        },
+    ),
+    "resnet18": RecipeData(
+        "CIFAR ResNet-18, 60 epochs of SGD + cosine: for a GPU and a long budget",
+        {
+            "model": "resnet18",
+            "epochs": 60,
+            "batch_size": 256,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.9,
+            "weight_decay": 5e-4,
+            "normalize": "standard",
+            "label_smoothing": 0.1,
+            "augment": {"translate": 4, "flip": "random"},
+            "schedule": "cosine",
+            "warmup": 0.03,
+            "lr_start": 0.1,
+            "lr_end": 0.0,
+            "precision": "auto",
+            "channels_last": True,
+            "tta": 1,
+        },
+    ),
+}
+
+
+def recipe_data(name: str) -> RecipeData:
+    """The recipe ``name``; an unknown name is a :class:`SettingError` naming ``recipe``."""
+    if name not in RECIPE_DATA:
+        raise SettingError("recipe", f"{name!r} is unknown: choose one of {', '.join(RECIPE_DATA)}")
+    return RECIPE_DATA[name]
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """Every training setting of the recipe ``name`` (the original set-up with its changes),
+    and ``recipe``: its name. A fresh copy: the caller may change it."""
+    changes = recipe_data(name).changes
+    return copy.deepcopy({**ORIGINAL_VALUES, **changes, "recipe": name})
+
+
+def default_recipe(model: str | None) -> str:
+    """The recipe a model trains with when none is named: the one its registration names
+    (``cifarlab models`` lists them), else ``original``."""
+    if model is None:
+        return "original"
+    return get_entry(model).recipe or "original"
