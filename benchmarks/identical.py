@@ -60,8 +60,10 @@ def digests(run: Path, images: np.ndarray) -> dict[str, str]:
         out[f"{name} weights"] = _digest_tensors(state["model"])
         opt = state["optimizer"]
         buffers = {f"{k}.{n}": v for k, s in opt["state"].items() for n, v in s.items()}
-        out[f"{name} optimizer"] = _digest_tensors(buffers) + "/" + _digest_json(
-            json.loads(json.dumps(opt["param_groups"], default=str))
+        out[f"{name} optimizer"] = (
+            _digest_tensors(buffers)
+            + "/"
+            + _digest_json(json.loads(json.dumps(opt["param_groups"], default=str)))
         )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     out["metrics rows"] = _digest_json([_strip(r) for r in rows])

@@ -40,8 +40,11 @@ class _Package(types.ModuleType):
     @property
     def train(self) -> Any:
         patched = self.__dict__.get("_train")
-        return patched if patched is not None else importlib.import_module(
-            "cifarlab.train.launch").train  # fmt: skip
+        return (
+            patched
+            if patched is not None
+            else importlib.import_module("cifarlab.train.launch").train
+        )
 
     @train.setter
     def train(self, value: Any) -> None:

@@ -52,8 +52,9 @@ def load_checkpoint(path: str | os.PathLike, purpose: str = "open") -> dict[str,
     if not isinstance(state, dict) or "model" not in state:
         raise CifarlabError(f"{path}: not a cifarlab checkpoint (no model weights)")
     if schemas.depth(state, schemas.MAX_DEPTH) > schemas.MAX_DEPTH:
-        raise CifarlabError(f"{path}: nested more than {schemas.MAX_DEPTH} levels deep: not a "
-                            "cifarlab checkpoint")  # fmt: skip
+        raise CifarlabError(
+            f"{path}: nested more than {schemas.MAX_DEPTH} levels deep: not a cifarlab checkpoint"
+        )
     return schemas.check(schemas.CHECKPOINT, state, str(path), purpose)
 
 
@@ -72,12 +73,16 @@ def _check_archive(f: Any, path: Path) -> None:
         f.seek(0)
     packed = [i.filename for i in entries if i.compress_type != zipfile.ZIP_STORED]
     if packed:
-        raise CifarlabError(f"{path}: entry {one_line(packed[0], 80)} is compressed, which "
-                            "torch.save never does: not a cifarlab checkpoint")  # fmt: skip
+        raise CifarlabError(
+            f"{path}: entry {one_line(packed[0], 80)} is compressed, which "
+            "torch.save never does: not a cifarlab checkpoint"
+        )
     size = os.fstat(f.fileno()).st_size
     if sum(i.file_size for i in entries) > size:
-        raise CifarlabError(f"{path}: its entries claim more bytes than the file holds: "
-                            "truncated or not a cifarlab checkpoint")  # fmt: skip
+        raise CifarlabError(
+            f"{path}: its entries claim more bytes than the file holds: "
+            "truncated or not a cifarlab checkpoint"
+        )
 
 
 def _reason(error: BaseException) -> str:
@@ -145,4 +150,3 @@ def dtype_problem(model: nn.Module, weights: dict[str, Any]) -> str | None:
         if have.is_floating_point() != got.is_floating_point() or got.is_complex():
             return f"parameter {key} holds {got.dtype} values, the model {have.dtype}"
     return None
-

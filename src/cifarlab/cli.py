@@ -1295,8 +1295,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if _debug():
             raise
         detail = one_line(e, None)
-        _say(f"error: ran out of memory{f' ({detail})' if detail else ''}; free some memory, "
-             "or give the command less to do (a smaller --batch-size, fewer files)")  # fmt: skip
+        _say(
+            f"error: ran out of memory{f' ({detail})' if detail else ''}; free some memory, "
+            "or give the command less to do (a smaller --batch-size, fewer files)"
+        )
         return 1
     except RecursionError as e:
         if _debug():
@@ -1310,8 +1312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _interrupted()
         detail = one_line(e, None)
         what = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
-        _say(f"error: internal error ({what}); please report it — set {DEBUG_ENV}=1 for the "
-             "traceback")  # fmt: skip
+        _say(
+            f"error: internal error ({what}); please report it — set {DEBUG_ENV}=1 for the "
+            "traceback"
+        )
         return 1
     finally:
         if previous is not None and argv is None:

@@ -76,9 +76,14 @@ class Preprocessed(nn.Module):
 
 
 def metadata(
-    config: dict[str, Any], class_names: list[str], input_kind: str, mean: Any, std: Any,
-    temperature: float = 1.0, calibration: str = "probabilities not calibrated",
-) -> dict[str, str]:  # fmt: skip
+    config: dict[str, Any],
+    class_names: list[str],
+    input_kind: str,
+    mean: Any,
+    std: Any,
+    temperature: float = 1.0,
+    calibration: str = "probabilities not calibrated",
+) -> dict[str, str]:
     if input_kind == "uint8":
         layout = "uint8 N×32×32×3 (NHWC), RGB, 0..255"
     else:
@@ -153,9 +158,10 @@ def _check_class_names(wrapped: nn.Module, example: Tensor, class_names: Any) ->
         with torch.no_grad():
             logits, _ = wrapped(example)
     except Exception as e:  # noqa: BLE001 - a model that cannot run on a CIFAR image
-        raise CifarlabError(f"the model does not run on a 32×32 image ({type(e).__name__}: "
-                            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
-                            ) from None  # fmt: skip
+        raise CifarlabError(
+            f"the model does not run on a 32×32 image ({type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+        ) from None
     if logits.ndim != 2 or logits.shape[1] != len(class_names):
         raise SettingError(
             "class_names",
@@ -249,7 +255,14 @@ def export_run(
     if out is None:
         out = run.opened.folder.export_path(fmt)
     return export_model(
-        run.model, out, fmt=fmt, class_names=run.class_names, mean=run.mean, std=run.std,
-        config=run.config, input_kind=input_kind, temperature=run.temperature,
+        run.model,
+        out,
+        fmt=fmt,
+        class_names=run.class_names,
+        mean=run.mean,
+        std=run.std,
+        config=run.config,
+        input_kind=input_kind,
+        temperature=run.temperature,
         calibration=run.calibration_note,
-    )  # fmt: skip
+    )

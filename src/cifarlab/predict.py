@@ -290,9 +290,15 @@ def _walk(top: Path, st: os.stat_result, max_depth: int, max_entries: int) -> li
             continue
         listed += len(entries)
         if listed > max_entries:
-            found.append(FileResult(top, error=(
-                f"{shown(top)}: more than {max_entries:,} files and folders; stopped listing "
-                f"(raise the limit with {limits.MAX_FOLDER_FILES.env})")))  # fmt: skip
+            found.append(
+                FileResult(
+                    top,
+                    error=(
+                        f"{shown(top)}: more than {max_entries:,} files and folders; stopped "
+                        f"listing (raise the limit with {limits.MAX_FOLDER_FILES.env})"
+                    ),
+                )
+            )
             break
         for entry in entries:
             path = Path(entry.path)
@@ -316,9 +322,15 @@ def _walk(top: Path, st: os.stat_result, max_depth: int, max_entries: int) -> li
                 continue
             seen.add((key.st_dev, key.st_ino))
             if depth + 1 > max_depth:
-                found.append(FileResult(path, error=(
-                    f"{shown(path)}: more than {max_depth} folders deep; not searched (raise "
-                    f"the limit with {limits.MAX_FOLDER_DEPTH.env})")))  # fmt: skip
+                found.append(
+                    FileResult(
+                        path,
+                        error=(
+                            f"{shown(path)}: more than {max_depth} folders deep; not searched "
+                            f"(raise the limit with {limits.MAX_FOLDER_DEPTH.env})"
+                        ),
+                    )
+                )
                 continue
             stack.append((path, depth + 1))
     found.sort(key=lambda r: r.path.parts)
@@ -417,9 +429,12 @@ class Run:
     which."""
 
     def __init__(
-        self, path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
+        self,
+        path: str | os.PathLike,
+        checkpoint: str = "best",
+        device: str = "cpu",
         calibrated: bool = True,
-    ) -> None:  # fmt: skip
+    ) -> None:
         opened = open_run(path, checkpoint, device, calibrated=calibrated)
         self.opened = opened
         self.path = opened.folder.path
@@ -464,9 +479,12 @@ class Run:
         return Prediction(probs, self.class_names)
 
     def predict_files(
-        self, paths: Iterable[str | os.PathLike], *, batch_size: int = 256,
+        self,
+        paths: Iterable[str | os.PathLike],
+        *,
+        batch_size: int = 256,
         resize: str = DEFAULT_RESIZE,
-    ) -> list[FileResult]:  # fmt: skip
+    ) -> list[FileResult]:
         """Predict image files and folders (their image files, recursively), in order. A file
         that cannot be read (whatever its decoder raised) gets its error message instead of a
         prediction, and so does one whose probabilities are not finite numbers (a broken
@@ -546,9 +564,11 @@ def check_options(*, top_k: int, batch_size: int) -> None:
 
 
 def load_run(
-    path: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
+    path: str | os.PathLike,
+    checkpoint: str = "best",
+    device: str = "cpu",
     calibrated: bool = True,
-) -> Run:  # fmt: skip
+) -> Run:
     """Load the run in ``path`` for prediction: ``load_run("runs/fast").predict(images)``.
     The probabilities are calibrated by the run's fitted temperature unless
     ``calibrated=False``."""

@@ -70,10 +70,26 @@ EXPORTS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 CALIBRATION = "calibration.json"
 ROBUSTNESS = "robustness.json"
 # config.json keys that are not TrainConfig fields: what the run recorded about itself.
-RECORDS = ("num_classes", "class_names", "params", "device_used", "train_images", "world_size",
-           "precision_used", "precision_choice", "machine", "budget_plan", "train_seconds",
-           "best_val_acc", "budget_used_seconds", "budget_replans", "steps_trained",
-           "rank_weight_digests", "provenance", "model_source")  # fmt: skip
+RECORDS = (
+    "num_classes",
+    "class_names",
+    "params",
+    "device_used",
+    "train_images",
+    "world_size",
+    "precision_used",
+    "precision_choice",
+    "machine",
+    "budget_plan",
+    "train_seconds",
+    "best_val_acc",
+    "budget_used_seconds",
+    "budget_replans",
+    "steps_trained",
+    "rank_weight_digests",
+    "provenance",
+    "model_source",
+)
 # The table (cifarlab.schemas) each file read back from a run folder is checked against.
 SCHEMAS: dict[str, schemas.Schema] = {
     CONFIG: schemas.CONFIG,
@@ -177,8 +193,10 @@ class RunFolder:
             return
         holder = self.lock_holder()
         if holder:
-            raise CifarlabError(f"{self.path} is being trained right now ({holder}): wait for it "
-                                "to finish, or choose another --out")  # fmt: skip
+            raise CifarlabError(
+                f"{self.path} is being trained right now ({holder}): wait for it "
+                "to finish, or choose another --out"
+            )
         if self.holds_run():
             raise CifarlabError(
                 f"{self.path} already holds a run: resume it with --resume {self.path}, "
@@ -197,13 +215,16 @@ class RunFolder:
             )
         foreign = [n for n in names if n not in (LOCK, CONFIG, METRICS) and not _TEMP.match(n)]
         if foreign:
-            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3
-                                              else "")  # fmt: skip
-            raise CifarlabError(f"{self.path} is not empty and is not a cifarlab run (it holds "
-                                f"{shown}); {leave}")  # fmt: skip
+            shown = ", ".join(foreign[:3]) + (
+                f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+            )
+            raise CifarlabError(
+                f"{self.path} is not empty and is not a cifarlab run (it holds {shown}); {leave}"
+            )
         if METRICS in names and CONFIG not in names:
-            raise CifarlabError(f"{self.path} holds a {METRICS} but no {CONFIG}: not a cifarlab "
-                                f"run; {leave}")  # fmt: skip
+            raise CifarlabError(
+                f"{self.path} holds a {METRICS} but no {CONFIG}: not a cifarlab run; {leave}"
+            )
         if CONFIG in names:
             try:
                 self.read_config()
@@ -266,17 +287,23 @@ class RunFolder:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise CifarlabError(f"cannot make the run folder {self.path}: "
-                                f"{e.strerror or e}") from None  # fmt: skip
+            raise CifarlabError(
+                f"cannot make the run folder {self.path}: {e.strerror or e}"
+            ) from None
         with open_private(self.path / LOCK, "a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError:
                 f.seek(0)
                 holder = _holder_text(f.read(200).encode())
-                then = ("wait for it to finish (or stop it: Ctrl-C saves a checkpoint) before "
-                        "resuming it") if resuming else "wait for it to finish, or choose " \
-                    "another --out"  # fmt: skip
+                then = (
+                    (
+                        "wait for it to finish (or stop it: Ctrl-C saves a checkpoint) before "
+                        "resuming it"
+                    )
+                    if resuming
+                    else "wait for it to finish, or choose another --out"
+                )
                 raise CifarlabError(
                     f"{self.path} is being trained right now ({holder}): {then}"
                 ) from None
@@ -395,8 +422,10 @@ class RunFolder:
         if not self.has(path.name) and self.has(CONFIG) and not self.holds_run():
             holder = self.lock_holder()
             if holder:
-                raise CifarlabError(f"{path}: not there yet: the run is being trained right now "
-                                    f"({holder}) and has not finished its first epoch")  # fmt: skip
+                raise CifarlabError(
+                    f"{path}: not there yet: the run is being trained right now "
+                    f"({holder}) and has not finished its first epoch"
+                )
             raise CifarlabError(
                 f"{path}: no checkpoint there: that run stopped before it saved one; "
                 f"train it again with --out {self.path}"
@@ -524,8 +553,10 @@ class RunFolder:
                 with zipfile.ZipFile(f) as z:
                     expanded = sum(i.file_size for i in z.infolist())
                 if expanded > limit:
-                    raise CifarlabError(f"{path}: expands to {expanded:,} bytes, over the limit "
-                                        f"(raise it with {MAX_RUN_FILE.env})")  # fmt: skip
+                    raise CifarlabError(
+                        f"{path}: expands to {expanded:,} bytes, over the limit "
+                        f"(raise it with {MAX_RUN_FILE.env})"
+                    )
                 f.seek(0)
                 with np.load(f, allow_pickle=False) as saved:
                     data = {k: saved[k] for k in ("labels", "probs") if k in saved.files}
@@ -549,8 +580,9 @@ def _shallow(value: Any, where: str | os.PathLike) -> Any:
     """``value``, if its lists and objects nest at most MAX_DEPTH levels (deeper, the checks
     and messages would run out of stack)."""
     if schemas.depth(value, schemas.MAX_DEPTH) > schemas.MAX_DEPTH:
-        raise CifarlabError(f"{where}: nested more than {schemas.MAX_DEPTH} levels deep: not a "
-                            "file cifarlab writes")  # fmt: skip
+        raise CifarlabError(
+            f"{where}: nested more than {schemas.MAX_DEPTH} levels deep: not a file cifarlab writes"
+        )
     return value
 
 

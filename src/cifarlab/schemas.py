@@ -120,11 +120,20 @@ def string_keyed(values: Kind, what: str) -> Kind:
 
 
 def tensor(dtype: torch.dtype | None = None, ndim: int | None = None) -> Kind:
-    parts = [f"{ndim}-D " if ndim is not None else "", f"{dtype} ".replace("torch.", "") if dtype
-             else "", "tensor"]  # fmt: skip
+    parts = [
+        f"{ndim}-D " if ndim is not None else "",
+        f"{dtype} ".replace("torch.", "") if dtype else "",
+        "tensor",
+    ]
     want = "a " + "".join(parts)
-    return Kind(want, lambda v: isinstance(v, torch.Tensor) and (dtype is None or v.dtype == dtype)
-                and (ndim is None or v.ndim == ndim))  # fmt: skip
+    return Kind(
+        want,
+        lambda v: (
+            isinstance(v, torch.Tensor)
+            and (dtype is None or v.dtype == dtype)
+            and (ndim is None or v.ndim == ndim)
+        ),
+    )
 
 
 def array(kind: str, ndim: int) -> Kind:
@@ -185,16 +194,21 @@ class Schema:
         return next(f for f in self.fields if f.name == name)
 
     def required(self, purpose: str | None = None) -> list[str]:
-        return [f.name for f in self.fields if f.required is True or
-                (purpose is not None and f.required == purpose)]  # fmt: skip
+        return [
+            f.name
+            for f in self.fields
+            if f.required is True or (purpose is not None and f.required == purpose)
+        ]
 
 
 def describe(value: Any, width: int = 50) -> str:
     """A value in a few characters, on one line (for a message)."""
     if isinstance(value, torch.Tensor | np.ndarray):
         dtype = str(value.dtype).replace("torch.", "")
-        return f"a {dtype} {'tensor' if isinstance(value, torch.Tensor) else 'array'} of " \
-               f"shape {list(value.shape)}"  # fmt: skip
+        return (
+            f"a {dtype} {'tensor' if isinstance(value, torch.Tensor) else 'array'} of "
+            f"shape {list(value.shape)}"
+        )
     if not isinstance(value, str | int | float | bool | list | tuple | dict | type(None)):
         return f"a {type(value).__name__}"
     try:
@@ -228,8 +242,9 @@ def depth(value: Any, limit: int = 64) -> int:
 MAX_DEPTH = 32  # cifarlab's own files nest 4 levels at most
 
 
-def check(schema: Schema, data: Any, where: str, purpose: str | None = None,
-          prefix: str = "") -> Any:  # fmt: skip
+def check(
+    schema: Schema, data: Any, where: str, purpose: str | None = None, prefix: str = ""
+) -> Any:
     """Raise a one-line :class:`CifarlabError` (``"WHERE: FIELD must be ..., got ..."``) if
     ``data`` does not hold to ``schema``; return ``data``. ``purpose`` makes the fields
     required for it required too."""
@@ -283,8 +298,7 @@ def _class_count_ok(d: dict) -> bool:
 
 
 def _class_count_problem(d: dict) -> str:
-    return (f"class_names has {len(d['class_names'])} names but num_classes is "
-            f"{d['num_classes']}")  # fmt: skip
+    return f"class_names has {len(d['class_names'])} names but num_classes is {d['num_classes']}"
 
 
 CLASS_NAMES = list_of(ANY_TEXT, "a list of strings", MAX_CLASSES)
@@ -317,7 +331,7 @@ CONFIG = Schema(
         Rule(("num_classes", "class_names"), _class_count_ok, _class_count_problem),
         Rule(
             ("model",), lambda d: _settings_problem(d) is None, lambda d: _settings_problem(d) or ""
-        ),  # fmt: skip
+        ),
     ),
     missing_hint="not written by cifarlab train?",
 )
@@ -354,14 +368,23 @@ COUNTS = list_of(integer(0), "a list of counts (integers ≥ 0)")
 # when it is there.
 _AVERAGE = Schema(
     "average",
-    (Field("f1", SCORE), Field("precision", SCORE, False), Field("recall", SCORE, False),
-     Field("support", integer(0), False)),
-)  # fmt: skip
+    (
+        Field("f1", SCORE),
+        Field("precision", SCORE, False),
+        Field("recall", SCORE, False),
+        Field("support", integer(0), False),
+    ),
+)
 _PER_CLASS = Schema(
     "per-class row",
-    (Field("f1", SCORE), Field("class", ANY_TEXT, False), Field("precision", SCORE, False),
-     Field("recall", SCORE, False), Field("support", integer(0), False)),
-)  # fmt: skip
+    (
+        Field("f1", SCORE),
+        Field("class", ANY_TEXT, False),
+        Field("precision", SCORE, False),
+        Field("recall", SCORE, False),
+        Field("support", integer(0), False),
+    ),
+)
 
 
 def _n(d: dict) -> int:
@@ -424,7 +447,7 @@ EVAL = Schema(
                 f"true_counts add up to {sum(d['true_counts'])}, not num_samples {d['num_samples']}"
             ),
         ),
-    ),  # fmt: skip
+    ),
     missing_hint="not an evaluation written by cifarlab",
 )
 
@@ -448,7 +471,7 @@ PREDICTIONS = Schema(
             ),
             lambda d: f"labels must lie in 0..{d['probs'].shape[1] - 1} (one per column of probs)",
         ),
-    ),  # fmt: skip
+    ),
     missing_hint="not written by cifarlab evaluate",
 )
 
@@ -457,16 +480,21 @@ PREDICTIONS = Schema(
 
 _TOTALS = Schema(
     "totals",
-    (Field("loss", number(finite=False)), Field("correct", number(0)), Field("seen", integer(0)),
-     Field("seconds", number(0))),
-)  # fmt: skip
-_PARAM_GROUP = Schema("param group", (Field("params", list_of(integer(0))),
-                                      Field("lr", number(0))))  # fmt: skip
+    (
+        Field("loss", number(finite=False)),
+        Field("correct", number(0)),
+        Field("seen", integer(0)),
+        Field("seconds", number(0)),
+    ),
+)
+_PARAM_GROUP = Schema("param group", (Field("params", list_of(integer(0))), Field("lr", number(0))))
 _OPTIMIZER = Schema(
     "optimizer state",
-    (Field("state", obj(what="a dict")),
-     Field("param_groups", list_of(obj(_PARAM_GROUP, "a dict"), "a list of dicts"))),
-)  # fmt: skip
+    (
+        Field("state", obj(what="a dict")),
+        Field("param_groups", list_of(obj(_PARAM_GROUP, "a dict"), "a list of dicts")),
+    ),
+)
 WEIGHTS = string_keyed(tensor(), "a dict of parameter name → tensor")
 
 CHECKPOINT = Schema(
@@ -501,7 +529,7 @@ CHECKPOINT = Schema(
             lambda d: d["row"] is None or d["row"]["epoch"] <= d["epoch"],
             lambda d: f"row is of epoch {d['row']['epoch']}, after the checkpoint's {d['epoch']}",
         ),
-    ),  # fmt: skip
+    ),
     missing_hint="not a cifarlab checkpoint",
 )
 

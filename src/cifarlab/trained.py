@@ -51,9 +51,11 @@ def build_model(config: dict[str, Any], where: str | os.PathLike = CONFIG) -> nn
     except CifarlabError as e:
         raise CifarlabError(f"{where}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a builder's failure on these options
-        raise CifarlabError(f"{where}: model {name!r} cannot be built with model_args "
-                            f"{schemas.describe(model_args)} ({type(e).__name__}: "
-                            f"{one_line(e)})") from None  # fmt: skip
+        raise CifarlabError(
+            f"{where}: model {name!r} cannot be built with model_args "
+            f"{schemas.describe(model_args)} ({type(e).__name__}: "
+            f"{one_line(e)})"
+        ) from None
 
 
 def _model_name(config: dict[str, Any]) -> str:
@@ -103,14 +105,19 @@ def check_outputs(model: nn.Module, class_names: list[str], where: str | os.Path
         with torch.no_grad():
             out = model(torch.zeros(1, 3, 32, 32))
     except Exception as e:  # noqa: BLE001 - a model that cannot run on a CIFAR image
-        raise CifarlabError(f"{where}: the model does not run on a 32×32 image "
-                            f"({type(e).__name__}: {one_line(e)})") from None  # fmt: skip
+        raise CifarlabError(
+            f"{where}: the model does not run on a 32×32 image ({type(e).__name__}: {one_line(e)})"
+        ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != 1:
-        raise CifarlabError(f"{where}: the model gives {schemas.describe(out)}, not one row of "
-                            "class scores per image")  # fmt: skip
+        raise CifarlabError(
+            f"{where}: the model gives {schemas.describe(out)}, not one row of "
+            "class scores per image"
+        )
     if out.shape[1] != len(class_names):
-        raise CifarlabError(f"{where}: class_names has {len(class_names)} names but the model "
-                            f"gives {out.shape[1]} class scores")  # fmt: skip
+        raise CifarlabError(
+            f"{where}: class_names has {len(class_names)} names but the model "
+            f"gives {out.shape[1]} class scores"
+        )
 
 
 @dataclass
@@ -145,9 +152,11 @@ class OpenRun:
 
 
 def open_run(
-    run_dir: str | os.PathLike, checkpoint: str = "best", device: str = "cpu",
+    run_dir: str | os.PathLike,
+    checkpoint: str = "best",
+    device: str = "cpu",
     calibrated: bool = True,
-) -> OpenRun:  # fmt: skip
+) -> OpenRun:
     """Open a trained run: its config, and its model with the ``checkpoint`` weights on
     ``device`` with the normalization and precision of its training. Every file is checked
     against its schema first; the model must give one score per class name.
@@ -167,26 +176,42 @@ def open_run(
     mean, std = cfg.normalization()
     epoch = int(state["epoch"])
     temperature, note = _temperature(folder, checkpoint, epoch, calibrated)
-    return OpenRun(folder, config, cfg, model.eval(), dev, mean, std, run_autocast(config, dev),
-                   checkpoint, epoch, temperature or 1.0, note,
-                   temperature is not None)  # fmt: skip
+    return OpenRun(
+        folder,
+        config,
+        cfg,
+        model.eval(),
+        dev,
+        mean,
+        std,
+        run_autocast(config, dev),
+        checkpoint,
+        epoch,
+        temperature or 1.0,
+        note,
+        temperature is not None,
+    )
 
 
-def _temperature(folder: RunFolder, checkpoint: str, epoch: int,
-                 calibrated: bool) -> tuple[float | None, str]:  # fmt: skip
+def _temperature(
+    folder: RunFolder, checkpoint: str, epoch: int, calibrated: bool
+) -> tuple[float | None, str]:
     """The temperature to divide the logits by (None: none) and a line saying why."""
     if not calibrated:
         return None, "probabilities not calibrated (turned off)"
     record = folder.read_calibration().get(checkpoint)
     if record is None:
-        return None, (f"probabilities not calibrated ({folder.calibration_path.name} has no "
-                     f"temperature for the {checkpoint} checkpoint: cifarlab evaluate "
-                     f"{folder.path} fits one)")  # fmt: skip
+        return None, (
+            f"probabilities not calibrated ({folder.calibration_path.name} has no "
+            f"temperature for the {checkpoint} checkpoint: cifarlab evaluate "
+            f"{folder.path} fits one)"
+        )
     if record["checkpoint_epoch"] != epoch:
-        return None, (f"probabilities not calibrated (the temperature was fitted for epoch "
-                     f"{record['checkpoint_epoch']}, the {checkpoint} checkpoint is epoch "
-                     f"{epoch}: cifarlab evaluate {folder.path} fits it again)")  # fmt: skip
+        return None, (
+            f"probabilities not calibrated (the temperature was fitted for epoch "
+            f"{record['checkpoint_epoch']}, the {checkpoint} checkpoint is epoch "
+            f"{epoch}: cifarlab evaluate {folder.path} fits it again)"
+        )
     if record["temperature"] is None:
         return None, describe(record)
     return float(record["temperature"]), describe(record)
-

@@ -56,6 +56,7 @@ def _ndimage():  # noqa: ANN202 - the module scipy.ndimage
 
     return ndimage
 
+
 CORRUPTIONS: tuple[str, ...] = (
     "gaussian_noise",
     "shot_noise",

@@ -266,10 +266,13 @@ def _write_members(
                 dest.unlink()  # a later member of the same name wins, as with tar
             fd = os.open(
                 dest,
-                os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+                os.O_WRONLY
+                | os.O_CREAT
+                | os.O_EXCL
+                | getattr(os, "O_NOFOLLOW", 0)
                 | getattr(os, "O_CLOEXEC", 0),
                 0o666,
-            )  # fmt: skip
+            )
         except (FileExistsError, NotADirectoryError, IsADirectoryError):
             raise _conflict(archive, member) from None
         with os.fdopen(fd, "wb") as out:

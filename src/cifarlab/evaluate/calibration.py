@@ -68,11 +68,15 @@ def reliability(labels: Any, probs: Any, bins: int = BINS) -> list[dict[str, Any
     rows = []
     for b in range(bins):
         n = int(count[b])
-        rows.append({
-            "lower": float(edges[b]), "upper": float(edges[b + 1]), "count": n,
-            "confidence": float(conf_sum[b] / n) if n else None,
-            "accuracy": float(right_sum[b] / n) if n else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "lower": float(edges[b]),
+                "upper": float(edges[b + 1]),
+                "count": n,
+                "confidence": float(conf_sum[b] / n) if n else None,
+                "accuracy": float(right_sum[b] / n) if n else None,
+            }
+        )
     return rows
 
 
@@ -147,9 +151,14 @@ def fit_temperature(logits: Any, labels: Any) -> float:
 
 
 def fit_record(
-    logits: Any, labels: Any, *, checkpoint: str, checkpoint_epoch: int, tta: int,
+    logits: Any,
+    labels: Any,
+    *,
+    checkpoint: str,
+    checkpoint_epoch: int,
+    tta: int,
     split: str = "val",
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Fit a temperature on ``logits``/``labels`` and describe the fit: the record stored per
     checkpoint in ``calibration.json``."""
     labels, z = _as_inputs(labels, logits)
@@ -157,15 +166,23 @@ def fit_record(
     before = calibration_metrics(labels, np.exp(_log_softmax(z)))
     after = calibration_metrics(labels, np.exp(_log_softmax(z / t)))
     return {
-        "temperature": t, "fitted_on": split, "images": int(len(labels)),
-        "checkpoint": checkpoint, "checkpoint_epoch": int(checkpoint_epoch), "tta": int(tta),
-        "nll_before": before["nll"], "nll_after": after["nll"],
-        "ece_before": before["ece"], "ece_after": after["ece"],
-    }  # fmt: skip
+        "temperature": t,
+        "fitted_on": split,
+        "images": int(len(labels)),
+        "checkpoint": checkpoint,
+        "checkpoint_epoch": int(checkpoint_epoch),
+        "tta": int(tta),
+        "nll_before": before["nll"],
+        "nll_after": after["nll"],
+        "ece_before": before["ece"],
+        "ece_after": after["ece"],
+    }
 
 
-NO_VAL = ("the run was trained with --val-size 0: there is no validation split to fit a "
-          "temperature on (the test split is never used for fitting)")  # fmt: skip
+NO_VAL = (
+    "the run was trained with --val-size 0: there is no validation split to fit a "
+    "temperature on (the test split is never used for fitting)"
+)
 
 
 def describe(record: dict[str, Any] | None) -> str:
@@ -174,5 +191,7 @@ def describe(record: dict[str, Any] | None) -> str:
         return "probabilities not calibrated"
     if record.get("temperature") is None:
         return f"probabilities not calibrated ({record.get('reason', 'no temperature')})"
-    return (f"probabilities calibrated by temperature scaling (T = {record['temperature']:.3f}, "
-            f"fitted on {record['images']:,} validation images)")  # fmt: skip
+    return (
+        f"probabilities calibrated by temperature scaling (T = {record['temperature']:.3f}, "
+        f"fitted on {record['images']:,} validation images)"
+    )

@@ -114,9 +114,14 @@ def classification_report_text(metrics: dict[str, Any], digits: int = 2) -> str:
     out = head_fmt.format("", *headers, width=width) + "\n\n"
     for row in metrics["per_class"]:
         out += row_fmt.format(
-            row["class"], row["precision"], row["recall"], row["f1"], row["support"],
-            width=width, digits=digits,
-        )  # fmt: skip
+            row["class"],
+            row["precision"],
+            row["recall"],
+            row["f1"],
+            row["support"],
+            width=width,
+            digits=digits,
+        )
     out += "\n"
     acc_fmt = "{:>{width}s} " + " {:>9}" * 2 + " {:>9.{digits}f} {:>9}\n"
     out += acc_fmt.format(

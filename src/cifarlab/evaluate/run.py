@@ -46,9 +46,15 @@ def evaluate_run(
     history = folder.read_metrics() if report else []  # checked before any work is done
     ds, part = run_split(run, split, root)
     tta = run.tta if tta is None else tta
-    loader = eval_loader(part.images, part.labels, batch_size=cfg.eval_batch_size,
-                         device=run.device, mean=run.mean, std=run.std,
-                         channels_last=cfg.channels_last)  # fmt: skip
+    loader = eval_loader(
+        part.images,
+        part.labels,
+        batch_size=cfg.eval_batch_size,
+        device=run.device,
+        mean=run.mean,
+        std=run.std,
+        channels_last=cfg.channels_last,
+    )
     logits, labels = predict_logits(run.model, loader, tta=tta, autocast=run.autocast)
     probs = torch.softmax(logits, 1).numpy()
     metrics = compute_metrics(labels.numpy(), probs, ds.class_names, split=split)
@@ -60,8 +66,9 @@ def evaluate_run(
     folder.write_eval(split, metrics)
     folder.write_predictions(split, labels.numpy(), probs)
     if report:
-        metrics["report"] = str(write_report(folder.path, run.config, history,
-                                             metrics, part.images.numpy(), probs))  # fmt: skip
+        metrics["report"] = str(
+            write_report(folder.path, run.config, history, metrics, part.images.numpy(), probs)
+        )
     return metrics
 
 
@@ -72,9 +79,11 @@ def run_split(
     ``split``; one-line errors if the classes disagree with the run's or the split is empty."""
     cfg, folder = run.cfg, run.folder
     ds: CifarDataset = load_dataset(
-        cfg.dataset, root if root is not None else cfg.root, val_size=cfg.val_size,
+        cfg.dataset,
+        root if root is not None else cfg.root,
+        val_size=cfg.val_size,
         labels=cfg.labels,
-    )  # fmt: skip
+    )
     if len(ds.class_names) != len(run.class_names):
         raise CifarlabError(
             f"{folder.config_path}: the run has {len(run.class_names)} classes but {cfg.dataset} "
@@ -83,13 +92,15 @@ def run_split(
         )
     part = ds.split(split)
     if len(part) == 0:
-        raise CifarlabError(f"{folder.path}: the {split} split is empty (the run was trained "
-                            "with val_size 0)")  # fmt: skip
+        raise CifarlabError(
+            f"{folder.path}: the {split} split is empty (the run was trained with val_size 0)"
+        )
     return ds, part
 
 
-def _calibration(run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch.Tensor,
-                 tta: int) -> dict[str, Any]:  # fmt: skip
+def _calibration(
+    run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch.Tensor, tta: int
+) -> dict[str, Any]:
     """Calibration of these logits before and after the run's temperature (fitted now if the
     run has a validation split but no temperature for these weights)."""
     record = run.folder.read_calibration().get(run.checkpoint)
@@ -106,8 +117,9 @@ def _calibration(run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch
     }
     if record["temperature"] is not None:
         out["after"] = calibration_metrics(y, torch.softmax(z / record["temperature"], 1).numpy())
-        out["fit"] = {k: record[k] for k in ("images", "nll_before", "nll_after", "ece_before",
-                                              "ece_after")}  # fmt: skip
+        out["fit"] = {
+            k: record[k] for k in ("images", "nll_before", "nll_after", "ece_before", "ece_after")
+        }
     return out
 
 
@@ -115,9 +127,13 @@ def _calibration(run: Any, ds: CifarDataset, logits: torch.Tensor, labels: torch
 
 
 def calibrate_run(
-    run_dir: str | os.PathLike, *, checkpoint: str = "best", root: str | os.PathLike | None = None,
-    device: str = "auto", data: Any = None,
-) -> dict[str, Any]:  # fmt: skip
+    run_dir: str | os.PathLike,
+    *,
+    checkpoint: str = "best",
+    root: str | os.PathLike | None = None,
+    device: str = "auto",
+    data: Any = None,
+) -> dict[str, Any]:
     """Fit the temperature of a run's ``checkpoint`` on its validation split (with the run's
     own test-time augmentation, as ``predict`` runs it) and store it in ``calibration.json``.
     Returns the record; for a run without a validation split, a record with ``temperature``
@@ -125,8 +141,12 @@ def calibrate_run(
     run = open_run(run_dir, checkpoint, device, calibrated=False)
     cfg = run.cfg
     if data is None and cfg.val_size:
-        data = load_dataset(cfg.dataset, root if root is not None else cfg.root,
-                            val_size=cfg.val_size, labels=cfg.labels)  # fmt: skip
+        data = load_dataset(
+            cfg.dataset,
+            root if root is not None else cfg.root,
+            val_size=cfg.val_size,
+            labels=cfg.labels,
+        )
     return fit_opened(run, data)
 
 
@@ -134,18 +154,30 @@ def fit_opened(run: Any, data: Any) -> dict[str, Any]:
     """:func:`calibrate_run` for a run already opened (:func:`cifarlab.trained.open_run`) and its
     dataset (None or an empty validation split: the record says it cannot be calibrated)."""
     if data is None or len(data.val) == 0:
-        record: dict[str, Any] = {"temperature": None, "reason": NO_VAL,
-                                  "checkpoint": run.checkpoint,
-                                  "checkpoint_epoch": run.checkpoint_epoch}  # fmt: skip
+        record: dict[str, Any] = {
+            "temperature": None,
+            "reason": NO_VAL,
+            "checkpoint": run.checkpoint,
+            "checkpoint_epoch": run.checkpoint_epoch,
+        }
     else:
         cfg = run.cfg
-        loader = eval_loader(data.val.images, data.val.labels, batch_size=cfg.eval_batch_size,
-                             device=run.device, mean=run.mean, std=run.std,
-                             channels_last=cfg.channels_last)  # fmt: skip
+        loader = eval_loader(
+            data.val.images,
+            data.val.labels,
+            batch_size=cfg.eval_batch_size,
+            device=run.device,
+            mean=run.mean,
+            std=run.std,
+            channels_last=cfg.channels_last,
+        )
         logits, labels = predict_logits(run.model, loader, tta=run.tta, autocast=run.autocast)
-        record = fit_record(logits.to(torch.float64).numpy(), labels.numpy(),
-                            checkpoint=run.checkpoint, checkpoint_epoch=run.checkpoint_epoch,
-                            tta=run.tta)  # fmt: skip
+        record = fit_record(
+            logits.to(torch.float64).numpy(),
+            labels.numpy(),
+            checkpoint=run.checkpoint,
+            checkpoint_epoch=run.checkpoint_epoch,
+            tta=run.tta,
+        )
     run.folder.write_calibration(run.checkpoint, record)
     return record
-

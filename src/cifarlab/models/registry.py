@@ -166,8 +166,9 @@ def create_model(name: str, num_classes: int = 10, **options: Any) -> nn.Module:
             f"{options}: {type(e).__name__}: {one_line(e)}"
         ) from None
     if not isinstance(model, nn.Module):
-        raise CifarlabError(f"model {name!r}: the builder returned {type(model).__name__}, "
-                            "not a torch.nn.Module")  # fmt: skip
+        raise CifarlabError(
+            f"model {name!r}: the builder returned {type(model).__name__}, not a torch.nn.Module"
+        )
     return model
 
 

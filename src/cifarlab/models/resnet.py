@@ -60,7 +60,10 @@ class ResNet(nn.Module):
         return self.head(self.pool(self.stages(self.stem(x))).flatten(1))
 
 
-@register("resnet18", "CIFAR ResNet-18: 3×3 stem, no max-pool, 4 stages of 2 basic blocks",
-          recipe="resnet18")  # fmt: skip
+@register(
+    "resnet18",
+    "CIFAR ResNet-18: 3×3 stem, no max-pool, 4 stages of 2 basic blocks",
+    recipe="resnet18",
+)
 def resnet18(num_classes: int = 10) -> nn.Module:
     return ResNet(num_classes, (2, 2, 2, 2))

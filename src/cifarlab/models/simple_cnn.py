@@ -9,8 +9,11 @@ from cifarlab.models.keras_init import keras_init
 from cifarlab.models.registry import register
 
 
-@register("simple_cnn", "the original study's CNN: Conv 32, MaxPool, Conv 64, MaxPool, Dense 64, "
-          "Dense (classes)", recipe="original")  # fmt: skip
+@register(
+    "simple_cnn",
+    "the original study's CNN: Conv 32, MaxPool, Conv 64, MaxPool, Dense 64, Dense (classes)",
+    recipe="original",
+)
 def simple_cnn(num_classes: int = 10) -> nn.Module:
     return keras_init(
         nn.Sequential(

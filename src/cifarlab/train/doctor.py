@@ -42,13 +42,17 @@ def doctor(
     say(f"torch {info['torch']}, kernels for {info['capability']}")
     out: dict[str, Any] = {"machine": info, "speeds": [], "recipes": {}, "budgets": {}}
     if matmul:
-        peaks = {"fp32": probe.matmul_peak(torch.float32),
-                 "bf16": probe.matmul_peak(torch.bfloat16)}  # fmt: skip
+        peaks = {
+            "fp32": probe.matmul_peak(torch.float32),
+            "bf16": probe.matmul_peak(torch.bfloat16),
+        }
         out["matmul_flops"] = peaks
         say("torch.mm peak: " + ", ".join(f"{n} {v / 1e9:,.0f} GFLOP/s" for n, v in peaks.items()))
     models = list(dict.fromkeys(c["model"] for c in budgets.curves()["candidates"].values()))
-    say(f"\ntraining step, channels-last, images/s ({'measured now' if fresh else 'cached'}"
-        f"{'' if fresh else ' or measured now'}; `auto` takes the one ≥ 5 % faster):")  # fmt: skip
+    say(
+        f"\ntraining step, channels-last, images/s ({'measured now' if fresh else 'cached'}"
+        f"{'' if fresh else ' or measured now'}; `auto` takes the one ≥ 5 % faster):"
+    )
     say(f"  {'model':<10} {'batch':>5} {'fp32':>8} {'bf16':>8}  auto")
     best: dict[str, float] = {}
     for model in models:
@@ -73,19 +77,27 @@ def doctor(
         out["recipes"][r.name] = secs
         m = r.measured
         acc = f"({100 * m['test_acc']:.1f}% test, {m['machine']})" if m else ""
-        say(f"  {r.name:<12} {cfg.model:<10} {cfg.epochs:>2} epochs ≈ "
-            f"{budgets.format_duration(secs):>8}  {acc}")  # fmt: skip
+        say(
+            f"  {r.name:<12} {cfg.model:<10} {cfg.epochs:>2} epochs ≈ "
+            f"{budgets.format_duration(secs):>8}  {acc}"
+        )
     say("\nwhat --budget would train here:")
     for label in budgets_shown:
         try:
-            plan = budgets.plan(budgets.parse_duration(label), num_train=TRAIN_IMAGES,
-                                val_size=VAL_IMAGES, spent=1.0)  # fmt: skip
+            plan = budgets.plan(
+                budgets.parse_duration(label),
+                num_train=TRAIN_IMAGES,
+                val_size=VAL_IMAGES,
+                spent=1.0,
+            )
         except CifarlabError as e:
             say(f"  {label:>4}: {e}")
             continue
         c = plan.chosen
         out["budgets"][label] = plan.to_dict()
-        say(f"  {label:>4}: {c.name} ({c.recipe}) for {c.epochs:.1f} epochs ({c.precision}), "
+        say(
+            f"  {label:>4}: {c.name} ({c.recipe}) for {c.epochs:.1f} epochs ({c.precision}), "
             f"expected "
-            f"validation accuracy ≈ {100 * (c.expected_acc or 0):.1f}%")  # fmt: skip
+            f"validation accuracy ≈ {100 * (c.expected_acc or 0):.1f}%"
+        )
     return out

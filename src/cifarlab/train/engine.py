@@ -252,9 +252,11 @@ class Trainer:
         weights = clean_state_dict(state["model"])
         problem = weights_problem(shapes(self.model), weights)
         if problem:
-            raise CifarlabError(f"{source}: the weights do not fit model {self.cfg.model!r} "
-                                f"with model_args {self.cfg.model_args} ({problem}): the "
-                                "checkpoint is from another model")  # fmt: skip
+            raise CifarlabError(
+                f"{source}: the weights do not fit model {self.cfg.model!r} "
+                f"with model_args {self.cfg.model_args} ({problem}): the "
+                "checkpoint is from another model"
+            )
         steps = [
             ("model weights", lambda: self.model.load_state_dict(weights)),
             ("optimizer", lambda: self.optimizer.load_state_dict(state["optimizer"])),
@@ -266,13 +268,18 @@ class Trainer:
                 step()
             except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
                 line = next((x.strip() for x in str(e).splitlines() if x.strip()), "")
-                raise CifarlabError(f"{source}: its {what} state does not fit this run "
-                                    f"({type(e).__name__}: {line[:200]})") from None  # fmt: skip
+                raise CifarlabError(
+                    f"{source}: its {what} state does not fit this run "
+                    f"({type(e).__name__}: {line[:200]})"
+                ) from None
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_val = float(state["best_val_acc"])
         # The saved sums are the whole job's: rank 0 carries them on, the others start at 0.
-        saved = state["totals"] if self.main else {**state["totals"], "loss": 0.0,
-                                                    "correct": 0.0, "seen": 0}  # fmt: skip
+        saved = (
+            state["totals"]
+            if self.main
+            else {**state["totals"], "loss": 0.0, "correct": 0.0, "seen": 0}
+        )
         self.totals = _Totals.from_state(saved, self.device)
         self.elapsed = float(state["elapsed"])
         if self.pacer is not None:
@@ -483,5 +490,3 @@ def _summary_line(row: dict, epochs: int) -> str:
         f"acc {row['train_acc']:.4f}  {val}  {row['epoch_seconds']:.1f}s "
         f"({row['images_per_s']:,.0f} img/s)"
     )
-
-

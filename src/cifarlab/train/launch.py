@@ -151,8 +151,9 @@ def _new_job(
         raise CifarlabError("under torchrun, name the run folder with --out")
     if budget is not None:
         if model is not None:
-            raise CifarlabError("a budget chooses among cifarlab's networks: it does not "
-                                "train a model of your own")  # fmt: skip
+            raise CifarlabError(
+                "a budget chooses among cifarlab's networks: it does not train a model of your own"
+            )
         base = config or TrainConfig()
         folder = RunFolder(Path(out) if out is not None else default_run_dir(base, "budget"))
         folder.check_new()
@@ -180,8 +181,11 @@ def _plan_budget(
     (the trainer reuses it)."""
     seconds = budgets.parse_duration(budget)
     if distributed.launched_by_torchrun():
-        raise SettingError("budget", "measures one process on this machine: it does not run "
-                           "under torchrun; give a recipe or a number of epochs there")  # fmt: skip
+        raise SettingError(
+            "budget",
+            "measures one process on this machine: it does not run "
+            "under torchrun; give a recipe or a number of epochs there",
+        )
     base.resolved()  # every setting valid (--train-size, --threads, ...) before any work
     data = setup.load_data(base)
     num_train = len(data.train)
@@ -192,8 +196,11 @@ def _plan_budget(
         torch.set_num_threads(base.threads)
     say = print if devices.rank() == 0 else None
     if say:
-        print(f"measuring this machine for --budget {budgets.format_duration(seconds)} "
-              f"({probe.describe_machine()})", flush=True)  # fmt: skip
+        print(
+            f"measuring this machine for --budget {budgets.format_duration(seconds)} "
+            f"({probe.describe_machine()})",
+            flush=True,
+        )
     plan = budgets.plan(
         seconds,
         num_train=num_train,
@@ -221,7 +228,6 @@ def _plan_budget(
     return cfg, plan, data
 
 
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -245,8 +251,9 @@ def _start(job: Job) -> Trainer:
     cfg, folder = job.cfg, job.folder
     if cfg.budget is not None and distributed.is_distributed():
         raise CifarlabError("a --budget run measures one process: resume it without torchrun")
-    parts = setup.build(cfg, job.device, data=job.data, model=job.model,
-                        saved_precision=_saved_precision(job))  # fmt: skip
+    parts = setup.build(
+        cfg, job.device, data=job.data, model=job.model, saved_precision=_saved_precision(job)
+    )
     pacer = None
     if cfg.budget is not None:
         used = float((job.state or {}).get("budget_used") or 0.0)
@@ -267,12 +274,17 @@ def _start(job: Job) -> Trainer:
         folder.trim_metrics(trainer.epoch)
     if trainer.main and trainer.epoch >= cfg.epochs:
         lost = job.found.lost_epochs if job.found is not None else []
-        gaps = (f" ({folder.metrics_path.name} lacks epoch(s) {', '.join(map(str, lost))}: "
-                "lost)") if lost else ""  # fmt: skip
+        gaps = (
+            (f" ({folder.metrics_path.name} lacks epoch(s) {', '.join(map(str, lost))}: lost)")
+            if lost
+            else ""
+        )
         print(f"{folder.path} has finished all {cfg.epochs} epochs{gaps}; nothing to resume")
     elif trainer.main:
-        print(f"resuming {folder.path} at epoch {trainer.epoch + 1}, step {trainer.step}"
-              f"{f' on {trainer.world} processes' if trainer.world > 1 else ''}")  # fmt: skip
+        print(
+            f"resuming {folder.path} at epoch {trainer.epoch + 1}, step {trainer.step}"
+            f"{f' on {trainer.world} processes' if trainer.world > 1 else ''}"
+        )
     return trainer
 
 
@@ -327,17 +339,22 @@ def _finish(job: Job, trainer: Trainer, records: dict[str, Any]) -> None:
         return
     final = {**records, "train_seconds": trainer.elapsed, "best_val_acc": trainer.best_val}
     if trainer.pacer is not None:
-        final.update(budget_used_seconds=trainer.pacer.budget.used(),
-                     budget_replans=trainer.pacer.replans,
-                     steps_trained=trainer.total_steps)  # fmt: skip
+        final.update(
+            budget_used_seconds=trainer.pacer.budget.used(),
+            budget_replans=trainer.pacer.replans,
+            steps_trained=trainer.total_steps,
+        )
     if trainer.world > 1:
         final["rank_weight_digests"] = digests  # equal on every rank, or DDP went wrong
     job.folder.write_config({**job.cfg.to_dict(), **final})
     if trainer.pacer is None:
         _calibrate(job.folder.path, trainer)
     else:  # the budget is the promise: a pass over val after it would break it
-        print("calibration: not fitted at the end of a --budget run (it would overrun the "
-              f"budget); cifarlab evaluate {job.folder.path} fits it", flush=True)  # fmt: skip
+        print(
+            "calibration: not fitted at the end of a --budget run (it would overrun the "
+            f"budget); cifarlab evaluate {job.folder.path} fits it",
+            flush=True,
+        )
 
 
 def _calibrate(run_dir: Path, trainer: Trainer) -> None:

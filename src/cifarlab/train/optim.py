@@ -55,8 +55,16 @@ def build_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer
             g["params"] = [p for p in g["params"] if id(p) not in ids]
         groups = [g for g in groups if g["params"]]
         if filters:
-            groups.insert(0, {"params": filters, "lr": cfg.muon_lr, "weight_decay": 0.0,
-                              "momentum": cfg.muon_momentum, "muon": True})  # fmt: skip
+            groups.insert(
+                0,
+                {
+                    "params": filters,
+                    "lr": cfg.muon_lr,
+                    "weight_decay": 0.0,
+                    "momentum": cfg.muon_momentum,
+                    "muon": True,
+                },
+            )
         return Muon(groups, lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
         # eps 1e-7 is Keras' default, which the original study used
@@ -95,8 +103,9 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(self, params: list[dict], lr: float, momentum: float = 0.9) -> None:
-        super().__init__(params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0,
-                                  "muon": False})  # fmt: skip
+        super().__init__(
+            params, {"lr": lr, "momentum": momentum, "weight_decay": 0.0, "muon": False}
+        )
 
     @torch.no_grad()
     def step(self, closure: None = None) -> None:  # type: ignore[override]

@@ -225,8 +225,19 @@ def measure(
                 todo.append((b, p, key))
     if todo:
         with torch.random.fork_rng(devices=[]):  # the caller's seeded generator stays as it was
-            _measure(todo, results, model, model_args, num_classes, channels_last, device,
-                     seconds, max_steps, now, build)  # fmt: skip
+            _measure(
+                todo,
+                results,
+                model,
+                model_args,
+                num_classes,
+                channels_last,
+                device,
+                seconds,
+                max_steps,
+                now,
+                build,
+            )
     return [results[(b, p)] for b in batch_sizes for p in precisions]
 
 
@@ -240,9 +251,19 @@ def _cached_speed(hit: Any, now: float) -> tuple[float, float, str] | None:
     return None
 
 
-def _measure(todo: list, results: dict, model: str, model_args: dict, num_classes: int,
-             channels_last: bool, device: torch.device, seconds: float, max_steps: int,
-             now: float, build: Callable[[], nn.Module] | None = None) -> None:  # fmt: skip
+def _measure(
+    todo: list,
+    results: dict,
+    model: str,
+    model_args: dict,
+    num_classes: int,
+    channels_last: bool,
+    device: torch.device,
+    seconds: float,
+    max_steps: int,
+    now: float,
+    build: Callable[[], nn.Module] | None = None,
+) -> None:
     """Time the configurations in ``todo`` (taking turns) into ``results`` and the cache."""
     torch.set_flush_denormal(True)
     steps = {}

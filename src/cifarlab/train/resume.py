@@ -40,8 +40,9 @@ class ResumeCheck:
     notes: list[str] = field(default_factory=list)  # what is printed before training goes on
 
 
-def _check_same_run(config: dict[str, Any], state: dict[str, Any], config_path: Path,
-                    source: Path) -> None:  # fmt: skip
+def _check_same_run(
+    config: dict[str, Any], state: dict[str, Any], config_path: Path, source: Path
+) -> None:
     """``config.json`` and the checkpoint describe the same run (not a checkpoint copied in
     from another run)."""
     saved = state.get("config") or {}
@@ -51,7 +52,6 @@ def _check_same_run(config: dict[str, Any], state: dict[str, Any], config_path: 
                 f"{source}: not this run's checkpoint: its {key} is {schemas.describe(saved[key])}"
                 f", {config_path.name} says {schemas.describe(config[key])}"
             )
-
 
 
 def prepare_resume(
@@ -66,15 +66,19 @@ def prepare_resume(
         raise CifarlabError(f"{run_dir}: no such run folder")
     holder = folder.lock_holder()
     if holder:
-        raise CifarlabError(f"{run_dir} is being trained right now ({holder}): wait for it to "
-                            "finish (or stop it: Ctrl-C saves a checkpoint) before resuming "
-                            "it")  # fmt: skip
+        raise CifarlabError(
+            f"{run_dir} is being trained right now ({holder}): wait for it to "
+            "finish (or stop it: Ctrl-C saves a checkpoint) before resuming "
+            "it"
+        )
     last, best = folder.checkpoint_path("last"), folder.checkpoint_path("best")
     note = None
     if not os.path.lexists(last) and os.path.lexists(best):
         source, state = best, folder.load_checkpoint("best", "resume")
-        note = (f"{LAST} is missing: resuming from {BEST} (epoch {state['epoch']}); the "
-                "epochs after it are trained again")  # fmt: skip
+        note = (
+            f"{LAST} is missing: resuming from {BEST} (epoch {state['epoch']}); the "
+            "epochs after it are trained again"
+        )
     else:
         source, state = last, folder.load_checkpoint("last", "resume")
     try:
@@ -90,11 +94,12 @@ def prepare_resume(
     planned = planned_shapes(cfg.model, len(names), cfg.model_args) if len(names) >= 2 else None
     problem = weights_problem(planned, clean_state_dict(state["model"])) if planned else None
     if problem:
-        raise CifarlabError(f"{source}: the weights do not fit model {cfg.model!r} with "
-                            f"model_args {cfg.model_args} ({problem}): the checkpoint is from "
-                            "another model")  # fmt: skip
+        raise CifarlabError(
+            f"{source}: the weights do not fit model {cfg.model!r} with "
+            f"model_args {cfg.model_args} ({problem}): the checkpoint is from "
+            "another model"
+        )
     return cfg, state, found
-
 
 
 def check_resume(folder: RunFolder, state: dict[str, Any], source: Path) -> ResumeCheck:
@@ -110,8 +115,9 @@ def check_resume(folder: RunFolder, state: dict[str, Any], source: Path) -> Resu
         try:
             found.config = folder.read_config()
         except CifarlabError as e:
-            raise CifarlabError(f"{e} (delete {CONFIG}: --resume writes it again from "
-                                f"{source.name})") from None  # fmt: skip
+            raise CifarlabError(
+                f"{e} (delete {CONFIG}: --resume writes it again from {source.name})"
+            ) from None
         _check_same_run(found.config, state, folder.config_path, source)
     else:
         found.notes.append(f"{CONFIG} was missing: written again from {source.name}")
@@ -126,21 +132,30 @@ def check_resume(folder: RunFolder, state: dict[str, Any], source: Path) -> Resu
         found.rows_to_restore.append(saved)
         missing.remove(saved["epoch"])
         rows.append(saved)
-        found.notes.append(f"{METRICS} lacked the row of epoch {saved['epoch']}: restored "
-                           f"from {source.name}")  # fmt: skip
+        found.notes.append(
+            f"{METRICS} lacked the row of epoch {saved['epoch']}: restored from {source.name}"
+        )
     if missing:
         found.lost_epochs = missing
-        found.notes.append(f"{METRICS} lacks the rows of epoch(s) "
-                           f"{', '.join(map(str, missing))}: they are lost (nothing holds "
-                           "them), so the training curves will skip them")  # fmt: skip
+        found.notes.append(
+            f"{METRICS} lacks the rows of epoch(s) "
+            f"{', '.join(map(str, missing))}: they are lost (nothing holds "
+            "them), so the training curves will skip them"
+        )
     # best.pt: there, readable, and of the best epoch
     if epoch >= 1:
         _check_best(folder, state, source, rows, found)
     found.stale = folder.stale_temp_files()
     return found
 
-def _check_best(folder: RunFolder, state: dict[str, Any], source: Path, rows: list[dict[str, Any]],
-                found: ResumeCheck) -> None:  # fmt: skip
+
+def _check_best(
+    folder: RunFolder,
+    state: dict[str, Any],
+    source: Path,
+    rows: list[dict[str, Any]],
+    found: ResumeCheck,
+) -> None:
     epoch, best_path = int(state["epoch"]), folder.checkpoint_path("best")
     best_epoch = state.get("best_epoch")
     best_val = state.get("best_val_acc")
@@ -167,8 +182,7 @@ def _check_best(folder: RunFolder, state: dict[str, Any], source: Path, rows: li
         elif scored and (best["epoch"] in scored or best.get("best_val_acc") == best_val):
             pass  # an older run's best.pt of one of the tied best epochs
         elif best_epoch is not None and best["epoch"] < best_epoch:  # (later: chosen)
-            problem = (f"{best_path} holds epoch {best['epoch']}, but the best epoch is "
-                       f"{best_epoch}")  # fmt: skip
+            problem = f"{best_path} holds epoch {best['epoch']}, but the best epoch is {best_epoch}"
         elif best_epoch is None and best.get("best_val_acc") not in (None, best_val):
             problem = f"{best_path} is not of the best epoch (another validation accuracy)"
     if problem is None:
@@ -177,11 +191,13 @@ def _check_best(folder: RunFolder, state: dict[str, Any], source: Path, rows: li
         with contextlib.suppress(OSError):
             mode = os.lstat(best_path).st_mode
             if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                raise CifarlabError(f"{problem}: remove it, then resume again (it is rebuilt "
-                                    f"from {source.name})")  # fmt: skip
+                raise CifarlabError(
+                    f"{problem}: remove it, then resume again (it is rebuilt from {source.name})"
+                )
         found.rebuild_best = True
-        found.notes.append(f"{problem}: rebuilt from {source.name} (the best epoch, "
-                           f"{epoch}, is the last)")  # fmt: skip
+        found.notes.append(
+            f"{problem}: rebuilt from {source.name} (the best epoch, {epoch}, is the last)"
+        )
         return
     which = f"epoch {best_epoch}" if best_epoch is not None else "an earlier epoch"
     raise CifarlabError(
@@ -189,6 +205,7 @@ def _check_best(folder: RunFolder, state: dict[str, Any], source: Path, rows: li
         f"to go on with the latest weights as the best so far, copy {source} to {best_path} "
         "and resume again"
     )
+
 
 def repair(folder: RunFolder, found: ResumeCheck) -> None:
     """Do what :func:`check_resume` found can be done (under the lock), and say it."""
@@ -204,4 +221,3 @@ def repair(folder: RunFolder, found: ResumeCheck) -> None:
         folder.promote_last_to_best()
     for note in found.notes:
         print(f"{folder.path}: {note}", flush=True)
-

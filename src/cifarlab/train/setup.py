@@ -89,8 +89,9 @@ def build(
     data = data if data is not None else load_data(cfg)
     loader, val_loader = build_loaders(cfg, data, dev)
     net = build_model(cfg, data.num_classes, model)
-    precision, choice = choose_precision(cfg, net, data.num_classes, dev, saved_precision,
-                                         own=model is not None)  # fmt: skip
+    precision, choice = choose_precision(
+        cfg, net, data.num_classes, dev, saved_precision, own=model is not None
+    )
     if cfg.sync_bn:
         if dev.type != "cuda":
             raise CifarlabError("sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm)")
@@ -111,8 +112,11 @@ def build_loaders(
         keep = torch.from_numpy(stratified_holdout(labels.numpy(), cfg.train_size, seed=0))
         images, labels = images[keep], labels[keep]
     elif cfg.train_size is not None and cfg.train_size > len(labels) and devices.rank() == 0:
-        warnings.warn(f"train_size {cfg.train_size} is more than the {len(labels)} training "
-                      "images: training on all of them", stacklevel=3)  # fmt: skip
+        warnings.warn(
+            f"train_size {cfg.train_size} is more than the {len(labels)} training "
+            "images: training on all of them",
+            stacklevel=3,
+        )
     mean, std = cfg.normalization()
     loader = BatchLoader(
         images,
@@ -202,8 +206,11 @@ def check_model_size(cfg: TrainConfig) -> None:
     planned = planned_shapes(cfg.model, coarse or info.num_classes, cfg.model_args)
     size = sum(math.prod(s) for s in planned.values()) if planned else 0
     if size > MAX_PARAMS:
-        raise SettingError("model_args", f"{cfg.model_args} give model {cfg.model!r} {size:,} "
-                           f"parameters, more than the {MAX_PARAMS:,} a run may have")  # fmt: skip
+        raise SettingError(
+            "model_args",
+            f"{cfg.model_args} give model {cfg.model!r} {size:,} "
+            f"parameters, more than the {MAX_PARAMS:,} a run may have",
+        )
 
 
 def own_model_config(config: TrainConfig, model: ModelLike) -> TrainConfig:
@@ -220,10 +227,12 @@ def own_model_config(config: TrainConfig, model: ModelLike) -> TrainConfig:
 def _warn_if_not_reopenable(path: str) -> None:
     problem = reopen_problem(path)
     if problem and devices.rank() == 0:
-        print(f"warning: the model {path} cannot be rebuilt by another process ({problem}): "
-              "this run trains, but `cifarlab evaluate`, `predict` and `export` will not open "
-              "it; define the model at the top level of an importable module to use them",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: the model {path} cannot be rebuilt by another process ({problem}): "
+            "this run trains, but `cifarlab evaluate`, `predict` and `export` will not open "
+            "it; define the model at the top level of an importable module to use them",
+            file=sys.stderr,
+        )
 
 
 def model_source(cfg: TrainConfig) -> str | None:
@@ -253,10 +262,13 @@ def check_rebuild(cfg: TrainConfig, num_classes: int, model: nn.Module) -> None:
     except CifarlabError as e:
         problem = str(e)
     if problem and devices.rank() == 0:
-        print(f"warning: rebuilding {cfg.model}(num_classes={num_classes}, **{cfg.model_args}) "
-              f"does not give the module being trained ({problem}): give its constructor's "
-              "arguments as model_args, or `cifarlab evaluate`, `predict` and `export` will "
-              "not open this run", file=sys.stderr)  # fmt: skip
+        print(
+            f"warning: rebuilding {cfg.model}(num_classes={num_classes}, **{cfg.model_args}) "
+            f"does not give the module being trained ({problem}): give its constructor's "
+            "arguments as model_args, or `cifarlab evaluate`, `predict` and `export` will "
+            "not open this run",
+            file=sys.stderr,
+        )
 
 
 def build_model(cfg: TrainConfig, num_classes: int, model: ModelLike | None) -> nn.Module:
@@ -270,4 +282,3 @@ def build_model(cfg: TrainConfig, num_classes: int, model: ModelLike | None) -> 
     if not isinstance(built, nn.Module):
         raise CifarlabError(f"the model builder returned {type(built).__name__}, not an nn.Module")
     return built
-
