@@ -5,7 +5,11 @@ exception that escapes ``cli.main`` prints a traceback and exits 1, as ``python 
 would. The server waits for the child up to a timeout and kills it past that (a hang).
 
 Protocol: one JSON object per line on stdin (``argv``, ``cwd``, ``env``, ``stdout``, ``stderr``,
-``timeout``); one JSON object per line on stdout (``code``, ``timed_out``, ``seconds``).
+``timeout``; ``whole_env``: true when ``env`` is the child's whole environment, not additions to
+the server's); one JSON object per line on stdout (``code``, ``timed_out``, ``seconds``).
+
+Modules named on the command line (``cli_server.py cifarlab.train ...``) are imported once too,
+before any fork (tests/conftest.py's ``run_cli`` preloads the commands' heavy imports).
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ import time
 
 def _child(job: dict) -> None:
     os.chdir(job["cwd"])
+    if job.get("whole_env"):
+        os.environ.clear()
     os.environ.update(job["env"])
     out = os.open(job["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     err = os.open(job["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -50,10 +56,15 @@ def _child(job: dict) -> None:
     os._exit(int(code or 0))
 
 
-def serve() -> None:
+def serve(preload: list[str]) -> None:
+    import importlib
+
     import torch  # noqa: F401
 
     import cifarlab.cli  # noqa: F401 - the expensive imports, once
+
+    for name in preload:
+        importlib.import_module(name)
 
     for line in sys.stdin:
         job = json.loads(line)
@@ -78,4 +89,4 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(sys.argv[1:])

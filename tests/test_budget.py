@@ -19,6 +19,7 @@ from cifarlab.models import model_names
 from cifarlab.train import budget as budgets
 from cifarlab.train import probe
 from cifarlab.train.recipes import RECIPES
+from conftest import cli_run  # a warm fork where nothing in the test needs a fresh interpreter
 
 # Tests share the machine (and its two cores) with each other: timing limits get a margin.
 SLACK = 1.5
@@ -151,6 +152,7 @@ def _budget_args(root: Path, budget: str, out: Path, *extra: str) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # it times the machine: no other test beside it
 def test_a_budget_run_ends_within_its_budget_and_records_its_choice(
     cifar10_root: Path, tmp_path: Path
 ) -> None:
@@ -177,6 +179,7 @@ def test_a_budget_run_ends_within_its_budget_and_records_its_choice(
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # it times the machine: no other test beside it
 def test_a_budget_run_resumes_after_ctrl_c_within_its_budget(
     cifar10_root: Path, tmp_path: Path
 ) -> None:
@@ -219,7 +222,7 @@ def test_budget_errors_are_one_line(cifar10_root: Path, tmp_path: Path) -> None:
     for args, message in cases:
         out = tmp_path / "r"
         cmd = _cli("train", *args, "--root", str(cifar10_root), "--out", str(out), "--no-progress")
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        r = cli_run(cmd, capture_output=True, text=True, timeout=120)
         assert r.returncode == 1, (args, r.stderr)
         assert message in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()[-1]) > 10
@@ -229,10 +232,10 @@ def test_budget_errors_are_one_line(cifar10_root: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_precision_auto_is_measured_and_recorded(cifar10_root: Path, tmp_path: Path) -> None:
     run = tmp_path / "q"
-    r = subprocess.run(_cli("train", "--recipe", "quick", "--epochs", "1", "--root",
-                            str(cifar10_root), "--train-size", "1000", "--val-size", "200",
-                            "--out", str(run), "--no-progress"),
-                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = cli_run(_cli("train", "--recipe", "quick", "--epochs", "1", "--root",
+                     str(cifar10_root), "--train-size", "1000", "--val-size", "200",
+                     "--out", str(run), "--no-progress"),
+                capture_output=True, text=True, timeout=300)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "precision auto → " in r.stdout
     config = json.loads((run / "config.json").read_text())
@@ -246,8 +249,8 @@ def test_precision_auto_is_measured_and_recorded(cifar10_root: Path, tmp_path: P
 @pytest.mark.slow
 def test_doctor_reports_machine_speeds_recipes_and_budgets(tmp_path: Path) -> None:
     env = {**os.environ, "CIFARLAB_CACHE": str(tmp_path / "cache")}
-    r = subprocess.run(_cli("doctor", "--json", "--matmul"), capture_output=True, text=True,
-                       timeout=300, env=env)  # fmt: skip
+    r = cli_run(_cli("doctor", "--json", "--matmul"), capture_output=True, text=True,
+                timeout=300, env=env)  # fmt: skip
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["machine"]["cores"] >= 1
@@ -257,7 +260,7 @@ def test_doctor_reports_machine_speeds_recipes_and_budgets(tmp_path: Path) -> No
     assert report["recipes"]["quick"] < report["recipes"]["fast"] < report["recipes"]["max-cpu"]
     assert "5m" in report["budgets"]
     # the second time reads the cache: the human-readable form says so
-    r = subprocess.run(_cli("doctor"), capture_output=True, text=True, timeout=300, env=env)
+    r = cli_run(_cli("doctor"), capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and "(cached)" in r.stdout and "machine:" in r.stdout
 
 

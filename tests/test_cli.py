@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from conftest import cli_run
 from fakedata import write_cifar10_python, write_cifar100_python
 
 
@@ -20,7 +21,7 @@ def run(
     *args: str, env: dict | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run(
+    return cli_run(  # a warm fork: nothing here needs a fresh interpreter (tests/conftest.py)
         [sys.executable, "-m", "cifarlab", *args],
         capture_output=True, text=True, env=full_env, cwd=cwd, timeout=120,
     )  # fmt: skip

@@ -25,6 +25,7 @@ from cifarlab.data.download import NETWORK_HINT, download_dataset, download_file
 from cifarlab.data.extract import safe_extract
 from cifarlab.data.sources import get_info
 from cifarlab.errors import CifarlabError, DataError, DownloadError
+from conftest import cli_run
 from hostile import no_hang
 
 FAST = {"backoff": 0.01, "timeout": 5.0, "progress": False}
@@ -369,7 +370,7 @@ def test_download_then_extract(server: Server, tmp_path: Path) -> None:
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return cli_run(  # a warm fork: nothing here needs a fresh interpreter (tests/conftest.py)
         [sys.executable, "-m", "cifarlab", *args],
         capture_output=True, text=True, timeout=60, env={**os.environ, **env},
     )  # fmt: skip

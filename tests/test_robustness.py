@@ -29,6 +29,7 @@ from cifarlab.robustness.evaluate import (
     run_robustness,
 )
 from cifarlab.runs import RunFolder
+from conftest import cli_run
 
 NAMES = ["gaussian_noise", "frost", "contrast"]  # frost: one with a note
 LEVELS = [1, 5]
@@ -38,7 +39,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def cli(*args: str, cache: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "CIFARLAB_CACHE": str(cache)}
-    return subprocess.run(
+    return cli_run(  # a warm fork: nothing here needs a fresh interpreter (tests/conftest.py)
         [sys.executable, "-m", "cifarlab", "robustness", *args],
         capture_output=True,
         text=True,

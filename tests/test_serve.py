@@ -357,6 +357,7 @@ def test_bad_requests_are_json_4xx_and_the_server_keeps_serving(
     assert "Traceback" not in server.output()
 
 
+@pytest.mark.alone  # timed (< 10 s): no other test beside it
 def test_some_bad_files_in_a_request_are_errors_of_their_own(server: Server) -> None:
     """Good and bad files together: 200, each bad file has its error, the others their
     prediction, in order; a GIF of 10,000 frames is predicted from its first frame at once."""
@@ -372,6 +373,7 @@ def test_some_bad_files_in_a_request_are_errors_of_their_own(server: Server) -> 
     assert gif["label"], gif
 
 
+@pytest.mark.alone  # how soon the server answers: no other test beside it
 def test_upload_is_refused_while_it_streams(server: Server) -> None:
     """A chunked body with no length is answered 413 as soon as it passes the limit (1 MB):
     the client has not sent the end of it when the answer comes."""
@@ -409,6 +411,7 @@ def test_a_declared_length_over_the_limit_is_refused_before_the_body(server: Ser
     assert status == 413 and "limit is 1 MB" in payload["error"]
 
 
+@pytest.mark.alone  # batching: requests in flight together: no other test beside it
 def test_requests_arriving_together_share_batches(server: Server) -> None:
     """24 clients at once: every answer right, in fewer model batches than requests."""
     _, before, _ = server.request("GET", "/v1/models")
@@ -699,6 +702,7 @@ def test_a_request_decodes_at_most_its_pixel_budget(server: Server) -> None:
     good(server)
 
 
+@pytest.mark.alone  # timed: sleeps while the server reads: no other test beside it
 def test_slow_uploads_together_are_capped(server: Server) -> None:
     """Bodies held at once are capped for all clients together (--max-pending-mb 2.5 here):
     three half-sent 0.9 MB uploads, and the third is answered 503; once they go, the server

@@ -19,6 +19,7 @@ from cifarlab.checkpoint import load_checkpoint, save_checkpoint
 from cifarlab.errors import CifarlabError
 from cifarlab.models import count_parameters, create_model, model_names
 from cifarlab.train import TrainConfig, TrainingError, train
+from conftest import cli_run  # a warm fork where nothing in the test needs a fresh interpreter
 
 
 @pytest.fixture(autouse=True)
@@ -136,7 +137,7 @@ def test_interrupt_and_resume_match_an_uninterrupted_run(
         "--root",
         str(cifar10_root),
         "--train-size",
-        "4000",
+        "2000",  # 8 steps an epoch at fast-muon's batch of 256: room to stop mid-epoch 2
         "--val-size",
         "500",
         "--epochs",
@@ -192,7 +193,7 @@ def test_cli_train_evaluate_compare(cifar10_root: Path, tmp_path: Path) -> None:
     runs = []
     for model in ("simple_cnn", "mlp"):
         run = tmp_path / model
-        r = subprocess.run(
+        r = cli_run(
             _cli(
                 "train",
                 "--model",
@@ -215,7 +216,7 @@ def test_cli_train_evaluate_compare(cifar10_root: Path, tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert "epoch   1/1" in r.stdout and "val loss" in r.stdout
-        r = subprocess.run(_cli("evaluate", str(run)), capture_output=True, text=True, timeout=300)
+        r = cli_run(_cli("evaluate", str(run)), capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr
         assert "precision    recall  f1-score   support" in r.stdout
         assert "weighted avg" in r.stdout and "accuracy" in r.stdout
@@ -224,7 +225,7 @@ def test_cli_train_evaluate_compare(cifar10_root: Path, tmp_path: Path) -> None:
         assert (run / "report.html").is_file()
         runs.append(str(run))
     out = tmp_path / "cmp.html"
-    r = subprocess.run(
+    r = cli_run(
         _cli("compare", *runs, "--out", str(out)), capture_output=True, text=True, timeout=120
     )
     assert r.returncode == 0, r.stderr
@@ -233,13 +234,13 @@ def test_cli_train_evaluate_compare(cifar10_root: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_cli_errors(tmp_path: Path) -> None:
-    r = subprocess.run(_cli("evaluate", str(tmp_path / "nope")), capture_output=True, text=True)
+    r = cli_run(_cli("evaluate", str(tmp_path / "nope")), capture_output=True, text=True)
     assert r.returncode == 1 and "no such run folder" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run(
+    r = cli_run(
         _cli("train", "--epochs", "0", "--root", str(tmp_path)), capture_output=True, text=True
     )
     assert r.returncode == 1 and "--epochs must be ≥ 1" in r.stderr
-    r = subprocess.run(_cli("compare", str(tmp_path)), capture_output=True, text=True)
+    r = cli_run(_cli("compare", str(tmp_path)), capture_output=True, text=True)
     assert r.returncode == 1 and "not a run folder" in r.stderr
 
 
@@ -297,7 +298,7 @@ def test_resume_takes_a_new_data_root_and_device_but_keeps_the_rest(tmp_path: Pa
 
     write_cifar10_python(tmp_path / "data", per_batch=40, test=40)
     run = tmp_path / "r"
-    first = subprocess.run(
+    first = cli_run(
         _cli("train", "--model", "simple_cnn", "--root", str(tmp_path / "data"), "--val-size",
              "20", "--epochs", "1", "--device", "cpu", "--no-progress", "--out", str(run)),
         capture_output=True, text=True, timeout=120,
@@ -306,7 +307,7 @@ def test_resume_takes_a_new_data_root_and_device_but_keeps_the_rest(tmp_path: Pa
     (tmp_path / "data").rename(tmp_path / "moved")
 
     def resume(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
+        return cli_run(
             _cli("train", "--resume", str(run), "--no-progress", *extra),
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
@@ -342,17 +343,17 @@ def test_compare_refuses_a_damaged_evaluation(cifar10_root: Path, tmp_path: Path
     run = train(_small(cifar10_root, train_size=300), out=tmp_path / "r", progress=False)
     for text in ("{not json", '{"accuracy": 0.5}'):
         (run / "eval_test.json").write_text(text)
-        r = subprocess.run(_cli("compare", str(run), str(run), "--out", str(tmp_path / "c.html")),
-                           capture_output=True, text=True, timeout=120)  # fmt: skip
+        r = cli_run(_cli("compare", str(run), str(run), "--out", str(tmp_path / "c.html")),
+                    capture_output=True, text=True, timeout=120)  # fmt: skip
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert "eval_test.json: not an evaluation written by cifarlab" in r.stderr
     assert not (tmp_path / "c.html").exists()
 
 
 def test_a_run_that_fails_at_once_leaves_no_folder(tmp_path: Path) -> None:
-    r = subprocess.run(_cli("train", "--root", str(tmp_path / "no-data"), "--out",
-                            str(tmp_path / "runs" / "r"), "--no-progress"),
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = cli_run(_cli("train", "--root", str(tmp_path / "no-data"), "--out",
+                     str(tmp_path / "runs" / "r"), "--no-progress"),
+                capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 1 and "no-data" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs" / "r").exists()
 
