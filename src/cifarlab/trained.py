@@ -23,8 +23,10 @@ from cifarlab.checkpoint import (
     shapes,
     weights_problem,
 )
+from cifarlab.data.loader import BatchLoader
 from cifarlab.errors import CifarlabError, one_line
 from cifarlab.evaluate.calibration import describe
+from cifarlab.evaluate.inference import eval_loader
 from cifarlab.models import create_model, model_names
 from cifarlab.runs import CONFIG, RunFolder
 from cifarlab.train.config import TrainConfig
@@ -149,6 +151,19 @@ class OpenRun:
 
     def autocast_context(self) -> contextlib.AbstractContextManager:
         return autocast_context(self.device, self.autocast)
+
+    def loader(self, images: torch.Tensor, labels: torch.Tensor) -> BatchLoader:
+        """An evaluation loader of ``images`` as this run was trained to see them (its
+        normalization and memory format, its eval batch size, on its device)."""
+        return eval_loader(
+            images,
+            labels,
+            batch_size=self.cfg.eval_batch_size,
+            device=self.device,
+            mean=self.mean,
+            std=self.std,
+            channels_last=self.cfg.channels_last,
+        )
 
 
 def open_run(

@@ -10,7 +10,7 @@ import torch
 from cifarlab.data.dataset import CifarDataset, load_dataset
 from cifarlab.errors import CifarlabError, SettingError
 from cifarlab.evaluate.calibration import NO_VAL, calibration_metrics, describe, fit_record
-from cifarlab.evaluate.inference import TTA_LEVELS, eval_loader, predict_logits
+from cifarlab.evaluate.inference import TTA_LEVELS, predict_logits
 from cifarlab.evaluate.metrics import compute_metrics
 from cifarlab.report.html import write_report
 from cifarlab.trained import load_model, open_run, read_run  # noqa: F401 - public here too
@@ -42,19 +42,11 @@ def evaluate_run(
     if tta is not None and tta not in TTA_LEVELS:
         raise SettingError("tta", f"must be one of {', '.join(map(str, TTA_LEVELS))}, got {tta}")
     run = open_run(run_dir, checkpoint, device, calibrated=False)
-    cfg, folder = run.cfg, run.folder
+    folder = run.folder
     history = folder.read_metrics() if report else []  # checked before any work is done
     ds, part = run_split(run, split, root)
     tta = run.tta if tta is None else tta
-    loader = eval_loader(
-        part.images,
-        part.labels,
-        batch_size=cfg.eval_batch_size,
-        device=run.device,
-        mean=run.mean,
-        std=run.std,
-        channels_last=cfg.channels_last,
-    )
+    loader = run.loader(part.images, part.labels)
     logits, labels = predict_logits(run.model, loader, tta=tta, autocast=run.autocast)
     probs = torch.softmax(logits, 1).numpy()
     metrics = compute_metrics(labels.numpy(), probs, ds.class_names, split=split)
@@ -161,16 +153,7 @@ def fit_opened(run: Any, data: Any) -> dict[str, Any]:
             "checkpoint_epoch": run.checkpoint_epoch,
         }
     else:
-        cfg = run.cfg
-        loader = eval_loader(
-            data.val.images,
-            data.val.labels,
-            batch_size=cfg.eval_batch_size,
-            device=run.device,
-            mean=run.mean,
-            std=run.std,
-            channels_last=cfg.channels_last,
-        )
+        loader = run.loader(data.val.images, data.val.labels)
         logits, labels = predict_logits(run.model, loader, tta=run.tta, autocast=run.autocast)
         record = fit_record(
             logits.to(torch.float64).numpy(),

@@ -46,7 +46,7 @@ from cifarlab.data.corruptions import (
     corrupt,
 )
 from cifarlab.errors import CifarlabError, SettingError, one_line
-from cifarlab.evaluate.inference import TTA_LEVELS, eval_loader, predict_logits
+from cifarlab.evaluate.inference import TTA_LEVELS, predict_logits
 from cifarlab.evaluate.run import run_split
 from cifarlab.report import plots
 from cifarlab.report.html import write_report
@@ -300,16 +300,7 @@ def _clean_set(run: OpenRun, split: str, root: Any, images: int | None) -> _Clea
 
 def _accuracy(run: OpenRun, x: np.ndarray, labels: torch.Tensor, level: int) -> float:
     """The run's accuracy on the images ``x`` at test-time augmentation ``level``."""
-    cfg = run.cfg
-    loader = eval_loader(
-        torch.from_numpy(np.asarray(x)),
-        labels,
-        batch_size=cfg.eval_batch_size,
-        device=run.device,
-        mean=run.mean,
-        std=run.std,
-        channels_last=cfg.channels_last,
-    )
+    loader = run.loader(torch.from_numpy(np.asarray(x)), labels)
     logits, y = predict_logits(run.model, loader, tta=level, autocast=run.autocast)
     return int((logits.argmax(1) == y).sum()) / len(y)
 
