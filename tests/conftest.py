@@ -68,8 +68,10 @@ def cli_run(cmd: list[str], **kw: Any) -> subprocess.CompletedProcess:
 # starts or imports: a command that needs other values than a warm server's gets its own.
 _STARTUP_VARS = ("PYTHON", "OMP_", "MKL_", "KMP_", "GOMP_", "LANG", "LC_", "TORCH", "MPL",
                  "HOME", "XDG_CONFIG", "CIFARLAB_DIST", "CUDA", "TMPDIR")  # fmt: skip
-# Imported by the server before it forks: what most commands import (each costs 0.2-1.3 s).
-_PRELOAD = ("cifarlab.train", "cifarlab.evaluate.run", "cifarlab.predict", "cifarlab.export")
+# Imported by the server before it forks: what most commands import (each costs 0.2-1.3 s;
+# torch._dynamo 2.5 s: torch imports it at the first optimizer a command makes).
+_PRELOAD = ("cifarlab.train", "cifarlab.evaluate.run", "cifarlab.predict", "cifarlab.export",
+            "torch._dynamo")  # fmt: skip
 
 
 class _WarmCli:
@@ -173,6 +175,16 @@ def require_shared_data() -> Path:
             pytest.fail(message)  # CI must run these tests, not skip them
         pytest.skip(message)
     return root
+
+
+@pytest.fixture
+def planner_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache folder for the whole test run, all xdist workers, for $CIFARLAB_CACHE: the
+    tests that only need `budget.plan`'s speeds of the three FastNets probe them once (30 s
+    on one thread), not each (tests of the probe itself keep an empty cache)."""
+    folder = run_wide_dir(tmp_path_factory) / "planner-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture
@@ -321,6 +333,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if WORKER:
         rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
         items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: keeps order
+        _alone_first(items, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+
+
+def _alone_first(items: list[pytest.Item], workers: int) -> None:
+    """The `alone` tests first, and quick tests where the other workers' shares begin.
+
+    An `alone` test waits for the test beside it to end, a core idle meanwhile: in the middle
+    of the run that was a training of up to 60 s. xdist's worksteal hands each worker one
+    contiguous share of this list at the start (the first 1/n, the next 1/n, ...): the `alone`
+    tests open the first share, and each other share opens with tests of a few milliseconds,
+    the only tests that run beside them. Only the speed depends on this order."""
+    alone = [item for item in items if item.get_closest_marker("alone") is not None]
+    rest = [item for item in items if item.get_closest_marker("alone") is None]
+    quick = [item for item in rest if item.get_closest_marker("slow") is None
+             and item.path.name not in HEAVY_FIRST][-30 * (workers - 1):]  # fmt: skip
+    ids = {id(item) for item in quick}
+    order = alone + [item for item in rest if id(item) not in ids]
+    share = len(items) // max(workers, 1)
+    for k in range(workers - 1, 0, -1):
+        order[k * share:k * share] = quick[(k - 1) * 30:k * 30]
+    items[:] = order
 
 
 def _mount_tmpfs(d: Path, options: str):  # noqa: ANN202 - a generator for the fixtures below

@@ -121,7 +121,10 @@ def test_machine_is_described() -> None:
 
 
 @pytest.mark.slow
-def test_planner_picks_the_best_expected_accuracy_that_fits() -> None:
+def test_planner_picks_the_best_expected_accuracy_that_fits(
+    planner_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFARLAB_CACHE", str(planner_cache))  # the FastNets' speeds, once a run
     plan = budgets.plan(600, num_train=45000, val_size=5000, spent=1.0)
     feasible = [o for o in plan.options if o.expected_acc is not None]
     assert plan.chosen in feasible
@@ -137,7 +140,10 @@ def test_planner_picks_the_best_expected_accuracy_that_fits() -> None:
     assert c.name in plan.reason() and "expected validation accuracy" in plan.reason()
 
 
-def test_too_short_a_budget_says_the_minimum() -> None:
+def test_too_short_a_budget_says_the_minimum(
+    planner_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CIFARLAB_CACHE", str(planner_cache))  # the FastNets' speeds, once a run
     with pytest.raises(CifarlabError, match=r"too short .* give \d+s or more"):
         budgets.plan(0.5, num_train=45000, val_size=5000)
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from cifarlab.checkpoint import load_checkpoint
+from conftest import cli_run
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -36,10 +37,11 @@ def _torchrun(n: int, *args: str, timeout: int = 300) -> subprocess.CompletedPro
 
 
 def _single(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """One process, forked from a warm one (conftest.cli_run: a real process, without the 5 s
+    of imports a fresh interpreter and its first optimizer cost)."""
     cmd = [sys.executable, "-m", "cifarlab", "train", *args]
-    return subprocess.run(
-        cmd, capture_output=True, text=True, timeout=300, env={**_env(), **(env or {})}
-    )
+    return cli_run(cmd, capture_output=True, text=True, timeout=300,
+                   env={**_env(), **(env or {})})  # fmt: skip
 
 
 def _history(run: Path) -> list[dict]:

@@ -61,13 +61,14 @@ def test_training_sees_small_images_first_then_full_size(
 
 @pytest.mark.slow
 def test_muon_recipe_learns_and_the_planner_counts_its_cheaper_steps(
-    cifar10_root: Path, tmp_path: Path
+    cifar10_root: Path, tmp_path: Path, planner_cache: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = recipe_config("fast-muon", root=str(cifar10_root), train_size=4000, val_size=1000,
                         epochs=2, device="cpu")  # fmt: skip
     run = train(cfg, out=tmp_path / "r", progress=False)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["val_acc"] > 0.35, rows  # chance is 0.10
+    monkeypatch.setenv("CIFARLAB_CACHE", str(planner_cache))  # the FastNets' speeds, once a run
     plan = budgets.plan(1200, num_train=45000, val_size=5000, spent=1.0)
     by = {o.name: o for o in plan.options}
     muon, sgd = by["fastnet_m_muon"], by["fastnet_m"]
