@@ -346,13 +346,17 @@ def _alone_first(items: list[pytest.Item], workers: int) -> None:
     the only tests that run beside them. Only the speed depends on this order."""
     alone = [item for item in items if item.get_closest_marker("alone") is not None]
     rest = [item for item in items if item.get_closest_marker("alone") is None]
+    per_share = 30  # quick tests opening each share after the first
+    wanted = per_share * (workers - 1)
     quick = [item for item in rest if item.get_closest_marker("slow") is None
-             and item.path.name not in HEAVY_FIRST][-30 * (workers - 1):]  # fmt: skip
+             and item.path.name not in HEAVY_FIRST]  # fmt: skip
+    quick = quick[max(0, len(quick) - wanted):] if wanted else []
     ids = {id(item) for item in quick}
     order = alone + [item for item in rest if id(item) not in ids]
-    share = len(items) // max(workers, 1)
+    share = len(items) // workers
     for k in range(workers - 1, 0, -1):
-        order[k * share:k * share] = quick[(k - 1) * 30:k * 30]
+        order[k * share:k * share] = quick[(k - 1) * per_share:k * per_share]
+    assert len(order) == len(items)  # a reorder: nothing dropped, nothing repeated
     items[:] = order
 
 

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 
 import hostile
+from conftest import _PRELOAD
 
 # What the commands import, imported once by each server before it forks (half the corpus's
-# time was each child importing these again).
-PRELOAD = ("cifarlab.train", "cifarlab.evaluate.run", "cifarlab.predict", "cifarlab.export",
-           "cifarlab.report.html", "cifarlab.robustness.evaluate", "matplotlib.pyplot",
-           "torch._dynamo")  # fmt: skip
+# time was each child importing these again): conftest's warm servers' list, and what the
+# corpus's report and robustness cases import besides.
+PRELOAD = (*_PRELOAD, "cifarlab.report.html", "cifarlab.robustness.evaluate", "matplotlib.pyplot")
 TIMEOUT = 30  # seconds a command may take before it counts as a hang
 HERE = Path(__file__).resolve().parent
 
