@@ -689,19 +689,6 @@ def test_a_client_that_leaves_does_not_break_the_server(server: Server) -> None:
     assert "Traceback" not in out and "Exception in ASGI" not in out, out[-2000:]
 
 
-def test_a_request_decodes_at_most_its_pixel_budget(server: Server) -> None:
-    """Two images whose headers claim 36 MP each: the first is decoded, the second refused
-    from its header, as together they pass the request's 64 MP."""
-    status, payload = server.predict(
-        [("a.png", hostile.png_claiming(6000, 6000)), ("b.png", hostile.png_claiming(6000, 6000))]
-    )
-    assert status == 200, payload
-    a, b = payload["results"]
-    assert "label" in a
-    assert "--max-request-megapixels" in b["error"]
-    good(server)
-
-
 @pytest.mark.alone  # timed: sleeps while the server reads: no other test beside it
 def test_slow_uploads_together_are_capped(server: Server) -> None:
     """Bodies held at once are capped for all clients together (--max-pending-mb 2.5 here):

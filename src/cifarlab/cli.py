@@ -506,6 +506,7 @@ def _serve_parser(sub: argparse._SubParsersAction) -> None:
     )
     _serve_network_options(p.add_argument_group("network"))
     _serve_request_options(p.add_argument_group("requests"))
+    _serve_client_options(p.add_argument_group("clients (SECURITY.md: what each bounds)"))
     _serve_speed_options(p.add_argument_group("speed"))
 
 
@@ -547,9 +548,10 @@ def _serve_request_options(g: argparse._ArgumentGroup) -> None:
     g.add_argument(
         "--max-pending-mb",
         type=float,
-        default=512.0,
-        help="most bytes of request bodies held at once, all clients together; past it a "
-        "request gets 503 (default: 512)",
+        default=1024.0,
+        help="most memory held for requests at once, all clients together: bodies from their "
+        "first byte until decoded, and each image's decoding by its decoded size; past it a "
+        "request gets 503 (default: 1024)",
     )
     g.add_argument(
         "--max-request-megapixels",
@@ -564,6 +566,35 @@ def _serve_request_options(g: argparse._ArgumentGroup) -> None:
         default=0.5,
         help="a top-1 probability under this is marked uncertain (default: 0.5)",
     )
+
+
+def _serve_client_options(g: argparse._ArgumentGroup) -> None:
+    for flag, kind, default, text in (
+        ("--max-request-line-kb", float, 8.0, "longest request line (414 past it)"),
+        ("--max-header-kb", float, 32.0, "largest request head, line and headers (431)"),
+        ("--max-headers", int, 100, "most header fields in one request (431)"),
+        ("--header-timeout-s", float, 10.0, "time for a request's head to arrive (408)"),
+        ("--body-timeout-s", float, 60.0, "time for a request's body to arrive (408)"),
+        ("--idle-timeout-s", float, 5.0, "time a connection may wait without a request"),
+        (
+            "--max-connections",
+            int,
+            512,
+            "open connections of each worker; past it the longest idle one is closed, or "
+            "the new one gets 503",
+        ),
+        ("--max-connections-per-client", int, 64, "the same, per client address"),
+        (
+            "--grace-s",
+            float,
+            10.0,
+            "on Ctrl-C or SIGTERM, time for requests in flight to finish (then 503)",
+        ),
+    ):
+        unit = "KB" if flag.endswith("-kb") else "S" if flag.endswith("-s") else "N"
+        g.add_argument(
+            flag, type=kind, default=default, metavar=unit, help=f"{text} (default: {default:g})"
+        )
 
 
 def _serve_speed_options(g: argparse._ArgumentGroup) -> None:
@@ -1082,6 +1113,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         max_request_megapixels=args.max_request_megapixels,
         max_pending_mb=args.max_pending_mb,
+        body_timeout_s=args.body_timeout_s,
+        max_request_line_kb=args.max_request_line_kb,
+        max_header_kb=args.max_header_kb,
+        max_headers=args.max_headers,
+        header_timeout_s=args.header_timeout_s,
+        idle_timeout_s=args.idle_timeout_s,
+        max_connections=args.max_connections,
+        max_connections_per_client=args.max_connections_per_client,
+        grace_s=args.grace_s,
     )
     require()  # before the runs are read: a missing extra is the first thing to say
     from cifarlab.serve.server import serve  # FastAPI, uvicorn, torch: once require() passed

@@ -78,24 +78,37 @@ def to_rgb(im: Image.Image) -> Image.Image:
     composited onto white."""
     if im.tell() != 0:  # never n_frames: it walks every frame (and a broken one can raise)
         im.seek(0)
-    im = ImageOps.exif_transpose(im) or im
-    if im.mode == "P":
-        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
-    keyed = im.mode in ("RGB", "L") and "transparency" in im.info  # one colour marked (tRNS)
+    # in place: without an orientation tag, no copy of a 64-megapixel photo (the server's
+    # memory budget counts every copy: SECURITY.md)
+    ImageOps.exif_transpose(im, in_place=True)
+    keyed = im.mode in ("RGB", "L", "P") and "transparency" in im.info  # a colour marked
     if im.mode in ("RGBA", "LA", "PA") or keyed:
-        rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        return _on_white(im)
+    if im.mode == "P":
+        return im.convert("RGB")
     if im.mode.startswith("I") or im.mode == "F":  # 16/32-bit grayscale: to 8 bits
-        arr = np.asarray(im, dtype=np.float64)
-        return Image.fromarray(_gray_to_uint8(arr, im.mode)).convert("RGB")
-    return im.convert("RGB")
+        return Image.fromarray(_gray_to_uint8(np.asarray(im), im.mode)).convert("RGB")
+    return im if im.mode == "RGB" else im.convert("RGB")  # convert("RGB") of RGB: a copy
+
+
+def _on_white(im: Image.Image) -> Image.Image:
+    """An image with transparency composited onto white, as RGB: in strips of about a million
+    pixels, so that its RGBA copies never exist whole (each is 4 bytes a pixel)."""
+    w, h = im.size
+    out = Image.new("RGB", im.size)
+    step = max(1, (1 << 20) // w)
+    for top in range(0, h, step):
+        strip = im.crop((0, top, w, min(h, top + step))).convert("RGBA")
+        background = Image.new("RGBA", strip.size, (255, 255, 255, 255))
+        out.paste(Image.alpha_composite(background, strip).convert("RGB"), (0, top))
+    return out
 
 
 def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """16-bit pixels map 0..65535 to 0..255 (as an 8-bit save of the same picture would);
     a float image in 0..1 maps to 0..255; values beyond 16 bits are scaled by their maximum."""
     hi = float(arr.max()) if arr.size else 0.0
+    rows = max(1, (1 << 20) // max(1, arr[0].size if len(arr) else 1))
     if mode.startswith("I;16") or (mode == "I" and 255 < hi <= 65535):
         scale = 255.0 / 65535.0
     elif mode == "F" and hi <= 1.0:
@@ -106,7 +119,12 @@ def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
         scale = 255.0 / 65535.0
     else:
         scale = 255.0 / hi
-    return np.clip(np.rint(arr * scale), 0, 255).astype(np.uint8)
+    # in blocks of about a million pixels: float64 of a whole 64-megapixel image is 512 MB
+    out = np.empty(arr.shape, np.uint8)
+    for top in range(0, len(arr), rows):
+        block = arr[top : top + rows].astype(np.float64)
+        out[top : top + rows] = np.clip(np.rint(block * scale), 0, 255)
+    return out
 
 
 def resize_to_32(im: Image.Image, method: str = DEFAULT_RESIZE) -> Image.Image:
@@ -204,12 +222,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 def decode_image(
     f: BinaryIO,
     name: str | os.PathLike,
-    check_size: Callable[[tuple[int, int]], None] | None = None,
+    check_size: Callable[[tuple[int, int], str], None] | None = None,
 ) -> Image.Image:
     """Decode an open binary file (or ``io.BytesIO``) as RGB, exactly as :func:`load_image`
     does a file (the server decodes uploads with it): the header is checked before a pixel is
-    decoded (and passed to ``check_size``, which may raise :class:`ImageError`: the server's
-    pixel budget per request); any decoder failure is an :class:`ImageError` naming ``name``."""
+    decoded (and its size and mode passed to ``check_size``, which may raise: the server's
+    pixel and memory budgets); any decoder failure is an :class:`ImageError` naming ``name``."""
     max_pixels = limits.MAX_IMAGE_PIXELS.get()
     name = shown(name)
     try:
@@ -221,7 +239,7 @@ def decode_image(
             with open_image(f) as im:
                 check_header(name, im.size)
                 if check_size is not None:
-                    check_size(im.size)
+                    check_size(im.size, im.mode)
                 im.load()
                 return to_rgb(im)
     except ImageError:

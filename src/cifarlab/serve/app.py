@@ -13,8 +13,9 @@ touches the filesystem.
 Laid out as FastAPI's "bigger applications": the routes are module-level functions on
 :data:`router`; what they share lives on ``app.state`` (:func:`create_app`: the settings, the
 served runs and their batchers, the thread pools, the :class:`Traffic` counters, the page) and
-is reached through ``request.app.state`` or the dependencies :func:`get_settings` and
-:func:`check_token`.
+is reached through ``request.app.state`` or the dependency :func:`get_settings`. :class:`Front`
+checks the token before routing. Limits on connections, headers and time, and the stops, live a
+layer below, in :mod:`cifarlab.serve.protocol`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,16 @@ from cifarlab import __version__
 from cifarlab.errors import CifarlabError, one_line
 from cifarlab.predict import ImageError, Prediction, shown
 from cifarlab.serve.docs import docs_page
-from cifarlab.serve.engine import Batcher, PixelBudget, ServedRun, decode_upload, png_data_uri
+from cifarlab.serve.engine import (
+    Batcher,
+    Busy,
+    Held,
+    MemoryBudget,
+    PixelBudget,
+    ServedRun,
+    decode_upload,
+    png_data_uri,
+)
 from cifarlab.serve.settings import Settings
 
 FILE_FIELDS = ("file", "files")
@@ -72,10 +82,18 @@ class Traffic:
     """What the server is handling now, all clients together (``app.state.traffic``)."""
 
     active: int = 0  # predict requests being received, decoded or run, all models together
-    pending: int = 0  # bytes of request bodies being received
 
     def in_flight(self) -> int:
         return self.active
+
+
+# Paths that need no token (the page, its docs, the health check); every other path, known or
+# not, is 401 without it, before routing (no 404, 405 or redirect tells a stranger anything).
+PUBLIC_PATHS = frozenset({"/", "/docs", "/openapi.json", "/healthz"})
+NEEDS_TOKEN = "this server needs a token: Authorization: Bearer TOKEN"
+BUSY = (
+    "the server is busy: the memory it holds for requests (--max-pending-mb) is in use; try again"
+)
 
 
 def _json(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -103,8 +121,12 @@ def _client_name(name: str | None, index: int) -> str:
 # --------------------------------------------------------------------------- the app
 
 
-def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
-    """The FastAPI application serving ``runs`` (the first is the default model)."""
+def create_app(
+    runs: list[ServedRun], settings: Settings, stopping: threading.Event | None = None
+) -> FastAPI:
+    """The FastAPI application serving ``runs`` (the first is the default model). ``stopping``:
+    set when the server's grace period after Ctrl-C or SIGTERM has passed (decoding then stops
+    between files)."""
     if not runs:
         raise CifarlabError("no run to serve")
     app = FastAPI(
@@ -116,23 +138,28 @@ def create_app(runs: list[ServedRun], settings: Settings) -> FastAPI:
         docs_url=None,  # FastAPI's /docs loads Swagger UI from a CDN: ours is offline
         redoc_url=None,
         lifespan=_lifespan,
+        redirect_slashes=False,  # a redirect's Location would come from the client's Host
     )
-    _share(app.state, runs, settings)
+    _share(app.state, runs, settings, stopping or threading.Event())
     app.include_router(router)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(Front, token=settings.token)
     return app
 
 
-def _share(state: State, runs: list[ServedRun], settings: Settings) -> None:
+def _share(
+    state: State, runs: list[ServedRun], settings: Settings, stopping: threading.Event
+) -> None:
     """What the routes share, on ``app.state``."""
     state.settings = settings
     state.served = runs  # the first: the default model
     state.runs = {r.name: r for r in runs}  # a request's model= chooses one by its name
     state.traffic = Traffic()
-    state.stopping = threading.Event()  # set by the server on Ctrl-C: decoding stops between files
+    state.memory = MemoryBudget(settings.max_pending_mb * 1024 * 1024)
+    state.stopping = stopping  # set once the grace period of a stop has passed
     state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
     state.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
     state.batchers = {
@@ -188,21 +215,37 @@ async def get_settings(request: Request) -> Settings:
 AppSettings = Annotated[Settings, Depends(get_settings)]
 
 
-def check_token(request: Request, settings: AppSettings) -> None:
-    """A FastAPI dependency of every /v1/ route: it runs before the parameters are
-    checked, so a client without the token learns nothing but 401."""
-    if settings.token is None:
-        return
-    got = request.headers.get("authorization", "")
-    scheme, _, given = got.partition(" ")
-    # the header as its bytes (Starlette decodes latin-1); the token is ASCII (the CLI)
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        given.strip().encode("latin-1", "replace"), settings.token.encode()
-    ):
-        raise ApiError(
-            401,
-            "this server needs a token: Authorization: Bearer TOKEN" if not got else "wrong token",
-        )
+def token_refusal(token: str | None, authorization: bytes | None) -> str | None:
+    """Why a request's ``Authorization`` header does not carry ``token`` (None: it does, or
+    the server has no token); compared in constant time."""
+    if token is None:
+        return None
+    scheme, _, given = (authorization or b"").partition(b" ")
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token.encode()):
+        return "wrong token" if authorization else NEEDS_TOKEN
+    return None
+
+
+class Front:
+    """What every request meets before routing (an ASGI middleware): without the token, any
+    path but :data:`PUBLIC_PATHS` is 401 (before 404, 405 or 422); ``HEAD`` is answered as
+    ``GET`` without the body, on every route (the server under it sends no body for HEAD)."""
+
+    def __init__(self, app: Any, token: str | None) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if scope["path"] not in PUBLIC_PATHS:
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
+            why = token_refusal(self.token, given)
+            if why is not None:
+                return await _error(401, why)(scope, receive, send)
+        if scope["method"] == "HEAD":
+            scope = {**scope, "method": "GET"}
+        return await self.app(scope, receive, send)
 
 
 # --------------------------------------------------------------------------- routes
@@ -230,7 +273,6 @@ async def healthz(request: Request) -> Response:
     "/v1/models",
     summary="The served runs",
     tags=["models"],
-    dependencies=[Depends(check_token)],
 )
 async def models(request: Request, settings: AppSettings) -> Response:
     """Each served run: name, model, classes, test accuracy (`null`: not evaluated),
@@ -287,7 +329,6 @@ PREDICT_RESPONSES: dict[int | str, dict[str, Any]] = {
     "/v1/predict",
     summary="Predict images",
     tags=["predict"],
-    dependencies=[Depends(check_token)],
     openapi_extra={"requestBody": PREDICT_BODY},
     responses=PREDICT_RESPONSES,
 )
@@ -309,12 +350,16 @@ async def predict(
     Per image: `label`, `top_k` (class, probability), `uncertain` (the top probability is
     under the server's threshold), or `error`. 200 if any image was predicted, 422 if
     none could be read."""
-    traffic: Traffic = request.app.state.traffic
-    traffic.active += 1
+    state = request.app.state
+    held = Held(state.memory)
+    state.traffic.active += 1
     try:
-        return await _predict(request, settings, top_k, model, resize, include_input)
+        return await _predict(request, settings, held, top_k, model, resize, include_input)
+    except Busy:
+        raise ApiError(503, BUSY) from None
     finally:
-        traffic.active -= 1
+        held.give_all()
+        state.traffic.active -= 1
 
 
 # --------------------------------------------------------------------------- predict's steps
@@ -323,6 +368,7 @@ async def predict(
 async def _predict(
     request: Request,
     settings: Settings,
+    held: Held,
     top_k: int,
     model: str | None,
     resize: str,
@@ -330,14 +376,17 @@ async def _predict(
 ) -> Response:
     state = request.app.state
     served = _chosen(state, model)
-    files = await uploads(request, settings, state.traffic)
+    files = await uploads(request, settings, held)
     decoded = await _decode(files, resize, settings, state)
+    names = [name for name, _ in files]
+    del files  # the bodies are no longer needed: their bytes go back to the budget
+    held.give_all()
     good = [d for d in decoded if not isinstance(d, str)]
     probs = await state.batchers[served.name].predict(np.stack(good)) if good else None
     k = min(top_k, len(served.class_names))
     results: list[dict[str, Any]] = []
     i = 0
-    for (name, _), d in zip(files, decoded, strict=True):
+    for name, d in zip(names, decoded, strict=True):
         if isinstance(d, str):
             results.append({"file": name, "error": d})
             continue
@@ -393,42 +442,39 @@ def _result(
 # --------------------------------------------------------------------------- reading uploads
 
 
-async def read_body(request: Request, settings: Settings, traffic: Traffic) -> AsyncIterator[bytes]:
-    """The body, refused (413) as soon as it passes the limit: never read whole first."""
+async def read_body(request: Request, settings: Settings, held: Held) -> AsyncIterator[bytes]:
+    """The body, refused (413) as soon as it passes the limit: never read whole first. Each
+    chunk is taken from the memory budget as it arrives (:class:`Busy` past it) and stays
+    held until the request's decoding ends."""
     limit = settings.max_upload_bytes
     too_big = (
         f"request too large: the limit is {settings.max_upload_mb:g} MB "
         "(the server's --max-upload-mb)"
     )
     _check_headers(request, limit, too_big)
-    seen = 0  # bytes of this body received (and counted in traffic.pending until it ends)
+    seen = 0  # bytes of this body received
     deadline = _loop_time() + settings.body_timeout_s
     stream = request.stream().__aiter__()
-    try:
-        while True:
-            left = deadline - _loop_time()
-            if left <= 0:
-                raise ApiError(
-                    408,
-                    f"the request body took more than {settings.body_timeout_s:g} s to arrive",
-                )
-            try:
-                chunk = await asyncio.wait_for(stream.__anext__(), left)
-            except StopAsyncIteration:
-                break
-            except asyncio.TimeoutError:
-                continue  # the deadline check above answers
-            except ClientDisconnect:
-                raise ApiError(400, "the client closed the connection") from None
-            seen += len(chunk)
-            traffic.pending += len(chunk)
-            if seen > limit:
-                raise ApiError(413, too_big)
-            if traffic.pending > settings.max_pending_mb * 1024 * 1024:
-                raise ApiError(503, "the server is busy receiving other uploads: try again")
-            yield chunk
-    finally:
-        traffic.pending -= seen
+    while True:
+        left = deadline - _loop_time()
+        if left <= 0:
+            raise ApiError(
+                408,
+                f"the request body took more than {settings.body_timeout_s:g} s to arrive",
+            )
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), left)
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            continue  # the deadline check above answers
+        except ClientDisconnect:
+            raise ApiError(400, "the client closed the connection") from None
+        seen += len(chunk)
+        if seen > limit:
+            raise ApiError(413, too_big)
+        held.take(len(chunk))
+        yield chunk
 
 
 def _loop_time() -> float:
@@ -454,15 +500,19 @@ def _check_headers(request: Request, limit: int, too_big: str) -> None:
             raise ApiError(413, too_big)
 
 
-async def uploads(request: Request, settings: Settings, traffic: Traffic) -> list[Upload]:
+async def uploads(request: Request, settings: Settings, held: Held) -> list[Upload]:
     """The request's files: the parts of a multipart form, or the raw body as one image."""
     ctype = request.headers.get("content-type", "")
     kind = ctype.split(";")[0].strip().lower()
     if kind == "multipart/form-data":
-        return await _form_files(request, settings, traffic)
+        return await _form_files(request, settings, held)
     if kind.startswith("image/") or kind in RAW_TYPES or not kind:
-        chunks = [c async for c in read_body(request, settings, traffic)]
+        chunks = [c async for c in read_body(request, settings, held)]
+        size = sum(map(len, chunks))
+        held.take(size)  # the joined copy, while the chunks still exist
         data = b"".join(chunks)
+        del chunks
+        held.give(size)
         if not data:
             raise ApiError(400, "empty request body: send an image (or a multipart form)")
         name = request.headers.get("x-filename") or request.query_params.get("filename")
@@ -475,10 +525,13 @@ async def uploads(request: Request, settings: Settings, traffic: Traffic) -> lis
     )
 
 
-async def _form_files(request: Request, settings: Settings, traffic: Traffic) -> list[Upload]:
-    """The files of a multipart form, each part named ``file`` (or ``files``)."""
-    form = await _parse_form(request, settings, traffic)
+async def _form_files(request: Request, settings: Settings, held: Held) -> list[Upload]:
+    """The files of a multipart form, each part named ``file`` (or ``files``). While the form
+    is open its parts exist twice (the parser's buffers and the bytes read from them): the
+    copies are taken from the memory budget too."""
+    form = await _parse_form(request, settings, held)
     files: list[Upload] = []
+    copies = 0
     try:
         for key, value in form.multi_items():
             if key not in FILE_FIELDS or isinstance(value, str):
@@ -488,20 +541,24 @@ async def _form_files(request: Request, settings: Settings, traffic: Traffic) ->
                     "image as a file part named 'file'",
                 )
             await value.seek(0)
+            size = value.size or 0
+            held.take(size)
+            copies += size
             data = await value.read()
             files.append((_client_name(value.filename, len(files)), data))
     finally:
         await form.close()
+        held.give(copies)  # the parser's buffers are gone
     if not files:
         raise ApiError(400, "no file in the form: send each image as a part named 'file'")
     return files
 
 
-async def _parse_form(request: Request, settings: Settings, traffic: Traffic) -> FormData:
+async def _parse_form(request: Request, settings: Settings, held: Held) -> FormData:
     """The form, parsed into memory (no temp file on disk) while the body is counted."""
     parser = MultiPartParser(
         request.headers,
-        read_body(request, settings, traffic),
+        read_body(request, settings, held),
         max_files=settings.max_files,
         max_fields=0,
         max_part_size=1024,
@@ -537,30 +594,40 @@ async def _decode(
     each (Pillow frees the GIL in the codec)."""
     loop = asyncio.get_running_loop()
     budget = PixelBudget(settings.max_request_pixels)
-    pool, stopping = state.decode_pool, state.stopping
+    pool, stopping, memory = state.decode_pool, state.stopping, state.memory
     if len(files) < 2 or sum(len(d) for _, d in files) < PARALLEL_DECODE_BYTES:
-        return await loop.run_in_executor(pool, decode_all, files, resize, budget, stopping)
+        return await loop.run_in_executor(pool, decode_all, files, resize, budget, stopping, memory)
     n = settings.decode_threads
     parts = [files[len(files) * i // n : len(files) * (i + 1) // n] for i in range(n)]
     done = await asyncio.gather(
-        *(loop.run_in_executor(pool, decode_all, p, resize, budget, stopping) for p in parts)
+        *(
+            loop.run_in_executor(pool, decode_all, p, resize, budget, stopping, memory)
+            for p in parts
+        )
     )
     return [d for part in done for d in part]
 
 
 def decode_all(
-    files: list[Upload], resize: str, budget: PixelBudget, stopping: threading.Event
+    files: list[Upload],
+    resize: str,
+    budget: PixelBudget,
+    stopping: threading.Event,
+    memory: MemoryBudget | None = None,
 ) -> list[np.ndarray | str]:
     """Each file as the model's 32×32 input, or its error; the request's pixels (read
-    from the headers before decoding) within ``max_request_pixels``; stops at once when
-    the server is stopping."""
+    from the headers before decoding) within ``max_request_pixels``; each decoding's bytes
+    from ``memory`` (:class:`Busy` when they are not there: the request is answered 503);
+    stops at once when the server's grace period has passed."""
     out: list[np.ndarray | str] = []
     for name, data in files:
         if stopping.is_set():
             out.append(f"{name}: not decoded: the server is stopping")
             continue
         try:
-            out.append(decode_upload(data, name, resize, budget))
+            out.append(decode_upload(data, name, resize, budget, memory))
+        except Busy:
+            raise
         except ImageError as e:
             out.append(shown(str(e)))
         except CifarlabError as e:

@@ -69,18 +69,116 @@ class PixelBudget:
             self.left -= w * h
 
 
+class Busy(ImageError):
+    """The server's memory budget is spent for now: the request is answered 503. (An
+    :class:`ImageError`, so that the decoder lets it through unchanged.)"""
+
+
+class MemoryBudget:
+    """The bytes the server holds for requests, all clients and threads together (the CLI's
+    ``--max-pending-mb``): each body from its first byte until its decoding ends, and each
+    image's decoding by what it allocates (:func:`decode_cost`). :meth:`take` says no past the
+    limit: the request is answered 503 and gives back what it held."""
+
+    def __init__(self, limit: float) -> None:
+        self.limit = int(limit)
+        self.used = 0
+        self.peak = 0
+        self.lock = threading.Lock()
+
+    def take(self, n: int) -> bool:
+        with self.lock:
+            if self.used + n > self.limit:
+                return False
+            self.used += n
+            self.peak = max(self.peak, self.used)
+            return True
+
+    def give(self, n: int) -> None:
+        with self.lock:
+            self.used -= n
+
+
+class Held:
+    """What one request holds of the :class:`MemoryBudget` (its body, copies of it): taken as
+    it arrives, given back whole when the request's decoding ends (or it fails)."""
+
+    def __init__(self, budget: MemoryBudget) -> None:
+        self.budget = budget
+        self.n = 0
+
+    def take(self, n: int) -> None:
+        if not self.budget.take(n):
+            raise Busy
+        self.n += n
+
+    def give(self, n: int) -> None:
+        n = min(n, self.n)
+        self.budget.give(n)
+        self.n -= n
+
+    def give_all(self) -> None:
+        self.give(self.n)
+
+
+# What decoding an image allocates at its peak, in bytes per pixel: Pillow's own image (RGB
+# and CMYK take 4 bytes a pixel), the copies the conversion to 8-bit RGB makes (predict.to_rgb)
+# and the 32×32 resize. Measured on 64-megapixel images (peak RSS; BENCHMARKS.md, "serve
+# against hostile clients"): RGB 4.0, palette with transparency 5.3, 16-bit grey 7.0, CMYK
+# 8.0, with alpha 8.3, 32-bit integer or float grey 12.0; each rounded up here.
+def decode_cost(size: tuple[int, int], mode: str) -> int:
+    """The bytes decoding an image of this size and mode may hold at its peak."""
+    if mode == "RGB":
+        per = 5
+    elif mode.startswith("I;16"):
+        per = 8
+    elif mode.startswith(("I", "F")):
+        per = 13
+    else:  # L, 1, P, LA, PA, RGBA, CMYK, YCbCr, LAB, HSV …
+        per = 9
+    return size[0] * size[1] * per
+
+
 def decode_upload(
-    data: bytes, name: str, resize: str = DEFAULT_RESIZE, budget: PixelBudget | None = None
+    data: bytes,
+    name: str,
+    resize: str = DEFAULT_RESIZE,
+    budget: PixelBudget | None = None,
+    memory: MemoryBudget | None = None,
 ) -> np.ndarray:
     """One uploaded file as the 32×32×3 uint8 array the model sees: the decoder and the resize
     rule of ``cifarlab predict`` (:func:`cifarlab.predict.decode_image`), from memory.
     ``budget``: the pixels the request may still decode: an image whose header says more is
-    refused before it is decoded."""
+    refused before it is decoded. ``memory``: the server's :class:`MemoryBudget`, from which
+    the decoding's bytes are taken (from the header, before decoding: :class:`Busy` if they
+    are not there now, an :class:`ImageError` if the whole budget is too small) and given
+    back when it ends."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes): no image")
-    check = None if budget is None else (lambda size: budget.spend(name, size))
-    im = decode_image(io.BytesIO(data), name, check)
-    return np.asarray(resize_to_32(im, resize), dtype=np.uint8)
+    taken = 0
+
+    def check(size: tuple[int, int], mode: str) -> None:
+        nonlocal taken
+        if budget is not None:
+            budget.spend(name, size)
+        if memory is not None:
+            cost = decode_cost(size, mode)
+            if cost > memory.limit:
+                raise ImageError(
+                    f"{name}: refused: decoding its {size[0]:,}×{size[1]:,} pixels ({mode}) "
+                    f"takes {cost / 2**20:,.0f} MB, more than the server's memory budget "
+                    "(--max-pending-mb)"
+                )
+            if not memory.take(cost):
+                raise Busy
+            taken = cost
+
+    try:
+        im = decode_image(io.BytesIO(data), name, check)
+        return np.asarray(resize_to_32(im, resize), dtype=np.uint8)
+    finally:
+        if memory is not None and taken:
+            memory.give(taken)
 
 
 def png_data_uri(image: np.ndarray) -> str:

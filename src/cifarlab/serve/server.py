@@ -14,13 +14,14 @@ import gc
 import inspect
 import ipaddress
 import json
+import math
 import os
 import signal
 import socket
 import sys
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,16 @@ import uvicorn
 from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
+from cifarlab.data.cache import cache_dir
 from cifarlab.errors import CifarlabError, one_line
+from cifarlab.serve import protocol
 from cifarlab.serve.app import create_app
 from cifarlab.serve.engine import ServedRun, load_served
 from cifarlab.serve.settings import TOKEN_ENV, Launch, Settings
+
+# Connections' file descriptors beyond --max-connections: the listening socket, the runs'
+# files, the thread pools, a connection being refused.
+SPARE_FILES = 64
 
 SPEC_ENV = "CIFARLAB_SERVE_SPEC"  # the parent's runs and settings, for each worker (JSON)
 
@@ -42,6 +49,8 @@ def serve(
 ) -> int:
     """Load the runs, open the port, serve until Ctrl-C (or SIGTERM); 0 once stopped."""
     launch = launch or Launch()
+    keep_library_files_in_cache()
+    settings = open_file_room(settings)
     cores = os.cpu_count() or 1
     threads = settings.threads or max(1, min(torch.get_num_threads(), cores // launch.workers))
     torch.set_num_threads(threads)
@@ -55,13 +64,15 @@ def serve(
     )
     sock = bind(launch.host, launch.port)
     announce(runs, launch.host, url_of(sock, launch.host), settings.token)
-    options = _uvicorn_options(launch.access_log)
+    options = _uvicorn_options(launch.access_log, settings)
     # uvicorn stops on SIGINT and SIGTERM, then raises the signal again once it has: ours turns
     # that into the clean end below (Python's default for SIGTERM would kill the process)
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         if launch.workers <= 1:
-            _serve_here(create_app(runs, settings), options, sock)
+            stopping = threading.Event()
+            protocol.install(settings, stopping)
+            _serve_here(create_app(runs, settings, stopping), options, sock)
         else:
             _write_spec(paths, runs, settings, launch, threads)
             del runs  # each worker loads its own copy
@@ -73,6 +84,49 @@ def serve(
         sock.close()
     print("cifarlab serve: stopped", flush=True)
     return 0
+
+
+def keep_library_files_in_cache() -> None:
+    """What libraries write on their own at start-up goes nowhere, or into cifarlab's cache:
+    ONNX Runtime's telemetry (a ``.ses`` file in ``$TMPDIR``, a database under ``$HOME/.cache``)
+    is turned off, and the ONNX export's compiler cache (``torchinductor_USER`` in ``$TMPDIR``)
+    goes into the cache. A value the user set wins."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_dir() / "torchinductor"))
+
+
+def open_file_room(settings: Settings) -> Settings:
+    """Raise this process's open-file limit (its soft limit, up to the hard one) so that
+    ``--max-connections`` fit; where the hard limit is lower, fewer connections, said in a
+    line. With a limit too low, accepting fails for everyone (the 1,024 default)."""
+    try:
+        import resource
+    except ImportError:  # not on this system: nothing to raise
+        return settings
+    need = settings.max_connections + SPARE_FILES
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = hard if hard != resource.RLIM_INFINITY else math.inf
+    if soft != resource.RLIM_INFINITY and soft < need:
+        new = int(min(need, top))
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < need:
+        most = max(1, soft - SPARE_FILES)
+        print(
+            f"note: the open-file limit is {soft}: --max-connections lowered from "
+            f"{settings.max_connections} to {most}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return replace(
+            settings,
+            max_connections=most,
+            max_connections_per_client=min(settings.max_connections_per_client, most),
+        )
+    return settings
 
 
 def load_runs(
@@ -191,23 +245,28 @@ def _stop(signum: int, frame: object) -> None:
 
 
 class _StoppingServer(uvicorn.Server):
-    """uvicorn's server, which also tells the app it is stopping (decoding then stops between
-    files, so Ctrl-C never waits for the last images of a big request)."""
+    """uvicorn's server; a second Ctrl-C ends the grace period at once (decoding then stops
+    between files, so it never waits for the last images of a big request)."""
 
     def __init__(self, config: uvicorn.Config, stopping: threading.Event) -> None:
         super().__init__(config)
         self.stopping = stopping
 
     def handle_exit(self, sig: int, frame: Any) -> None:
-        self.stopping.set()
+        if self.should_exit:
+            self.stopping.set()
         super().handle_exit(sig, frame)
 
 
-def _uvicorn_options(access_log: bool) -> dict[str, Any]:
+def _uvicorn_options(access_log: bool, settings: Settings) -> dict[str, Any]:
     return dict(
         log_level="warning",
         access_log=access_log,
-        timeout_graceful_shutdown=5,
+        # the connections' own limits, timers and stops (serve/protocol.py); uvicorn's grace
+        # is a backstop for a request that outlives ours (a batch still running)
+        http=protocol.GuardedProtocol,
+        ws="none",
+        timeout_graceful_shutdown=math.ceil(settings.grace_s) + 5,
         server_header=False,
         lifespan="on",
     )
@@ -262,6 +321,7 @@ def app_from_env() -> FastAPI:
     parent in ``$CIFARLAB_SERVE_SPEC`` (JSON; the token in ``$CIFARLAB_SERVE_TOKEN``)."""
     spec = json.loads(os.environ[SPEC_ENV])
     settings = Settings(**spec["settings"], token=os.environ.get(TOKEN_ENV) or None)
+    keep_library_files_in_cache()
     runs = []
     for path, (backend, note) in zip(spec["runs"], spec["backends"], strict=True):
         served = load_served(
@@ -274,6 +334,8 @@ def app_from_env() -> FastAPI:
         )
         served.backend_note = note  # the parent's measurement, the same in every worker
         runs.append(served)
-    app = create_app(runs, settings)
+    stopping = threading.Event()
+    protocol.install(settings, stopping)
+    app = create_app(runs, settings, stopping)
     settle_heap()
     return app

@@ -80,10 +80,24 @@ class Settings:
     threads: int | None = None
     # the pixels of one request's images together, read from their headers
     max_request_megapixels: float = 64.0
-    # bytes of request bodies held at once, all requests together: past it, 503 (a crowd of
-    # slow uploads cannot fill the memory), and how long one body may take to arrive
-    max_pending_mb: float = 512.0
-    body_timeout_s: float = 60.0
+    # the memory held for requests, all together: each body from its first byte until its
+    # decoding ends, and each image's decoding by its decoded size; past it, 503 (a crowd of
+    # slow uploads or big images cannot fill the memory). Above the costliest request the
+    # other limits allow: 64 megapixels of 32-bit grey decode in 832 MB.
+    max_pending_mb: float = 1024.0
+    body_timeout_s: float = 60.0  # how long one body may take to arrive (408)
+    # Clients, below the app (serve/protocol.py): the request head (line, headers) in size
+    # and count, and the time it may take; how long a connection may sit without a request;
+    # open connections (of each worker process) in all and per client address; the grace
+    # period of a stop.
+    max_request_line_kb: float = 8.0
+    max_header_kb: float = 32.0
+    max_headers: int = 100
+    header_timeout_s: float = 10.0
+    idle_timeout_s: float = 5.0
+    max_connections: int = 512
+    max_connections_per_client: int = 64
+    grace_s: float = 10.0
 
     def __post_init__(self) -> None:
         """Each option in its range, in the order of the CLI's checks (the first wrong one is
@@ -112,6 +126,7 @@ class Settings:
             f"at least {{others}} ({mb:g}), got {pending:g}",
             others=("max_upload_mb",),
         )
+        self._check_clients()
         mp = self.max_request_megapixels
         _check(
             "max_request_megapixels",
@@ -124,6 +139,38 @@ class Settings:
                 bool(TOKEN.fullmatch(self.token)),
                 "1 to 512 of A-Z a-z 0-9 - . _ ~ + / = (no spaces or other characters)",
             )
+
+    def _check_clients(self) -> None:
+        for name, most in (
+            ("body_timeout_s", 86400),
+            ("header_timeout_s", 3600),
+            ("idle_timeout_s", 3600),
+            ("grace_s", 3600),
+        ):
+            v = getattr(self, name)
+            _check(
+                name,
+                math.isfinite(v) and 0 < v <= most,
+                f"more than 0 and at most {most} s, got {v:g}",
+            )
+        line, head = self.max_request_line_kb, self.max_header_kb
+        _check("max_request_line_kb", 0.1 <= line <= 1024, f"0.1..1024 KB, got {line:g}")
+        _check(
+            "max_header_kb",
+            line <= head <= 1024,
+            f"at least {{others}} ({line:g}) and at most 1024 KB, got {head:g}",
+            others=("max_request_line_kb",),
+        )
+        _check("max_headers", 1 <= self.max_headers <= 10_000, f"1..10000, got {self.max_headers}")
+        most = self.max_connections
+        _check("max_connections", 1 <= most <= 1_000_000, f"1..1000000, got {most}")
+        per = self.max_connections_per_client
+        _check(
+            "max_connections_per_client",
+            1 <= per <= most,
+            f"1..{{others}} ({most}), got {per}",
+            others=("max_connections",),
+        )
 
     @property
     def max_upload_bytes(self) -> int:

@@ -1,0 +1,408 @@
+"""The HTTP layer under the app: uvicorn's httptools protocol (its speed: ``serve_load.py``)
+with what a server facing hostile clients needs and uvicorn does not do by itself. One
+:class:`Guard` per process holds the limits (from :class:`~cifarlab.serve.settings.Settings`)
+and the open connections; every connection is a :class:`GuardedProtocol`.
+
+- **The request head** (line and headers) is fed to the parser in slices that never pass what
+  is left of ``--max-header-kb``, so no head costs more than that to hold or parse (httptools
+  joins a header's pieces, at a cost that grows faster than its size); a longer request line
+  is 414, a bigger head or more than ``--max-headers`` fields 431, a request line without an
+  HTTP version 400.
+- **Time**: a head must arrive within ``--header-timeout-s`` of its first byte (slowloris:
+  408); a connection without a request in progress is closed after ``--idle-timeout-s``
+  (before its first request too). A body's deadline is the app's (``--body-timeout-s``).
+- **Connections**: at most ``--max-connections`` per process and ``--max-connections-per-client``
+  per client address. Past either, the connection idle the longest (no request in progress:
+  waiting, or still sending its head) is closed to make room; if every one is busy the new one
+  is answered 503. Idle connections never lock active clients out.
+- **Errors** made here are the app's JSON (``{"error", "status"}``), sent after the answers
+  to the requests before them on the connection (pipelining), then the connection closes
+  after a short linger (the client reads the answer rather than a reset).
+- **Early closes**: every request of a connection, the running one and those queued behind
+  it, learns that the client has gone; nothing touches a closed transport.
+- **Stops**: on Ctrl-C or SIGTERM uvicorn stops accepting and calls :meth:`shutdown` on each
+  connection: an idle one closes, a busy one has ``--grace-s`` to finish its request; after
+  that its request is answered 503 (the app's decoding stops between files) and it closes.
+
+Why here and not in a reverse proxy: ``cifarlab serve`` must hold on its own, on a laptop or a
+lab machine; a public deployment still goes behind nginx for TLS (README "Serve").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import json
+import threading
+from collections import Counter
+from typing import Any
+
+import httptools
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from cifarlab.serve.settings import Settings
+
+LINGER_S = 1.0  # after an error answer: how long the rest of a client's request is read
+
+
+class Guard:
+    """The limits of one server process and its open connections (oldest first)."""
+
+    def __init__(self, settings: Settings, stopping: threading.Event) -> None:
+        self.settings = settings
+        self.max_line = int(settings.max_request_line_kb * 1024)
+        self.max_head = int(settings.max_header_kb * 1024)
+        self.open: dict[GuardedProtocol, None] = {}
+        self.per_client: Counter[str] = Counter()
+        self.stopping = stopping  # set when a stop's grace period is over
+        self.refused: Counter[int] = Counter()  # answers made here, by status
+        self.evicted = 0
+
+    def admit(self, conn: GuardedProtocol) -> str | None:
+        """Count a new connection; past a limit, close the idlest connection to make room.
+        The reason when no connection could make room (the new one is then refused)."""
+        self.open[conn] = None
+        self.per_client[conn.host] += 1
+        s = self.settings
+        if self.per_client[conn.host] > s.max_connections_per_client:
+            if not self._evict(conn, conn.host):
+                return (
+                    f"too many connections from your address: the server keeps at most "
+                    f"{s.max_connections_per_client} per client (--max-connections-per-client)"
+                )
+        if len(self.open) > s.max_connections:
+            if not self._evict(conn, None):
+                return (
+                    f"too many connections: the server keeps at most {s.max_connections} "
+                    "(--max-connections), each with a request in progress; try again"
+                )
+        return None
+
+    def _evict(self, new: GuardedProtocol, host: str | None) -> bool:
+        idle = [
+            c
+            for c in self.open
+            if c is not new and not c.busy() and (host is None or c.host == host)
+        ]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.idle_since)
+        self.evicted += 1
+        victim.drop()
+        return True
+
+    def forget(self, conn: GuardedProtocol) -> None:
+        if self.open.pop(conn, False) is None:
+            self.per_client[conn.host] -= 1
+            if self.per_client[conn.host] <= 0:
+                del self.per_client[conn.host]
+
+
+_guard: Guard | None = None
+
+
+def install(settings: Settings, stopping: threading.Event) -> Guard:
+    """The process's :class:`Guard`, before uvicorn accepts a connection (each worker process
+    installs its own)."""
+    global _guard
+    _guard = Guard(settings, stopping)
+    return _guard
+
+
+def error_bytes(status: int, message: str) -> bytes:
+    """A whole HTTP/1.1 answer: the app's JSON error, and the connection closes."""
+    payload = {"error": message, "status": status}
+    body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    phrase = http.HTTPStatus(status).phrase
+    head = [
+        f"HTTP/1.1 {status} {phrase}",
+        "content-type: application/json",
+        f"content-length: {len(body)}",
+        "x-content-type-options: nosniff",
+        "connection: close",
+    ]
+    if status == 503:
+        head.append("retry-after: 1")
+    return ("\r\n".join(head) + "\r\n\r\n").encode() + body
+
+
+class _Refused(Exception):
+    """Raised in a parser callback: the request is answered with this status and message."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class SafeFlow(FlowControl):
+    """uvicorn's flow control, which never pauses or resumes a closed transport (uvloop
+    raises ``RuntimeError`` there: the pipelining tracebacks)."""
+
+    def pause_reading(self) -> None:
+        if not self._transport.is_closing():
+            super().pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self._transport.is_closing():
+            super().resume_reading()
+
+
+class GuardedProtocol(HttpToolsProtocol):
+    """One client connection (see the module's text for what it bounds)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if _guard is None:
+            raise RuntimeError("serve.protocol.install() was not called")
+        self.guard = _guard
+        self.host = ""
+        self.deadline: asyncio.TimerHandle | None = None
+        self.idle_since = self.loop.time()
+        self.in_head = False  # a request's first byte came, its head is not complete
+        self.in_body = False  # its head is complete, its body is not
+        self.head_left = self.guard.max_head  # bytes the head being read may still take
+        self.url_size = 0
+        self.fields = 0
+        self.running: Any = None  # the cycle whose app runs (self.cycle: the last one parsed)
+        self.done = False  # answered with an error or closing: what comes is discarded
+        self.deferred: bytes | None = None  # an error to send once the requests before it end
+
+    # --------------------------------------------------------------- connection
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.flow = SafeFlow(transport)
+        self.host = self.client[0] if self.client else ""
+        self._arm(self.guard.settings.idle_timeout_s, self._idle_over)
+        why = self.guard.admit(self)
+        if why is not None:
+            self._refuse(503, why)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.guard.forget(self)
+        self._disarm()
+        # every request of this connection learns the client has gone: the running one and
+        # those queued behind it (uvicorn tells only the last one parsed)
+        cycles = [self.running, self.cycle, *(c for c, _ in self.pipeline)]
+        for cycle in cycles:
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
+        self.pipeline.clear()
+        super().connection_lost(exc)
+
+    def busy(self) -> bool:
+        """A request of this connection is in progress (its head complete, its answer not,
+        its client there) or queued behind it."""
+        running = self.running
+        return bool(self.pipeline) or (
+            running is not None and not running.response_complete and not running.disconnected
+        )
+
+    def drop(self) -> None:
+        """Close at once, without an answer (an idle connection, to make room)."""
+        self.done = True
+        self._disarm()
+        self.guard.forget(self)
+        if not self.transport.is_closing():
+            self.transport.abort()
+
+    # --------------------------------------------------------------- bytes in
+    def data_received(self, data: bytes) -> None:
+        if self.done:
+            return  # the rest of a refused request: read and dropped while lingering
+        while data:
+            if self.in_body:
+                piece, data = data, b""
+            else:  # never more of a head than it may still take
+                room = max(1, self.head_left)
+                piece, data = data[:room], data[room:]
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                # an upgrade (WebSocket) is not served: the request is answered as plain
+                # HTTP, then the connection closes
+                if self.cycle is not None:
+                    self.cycle.keep_alive = False
+                self.done = True
+                return
+            except httptools.HttpParserError as e:
+                cause = e.__context__
+                if isinstance(cause, _Refused):
+                    self._refuse(cause.status, cause.message)
+                else:
+                    why = str(e).strip() or "cannot parse it"
+                    self._refuse(400, f"not a valid HTTP/1.1 request ({why[:100]})")
+                return
+            if self.done:
+                return
+            if self.in_head:
+                self.head_left -= len(piece)
+                if self.head_left <= 0:
+                    self._refuse(
+                        431,
+                        f"request head too large: the limit is "
+                        f"{self.guard.settings.max_header_kb:g} KB (--max-header-kb)",
+                    )
+                    return
+
+    # --------------------------------------------------------------- parser callbacks
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self.in_head, self.in_body = True, False
+        self.head_left = self.guard.max_head
+        self.url_size = self.fields = 0
+        self._arm(self.guard.settings.header_timeout_s, self._head_over)
+
+    def on_url(self, url: bytes) -> None:
+        self.url_size += len(url)
+        if self.url_size > self.guard.max_line:
+            raise _Refused(
+                414,
+                f"request line too long: the limit is "
+                f"{self.guard.settings.max_request_line_kb:g} KB (--max-request-line-kb)",
+            )
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += 1
+        if self.fields > self.guard.settings.max_headers:
+            raise _Refused(
+                431,
+                f"too many header fields: the limit is {self.guard.settings.max_headers} "
+                "(--max-headers)",
+            )
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.parser.get_http_version() not in ("1.0", "1.1"):
+            raise _Refused(400, "the request line has no HTTP version: send 'GET /path HTTP/1.1'")
+        self.in_head, self.in_body = False, True
+        self._disarm()  # the body's deadline is the app's
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self.in_body = False
+        super().on_message_complete()
+
+    # --------------------------------------------------------------- requests and answers
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        self.running = cycle
+        super()._start_asgi_task(cycle, app)
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:  # the next request queued on this connection
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self.deferred is not None:  # an error found after these requests: its turn
+            self._answer_and_close(self.deferred)
+        elif not self.in_head:
+            self.idle_since = self.loop.time()
+            self._arm(self.guard.settings.idle_timeout_s, self._idle_over)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer ``status`` with the JSON error and close: now, or after the answers to the
+        requests before it on this connection."""
+        if self.done:
+            return
+        self.guard.refused[status] += 1
+        self._disarm()
+        payload = error_bytes(status, message)
+        broken = self.cycle if self.in_body else None  # its body cannot be read on
+        if broken is not None and not broken.response_complete:
+            if self.pipeline and self.pipeline[0][0] is broken:
+                self.pipeline.popleft()  # queued, never started: this answer is its answer
+            elif broken.response_started:  # half an answer sent: nothing better to do
+                self.drop()
+                return
+            broken.disconnected = True  # the app's wait for its body ends; its answer is ours
+            broken.message_event.set()
+        if self.busy():
+            self.deferred = payload
+            self.done = True
+            self.flow.pause_reading()
+            return
+        self.done = True
+        self._answer_and_close(payload)
+
+    def _answer_and_close(self, payload: bytes) -> None:
+        self.deferred = None
+        self.done = True
+        if self.transport.is_closing():
+            return
+        self.transport.write(payload)
+        # keep reading (and dropping) what the client still sends for a moment: closing
+        # with unread bytes would reset the connection before the client read the answer
+        self.flow.resume_reading()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self._arm(LINGER_S, self._abort)
+
+    # --------------------------------------------------------------- timers
+    def _arm(self, seconds: float, then: Any) -> None:
+        self._disarm()
+        self.deadline = self.loop.call_later(seconds, then)
+
+    def _disarm(self) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+
+    def _idle_over(self) -> None:
+        self.deadline = None
+        if not self.busy() and not self.in_head:
+            self.drop()
+
+    def _head_over(self) -> None:
+        self.deadline = None
+        if self.in_head:
+            self._refuse(
+                408,
+                f"the request head took more than {self.guard.settings.header_timeout_s:g} s "
+                "to arrive (--header-timeout-s)",
+            )
+
+    def _abort(self) -> None:
+        self.deadline = None
+        if not self.transport.is_closing() or self.transport.get_write_buffer_size():
+            self.transport.abort()
+
+    # --------------------------------------------------------------- stops
+    def shutdown(self) -> None:
+        """The server stops: an idle connection closes now, a busy one has the grace period
+        to finish its request (then it is answered 503)."""
+        if not self.busy():
+            self.drop()
+            return
+        for cycle in (self.running, self.cycle):
+            if cycle is not None:
+                cycle.keep_alive = False
+        self._arm(self.guard.settings.grace_s, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self.deadline = None
+        self.guard.stopping.set()  # decoding stops between files
+        cycle = self.running
+        answered = cycle is None or cycle.response_started
+        for c in (self.running, self.cycle, *(c for c, _ in self.pipeline)):
+            if c is not None:
+                c.disconnected = True  # what the app still sends is dropped
+                c.message_event.set()
+        self.pipeline.clear()
+        if answered:
+            self.transport.abort()  # half an answer: nothing better to do
+            return
+        self.guard.refused[503] += 1
+        self.done = True
+        self._answer_and_close(
+            error_bytes(
+                503,
+                f"the server is stopping: this request did not finish within "
+                f"{self.guard.settings.grace_s:g} s (--grace-s); try again",
+            )
+        )
