@@ -462,21 +462,42 @@ def test_md5sum_refuses_a_fifo_and_a_huge_sparse_file(tmp_path: Path) -> None:
 def test_a_trickling_server_is_dropped_below_the_minimum_rate(
     server: Server, tmp_path: Path
 ) -> None:
+    """A server below the minimum rate is dropped after the rate window, and by default not
+    tried again (each try would cost another window), whatever ``retries`` says."""
     server.mode = "trickle"
     server.files["/a.bin"] = PAYLOAD
     dest = tmp_path / "a.bin"
     t0 = time.monotonic()
     with pytest.raises(DownloadError) as info:
-        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), retries=1, min_rate=1000,
+        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), retries=4, min_rate=1000,
                       rate_window=1.0, **FAST)  # fmt: skip
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 3
     msg = one_line(info.value)
     assert "below the minimum of" in msg and "CIFARLAB_DOWNLOAD_MIN_RATE_KBS" in msg
-    assert "2 attempts" in msg and server.url("/a.bin") in msg
-    assert len(server.requests) == 2
-    assert server.ranges[1] is not None  # the second attempt resumed the bytes of the first
+    assert "after 1 attempt" in msg and "not tried again" in msg
+    assert server.url("/a.bin") in msg and len(server.requests) == 1
     assert not dest.exists()
     assert "the partial file is kept" in msg  # and it says so
+
+
+def test_a_slow_drop_says_why_before_it_is_retried(
+    server: Server, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """With ``slow_retries=1``: one more try, which resumes the bytes of the first; before
+    it, a line on stderr says why the first was dropped."""
+    server.mode = "trickle"
+    server.files["/a.bin"] = PAYLOAD
+    dest = tmp_path / "a.bin"
+    with pytest.raises(DownloadError) as info:
+        download_file(server.url("/a.bin"), dest, md5(PAYLOAD), retries=4, slow_retries=1,
+                      min_rate=1000, rate_window=1.0, backoff=0.01, timeout=5.0)  # fmt: skip
+    msg = one_line(info.value)
+    assert "after 2 attempts" in msg and "not tried again" in msg
+    assert len(server.requests) == 2
+    assert server.ranges[1] is not None  # the second attempt resumed the bytes of the first
+    err = capfd.readouterr().err
+    assert "a.bin: attempt 1 of 5 failed: the server sent" in err
+    assert "below the minimum of" in err and "trying again in 0.01 s" in err
 
 
 def test_the_deadline_bounds_the_whole_download(

@@ -489,6 +489,14 @@ def test_token(cnn_run: Path, tmp_path: Path) -> None:
             "POST", "/v1/predict?top_k=abc", body, {"Content-Type": ctype}
         )  # no token: 401 before 422
         assert status == 401, payload
+        # the token before routing: 401 before 404, 405 or a redirect
+        for method, path in (("GET", "/v1/predict"), ("POST", "/v1/predict/"), ("GET", "/x")):
+            status, payload, h = s.request(method, path)
+            assert status == 401 and "location" not in h, (method, path, payload)
+        auth = {"Authorization": "Bearer s3cret"}
+        assert s.request("GET", "/v1/predict", None, auth)[0] == 405
+        status, _, h = s.request("POST", "/v1/predict/", body, {"Content-Type": ctype, **auth})
+        assert status == 404 and "location" not in h
         _, info, _ = s.request("GET", "/v1/models", None, {"Authorization": "Bearer s3cret"})
         assert info["models"][0]["tta"] == 1  # --tta 1 instead of the run's 2
         assert s.request("GET", "/healthz")[0] == 200
@@ -505,7 +513,9 @@ def test_onnx_backend_gives_the_same_numbers(
 ) -> None:
     """The float32 run in ONNX Runtime (its TTA inside the exported graph) agrees with
     `cifarlab predict` to float precision; --backend auto says what it chose and why. Two
-    1 MB noise PNGs make the request big enough to be decoded by both threads at once."""
+    1 MB noise PNGs make the request big enough to be decoded by both threads at once. The
+    first start exports the graph: across start, load and stop nothing is written into TMPDIR
+    or HOME (ONNX Runtime's telemetry is off, the exporter's cache is in cifarlab's)."""
     pytest.importorskip("onnxruntime")
     files = [(name, make()) for name, make in SAMPLES.items()]
     files += [
@@ -517,7 +527,11 @@ def test_onnx_backend_gives_the_same_numbers(
         "predict", str(cnn_run), *(str(tmp_path / n) for n, _ in files), "--json", "--top-k", "10"
     )
     expected = {Path(x["file"]).name: x for x in json.loads(r.stdout)}
-    s = Server(str(cnn_run), "--backend", "onnx", env={"CIFARLAB_CACHE": str(onnx_cache)})
+    tmp, home = tmp_path / "tmp", tmp_path / "home"
+    tmp.mkdir()
+    home.mkdir()
+    env = {"CIFARLAB_CACHE": str(onnx_cache), "TMPDIR": str(tmp), "HOME": str(home)}
+    s = Server(str(cnn_run), "--backend", "onnx", env=env)
     try:
         status, info, _ = s.request("GET", "/v1/models")
         assert info["models"][0]["backend"] == "onnx"
@@ -537,6 +551,7 @@ def test_onnx_backend_gives_the_same_numbers(
     finally:
         s.stop()
     assert list((onnx_cache / "serve").glob("*.onnx"))  # exported once, into the cache
+    assert list(tmp.iterdir()) == [] and list(home.iterdir()) == []
     from cifarlab.serve.engine import load_served
 
     monkeypatch.setenv("CIFARLAB_CACHE", str(onnx_cache))

@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import stat
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -54,9 +55,10 @@ _SCHEMES = ("http", "https")
 class _Retryable(Exception):
     """One attempt failed in a way another attempt may fix."""
 
-    def __init__(self, message: str, network: bool = False) -> None:
+    def __init__(self, message: str, network: bool = False, slow: bool = False) -> None:
         super().__init__(message)
         self.network = network  # whether the hint about offline use applies
+        self.slow = slow  # dropped for sending below the minimum rate
 
 
 class _WriteFailed(Exception):
@@ -149,6 +151,7 @@ def download_file(
     md5: str | None,
     *,
     retries: int = 4,
+    slow_retries: int = 0,
     backoff: float = 1.0,
     timeout: float = 30.0,
     progress: bool = True,
@@ -160,12 +163,15 @@ def download_file(
     """Download ``url`` to ``dest`` (resuming ``dest.part``), verify ``md5``, return ``dest``.
 
     ``retries`` is the number of extra attempts after the first; the waits between them are
-    ``backoff``, ``2 * backoff``, ... seconds. ``timeout`` bounds every socket operation, so
-    a server that stops sending fails the attempt instead of hanging. ``deadline`` (seconds,
+    ``backoff``, ``2 * backoff``, ... seconds. Before a retry, a line on stderr says why the
+    attempt failed (when ``progress``). ``timeout`` bounds every socket operation, so a
+    server that stops sending fails the attempt instead of hanging. ``deadline`` (seconds,
     default ``CIFARLAB_DOWNLOAD_DEADLINE_S``) bounds the whole download, every attempt and
     wait included. An attempt whose average rate over any ``rate_window`` seconds is below
-    ``min_rate`` bytes/s (default ``CIFARLAB_DOWNLOAD_MIN_RATE_KBS``) is dropped (and
-    retried), so a server that trickles bytes cannot hold it forever. A file over
+    ``min_rate`` bytes/s (default ``CIFARLAB_DOWNLOAD_MIN_RATE_KBS``) is dropped, so a server
+    that trickles bytes cannot hold it forever; it is retried only ``slow_retries`` times
+    (default 0: a mirror that slow rarely recovers, and each try costs a whole
+    ``rate_window``; the partial file is kept for the next run). A file over
     ``max_bytes`` (default ``CIFARLAB_MAX_DATA_FILE_MB``) is refused. If ``dest`` already
     exists with the right md5 (or ``md5`` is None), it is returned without downloading.
     Raises :class:`DownloadError` with a one-line message on failure.
@@ -197,7 +203,7 @@ def download_file(
         rate_window=rate_window,
         max_bytes=max_bytes,
     )
-    _fetch(job, retries=retries, backoff=backoff, deadline=deadline)
+    _fetch(job, retries=retries, slow_retries=slow_retries, backoff=backoff, deadline=deadline)
     if md5 is not None:
         _check_md5(job, dest.name, md5)
     _move_into_place(part, dest)
@@ -215,13 +221,14 @@ def _make_folder(url: str, folder: Path) -> None:
         ) from None
 
 
-def _fetch(job: _Job, *, retries: int, backoff: float, deadline: float) -> None:
-    """Make attempts until one completes ``job.part``: ``retries + 1`` at most, ``backoff``,
-    ``2 * backoff``, ... seconds apart, all within ``deadline`` seconds (``job.ends``).
-    Whatever stops them is a one-line DownloadError."""
+def _fetch(job: _Job, *, retries: int, slow_retries: int, backoff: float, deadline: float) -> None:
+    """Make attempts until one completes ``job.part``: ``retries + 1`` at most (after a drop
+    for slowness, ``slow_retries`` more at most), ``backoff``, ``2 * backoff``, ... seconds
+    apart, all within ``deadline`` seconds (``job.ends``). Whatever stops them is a one-line
+    DownloadError."""
     attempts = max(0, retries) + 1
     last: _Retryable | None = None
-    made = 0
+    made = slow = 0
     try:
         for attempt in range(attempts):
             _wait_turn(attempt, backoff, job.ends)
@@ -231,6 +238,18 @@ def _fetch(job: _Job, *, retries: int, backoff: float, deadline: float) -> None:
                 return
             except _Retryable as e:
                 last = e
+                slow += e.slow
+                if e.slow and slow > slow_retries:
+                    attempts = made
+                    break
+                if made < attempts and job.progress:
+                    wait = backoff * 2 ** (made - 1)
+                    print(
+                        f"{job.desc}: attempt {made} of {attempts} failed: {e}; "
+                        f"trying again in {wait:g} s{_kept(job.part)}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     except _DeadlinePassed:
         why = f" (the last attempt: {last})" if last is not None else ""
         raise DownloadError(
@@ -247,6 +266,11 @@ def _fetch(job: _Job, *, retries: int, backoff: float, deadline: float) -> None:
         ) from None
     assert last is not None
     hint = f"; {NETWORK_HINT}" if last.network else ""
+    if last.slow and slow > slow_retries:
+        hint += (
+            "; not tried again: a mirror this slow rarely recovers (run the command again "
+            "to resume, or choose another mirror)"
+        )
     raise DownloadError(
         f"cannot download {job.url}: {last} (gave up after {attempts} attempt"
         f"{'s' if attempts != 1 else ''}){_kept(job.part)}{hint}"
@@ -412,7 +436,8 @@ class _Pace:
             raise _Retryable(
                 f"the server sent {_rate(rate)} on average over {span:.0f} s, below the "
                 f"minimum of {_rate(self.min_rate)} (change it with "
-                f"{limits.DOWNLOAD_MIN_RATE.env}=KB/s)"
+                f"{limits.DOWNLOAD_MIN_RATE.env}=KB/s)",
+                slow=True,
             )
 
 
