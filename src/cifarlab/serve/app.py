@@ -46,8 +46,10 @@ from cifarlab.predict import ImageError, Prediction, shown
 from cifarlab.serve.docs import docs_page
 from cifarlab.serve.engine import (
     Batcher,
+    BigLane,
     Busy,
     Held,
+    Later,
     MemoryBudget,
     PixelBudget,
     ServedRun,
@@ -161,6 +163,7 @@ def _share(
     state.memory = MemoryBudget(settings.max_pending_mb * 1024 * 1024)
     state.stopping = stopping  # set once the grace period of a stop has passed
     state.decode_pool = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="decode")
+    state.big_lane = BigLane(settings.decode_threads - 1)
     state.infer_pool = ThreadPoolExecutor(1, thread_name_prefix="infer")
     state.batchers = {
         r.name: Batcher(
@@ -591,21 +594,29 @@ async def _decode(
     files: list[Upload], resize: str, settings: Settings, state: State
 ) -> list[np.ndarray | str]:
     """Every file decoded in the decoding threads: by one thread, or for big files a part for
-    each (Pillow frees the GIL in the codec)."""
+    each (Pillow frees the GIL in the codec). A big image whose turn has not come
+    (:class:`~cifarlab.serve.engine.BigLane`) is tried again a little later."""
     loop = asyncio.get_running_loop()
     budget = PixelBudget(settings.max_request_pixels)
-    pool, stopping, memory = state.decode_pool, state.stopping, state.memory
+    pool = state.decode_pool
+    args = (resize, budget, state.stopping, state.memory, state.big_lane)
     if len(files) < 2 or sum(len(d) for _, d in files) < PARALLEL_DECODE_BYTES:
-        return await loop.run_in_executor(pool, decode_all, files, resize, budget, stopping, memory)
-    n = settings.decode_threads
-    parts = [files[len(files) * i // n : len(files) * (i + 1) // n] for i in range(n)]
-    done = await asyncio.gather(
-        *(
-            loop.run_in_executor(pool, decode_all, p, resize, budget, stopping, memory)
-            for p in parts
+        done = await loop.run_in_executor(pool, decode_all, files, *args)
+    else:
+        n = settings.decode_threads
+        parts = [files[len(files) * i // n : len(files) * (i + 1) // n] for i in range(n)]
+        gathered = await asyncio.gather(
+            *(loop.run_in_executor(pool, decode_all, p, *args) for p in parts)
         )
-    )
-    return [d for part in done for d in part]
+        done = [d for part in gathered for d in part]
+    wait = 0.01
+    while waiting := [i for i, d in enumerate(done) if d is None]:
+        await asyncio.sleep(wait)
+        wait = min(0.2, wait * 2)
+        again = await loop.run_in_executor(pool, decode_all, [files[i] for i in waiting], *args)
+        for i, d in zip(waiting, again, strict=True):
+            done[i] = d
+    return done  # type: ignore[return-value]
 
 
 def decode_all(
@@ -614,20 +625,24 @@ def decode_all(
     budget: PixelBudget,
     stopping: threading.Event,
     memory: MemoryBudget | None = None,
-) -> list[np.ndarray | str]:
+    lane: BigLane | None = None,
+) -> list[np.ndarray | str | None]:
     """Each file as the model's 32×32 input, or its error; the request's pixels (read
     from the headers before decoding) within ``max_request_pixels``; each decoding's bytes
     from ``memory`` (:class:`Busy` when they are not there: the request is answered 503);
-    stops at once when the server's grace period has passed."""
-    out: list[np.ndarray | str] = []
+    stops at once when the server's grace period has passed. None: a big image whose turn
+    has not come (``lane``), to try again."""
+    out: list[np.ndarray | str | None] = []
     for name, data in files:
         if stopping.is_set():
             out.append(f"{name}: not decoded: the server is stopping")
             continue
         try:
-            out.append(decode_upload(data, name, resize, budget, memory))
+            out.append(decode_upload(data, name, resize, budget, memory, lane))
         except Busy:
             raise
+        except Later:
+            out.append(None)
         except ImageError as e:
             out.append(shown(str(e)))
         except CifarlabError as e:

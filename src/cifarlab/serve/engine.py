@@ -99,6 +99,32 @@ class MemoryBudget:
             self.used -= n
 
 
+class Later(ImageError):
+    """A big image whose turn has not come (:class:`BigLane`): decoded on a later try."""
+
+
+# An image over this many pixels decodes in a quarter of a second or more (a 64-megapixel
+# 16-bit PNG: about a second on 2 cores): such images take turns on fewer threads than the
+# pool has, so a small image never waits for them.
+BIG_PIXELS = 16_000_000
+
+
+class BigLane:
+    """Big images (over :data:`BIG_PIXELS`) are decoded on at most ``slots`` threads at
+    once: with ``decode_threads - 1`` slots, one decoding thread is always free for small
+    images whatever clients send. A thread never waits for a slot: the image is handed back
+    (:class:`Later`) and tried again."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = threading.Semaphore(max(1, slots))
+
+    def enter(self) -> bool:
+        return self.slots.acquire(blocking=False)
+
+    def leave(self) -> None:
+        self.slots.release()
+
+
 class Held:
     """What one request holds of the :class:`MemoryBudget` (its body, copies of it): taken as
     it arrives, given back whole when the request's decoding ends (or it fails)."""
@@ -145,6 +171,7 @@ def decode_upload(
     resize: str = DEFAULT_RESIZE,
     budget: PixelBudget | None = None,
     memory: MemoryBudget | None = None,
+    lane: BigLane | None = None,
 ) -> np.ndarray:
     """One uploaded file as the 32×32×3 uint8 array the model sees: the decoder and the resize
     rule of ``cifarlab predict`` (:func:`cifarlab.predict.decode_image`), from memory.
@@ -152,13 +179,18 @@ def decode_upload(
     refused before it is decoded. ``memory``: the server's :class:`MemoryBudget`, from which
     the decoding's bytes are taken (from the header, before decoding: :class:`Busy` if they
     are not there now, an :class:`ImageError` if the whole budget is too small) and given
-    back when it ends."""
+    back when it ends. ``lane``: a big image waits for its turn (:class:`Later`)."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes): no image")
     taken = 0
+    entered = False
 
     def check(size: tuple[int, int], mode: str) -> None:
-        nonlocal taken
+        nonlocal taken, entered
+        if lane is not None and size[0] * size[1] > BIG_PIXELS:
+            if not lane.enter():
+                raise Later
+            entered = True
         if budget is not None:
             budget.spend(name, size)
         if memory is not None:
@@ -179,6 +211,9 @@ def decode_upload(
     finally:
         if memory is not None and taken:
             memory.give(taken)
+        if entered:
+            assert lane is not None
+            lane.leave()
 
 
 def png_data_uri(image: np.ndarray) -> str:
