@@ -54,6 +54,8 @@ LIMITS = (
     "20",
     "--grace-s",
     "1.5",
+    "--body-timeout-s",
+    "3",
 )
 
 
@@ -272,6 +274,27 @@ def test_connections_are_bounded_and_idle_ones_make_room(server: Server) -> None
             s.close()
     time.sleep(0.3)
     good_within(server)
+
+
+@pytest.mark.alone  # good requests are timed: no other test beside them
+def test_a_client_that_does_not_read_is_dropped(server: Server) -> None:
+    """Slow read: 200 pipelined requests for the page, a tiny receive buffer and nothing
+    read; the answers pile up past the transport's high-water mark, and after
+    --body-timeout-s (3 s) the connection is dropped. Good requests meanwhile: within 1 s."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", server.port))
+    try:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 200)
+        t = time.monotonic()
+        good_within(server)
+        time.sleep(4)
+        good_within(server)
+        got = read_all(s, 10)
+        assert got.count(b"HTTP/1.1 200") < 200  # dropped before the last answers
+        assert time.monotonic() - t < 12
+    finally:
+        s.close()
 
 
 def test_pipelined_requests_and_early_closes(server: Server) -> None:

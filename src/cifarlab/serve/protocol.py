@@ -10,7 +10,9 @@ and the open connections; every connection is a :class:`GuardedProtocol`.
   HTTP version 400.
 - **Time**: a head must arrive within ``--header-timeout-s`` of its first byte (slowloris:
   408); a connection without a request in progress is closed after ``--idle-timeout-s``
-  (before its first request too). A body's deadline is the app's (``--body-timeout-s``).
+  (before its first request too). A body's deadline is the app's (``--body-timeout-s``); a
+  client that reads its answer too slowly (the answer waits unread past the transport's
+  high-water mark for ``--body-timeout-s``: slow read) is dropped.
 - **Connections**: at most ``--max-connections`` per process and ``--max-connections-per-client``
   per client address. Past either, the connection idle the longest (no request in progress:
   waiting, or still sending its head) is closed to make room; if every one is busy the new one
@@ -159,6 +161,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.guard = _guard
         self.host = ""
         self.deadline: asyncio.TimerHandle | None = None
+        self.write_deadline: asyncio.TimerHandle | None = None  # a client too slow to read
         self.idle_since = self.loop.time()
         self.in_head = False  # a request's first byte came, its head is not complete
         self.in_body = False  # its head is complete, its body is not
@@ -182,6 +185,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.guard.forget(self)
         self._disarm()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
         # every request of this connection learns the client has gone: the running one and
         # those queued behind it (uvicorn tells only the last one parsed)
         cycles = [self.running, self.cycle, *(c for c, _ in self.pipeline)]
@@ -371,6 +376,26 @@ class GuardedProtocol(HttpToolsProtocol):
         self.deadline = None
         if not self.transport.is_closing() or self.transport.get_write_buffer_size():
             self.transport.abort()
+
+    def pause_writing(self) -> None:
+        """The client reads slower than the answer is written: it has ``--body-timeout-s``
+        to read what is waiting (slow read), else the connection is dropped."""
+        super().pause_writing()
+        if self.write_deadline is None:
+            self.write_deadline = self.loop.call_later(
+                self.guard.settings.body_timeout_s, self._write_over
+            )
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.write_deadline is not None:
+            self.write_deadline.cancel()
+            self.write_deadline = None
+
+    def _write_over(self) -> None:
+        self.write_deadline = None
+        self.guard.refused[0] += 1  # 0: dropped without an answer
+        self.drop()
 
     # --------------------------------------------------------------- stops
     def shutdown(self) -> None:
