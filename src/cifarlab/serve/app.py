@@ -241,7 +241,7 @@ class Front:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if scope["path"] not in PUBLIC_PATHS:
+        if self.token is not None and scope["path"] not in PUBLIC_PATHS:
             given = next((v for k, v in scope["headers"] if k == b"authorization"), None)
             why = token_refusal(self.token, given)
             if why is not None:
