@@ -32,3 +32,26 @@ def test_a_bad_limit_value_names_the_variable(monkeypatch: pytest.MonkeyPatch, b
     monkeypatch.setenv(limits.MAX_ASPECT.env, bad)
     with pytest.raises(CifarlabError, match=r"CIFARLAB_MAX_ASPECT=.*must be a positive number"):
         limits.MAX_ASPECT.get()
+
+
+def test_security_md_lists_every_serve_limit_with_its_flag_and_default() -> None:
+    """Each of serve's limits on requests and clients has a row in SECURITY.md's serve table
+    (its flag, its default as `Settings` and the CLI have it)."""
+    import dataclasses
+    import re
+
+    from cifarlab.cli import build_parser
+    from cifarlab.serve.settings import Settings
+
+    text = (REPO / "SECURITY.md").read_text()
+    rows = dict(re.findall(r"^\| `(--[a-z-]+)` \| ([\d,.]+)", text, re.M))
+    not_limits = {"token", "batching", "max_batch", "batch_wait_ms", "uncertain_below"}
+    not_limits |= {"decode_threads", "threads"}
+    fields = [f for f in dataclasses.fields(Settings) if f.name not in not_limits]
+    serve = build_parser()._subparsers._group_actions[0].choices["serve"]  # type: ignore[union-attr]
+    cli_defaults = {a.dest: a.default for a in serve._actions}
+    for f in fields:
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in rows, f"SECURITY.md has no row for {flag}"
+        assert float(rows[flag].replace(",", "")) == f.default, (flag, rows[flag], f.default)
+        assert cli_defaults[f.name] == f.default, (flag, cli_defaults[f.name], f.default)
