@@ -298,15 +298,21 @@ class GuardedProtocol(HttpToolsProtocol):
         self.in_head, self.in_body = False, True
         self._disarm()  # the body's deadline is the app's
         super().on_headers_complete()
+        if not (self.pipeline and self.pipeline[0][0] is self.cycle):
+            self.running = self.cycle  # started at once, not queued behind another
 
     def on_message_complete(self) -> None:
         self.in_body = False
         super().on_message_complete()
 
     # --------------------------------------------------------------- requests and answers
-    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+    def _run(self, cycle: Any, app: Any) -> None:
+        """Start a queued request's app (as uvicorn does; its own method for this is not in
+        every version the extra allows)."""
         self.running = cycle
-        super()._start_asgi_task(cycle, app)
+        task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     def on_response_complete(self) -> None:
         self.server_state.total_requests += 1
@@ -315,7 +321,7 @@ class GuardedProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         if self.pipeline:  # the next request queued on this connection
             cycle, app = self.pipeline.pop()
-            self._start_asgi_task(cycle, app)
+            self._run(cycle, app)
         elif self.deferred is not None:  # an error found after these requests: its turn
             self._answer_and_close(self.deferred)
         elif not self.in_head:
