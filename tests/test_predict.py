@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -525,3 +526,27 @@ def test_long_names_are_shown_whole() -> None:
 
     long = "/tmp/" + "a_rather_long_folder_name/" * 12 + "x.png"
     assert shown(long) == long
+
+
+def test_to_rgb_applies_the_exif_rotation_without_touching_the_callers_image() -> None:
+    """An EXIF orientation of 6 (rotate 90°) gives a rotated RGB image; the image handed in
+    keeps its size and tag (the Python API passes callers' own images); without a tag the RGB
+    image itself is returned, not a copy."""
+    from PIL import Image
+
+    from cifarlab.predict import ORIENTATION, to_rgb
+
+    arr = np.zeros((20, 40, 3), np.uint8)
+    arr[:, :5] = 255  # a white band on the left
+    im = Image.fromarray(arr)
+    exif = im.getexif()
+    exif[ORIENTATION] = 6
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes(), quality=95)
+    tagged = Image.open(io.BytesIO(buf.getvalue()))
+    out = to_rgb(tagged)
+    assert out.size == (20, 40) and tagged.size == (40, 20)
+    assert tagged.getexif().get(ORIENTATION) == 6
+    assert np.asarray(out)[:5].mean() > 200  # the band is now at the top
+    plain = Image.fromarray(arr)
+    assert to_rgb(plain) is plain

@@ -297,6 +297,37 @@ def test_a_client_that_does_not_read_is_dropped(server: Server) -> None:
         s.close()
 
 
+def test_trailers_are_refused_and_bounded(server: Server) -> None:
+    """A chunked body followed by trailer fields: 400; a trailer line that never ends: 431
+    once 16 KB (--max-header-kb) have come. Both JSON."""
+    head = (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    with connect(server) as s:
+        s.sendall(head + b"1\r\na\r\n0\r\nX-Trailer: 1\r\n\r\n")
+        assert "trailer" in json_error(read_all(s), 400)
+    with connect(server) as s:
+        s.sendall(head + b"1\r\na\r\n0\r\nX-Trailer: ")
+        send_slowly(s, b"b" * (1 << 20), 4096)
+        assert "--max-header-kb" in json_error(read_all(s), 431)
+
+
+def test_an_early_answer_reaches_a_client_still_uploading(server: Server) -> None:
+    """A body declared over --max-upload-mb is refused (413) before it is read; the client,
+    still sending 2 MB over 2 s (past the 1 s idle timeout), then reads the JSON answer: the
+    connection is not reset under it."""
+    with connect(server) as s:
+        s.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            b"Content-Length: 5000000\r\n\r\n"
+        )
+        for _ in range(20):
+            s.sendall(bytes(100_000))
+            time.sleep(0.1)
+        assert "--max-upload-mb" in json_error(read_all(s), 413)
+
+
 def test_pipelined_requests_and_early_closes(server: Server) -> None:
     """Two requests in one write then a close, many times: no traceback. Two requests then a
     garbage line: both answered 200 in order, then a JSON 400, then the close."""

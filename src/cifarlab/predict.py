@@ -73,14 +73,18 @@ def shown(text: str | os.PathLike) -> str:
 # --------------------------------------------------------------------------- images
 
 
+ORIENTATION = 0x0112  # the EXIF tag
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Any PIL image as 8-bit RGB: first frame, EXIF orientation applied, transparency
     composited onto white."""
     if im.tell() != 0:  # never n_frames: it walks every frame (and a broken one can raise)
         im.seek(0)
-    # in place: without an orientation tag, no copy of a 64-megapixel photo (the server's
-    # memory budget counts every copy: SECURITY.md)
-    ImageOps.exif_transpose(im, in_place=True)
+    # only with an orientation tag: exif_transpose copies the image even without one (a
+    # 64-megapixel photo: 256 MB more; the server's memory budget counts every copy)
+    if im.getexif().get(ORIENTATION, 1) != 1:
+        im = ImageOps.exif_transpose(im) or im
     keyed = im.mode in ("RGB", "L", "P") and "transparency" in im.info  # a colour marked
     if im.mode in ("RGBA", "LA", "PA") or keyed:
         return _on_white(im)
@@ -222,12 +226,13 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 def decode_image(
     f: BinaryIO,
     name: str | os.PathLike,
-    check_size: Callable[[tuple[int, int], str], None] | None = None,
+    check_size: Callable[[Image.Image], None] | None = None,
 ) -> Image.Image:
     """Decode an open binary file (or ``io.BytesIO``) as RGB, exactly as :func:`load_image`
     does a file (the server decodes uploads with it): the header is checked before a pixel is
-    decoded (and its size and mode passed to ``check_size``, which may raise: the server's
-    pixel and memory budgets); any decoder failure is an :class:`ImageError` naming ``name``."""
+    decoded (and the opened image, its header read, passed to ``check_size``, which may
+    raise: the server's pixel and memory budgets); any decoder failure is an
+    :class:`ImageError` naming ``name``."""
     max_pixels = limits.MAX_IMAGE_PIXELS.get()
     name = shown(name)
     try:
@@ -239,7 +244,7 @@ def decode_image(
             with open_image(f) as im:
                 check_header(name, im.size)
                 if check_size is not None:
-                    check_size(im.size, im.mode)
+                    check_size(im)
                 im.load()
                 return to_rgb(im)
     except ImageError:

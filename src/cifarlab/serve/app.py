@@ -469,8 +469,10 @@ async def read_body(request: Request, settings: Settings, held: Held) -> AsyncIt
             chunk = await asyncio.wait_for(stream.__anext__(), left)
         except StopAsyncIteration:
             break
-        except asyncio.TimeoutError:
-            continue  # the deadline check above answers
+        except asyncio.TimeoutError:  # the stream was cancelled with it: answer now
+            raise ApiError(
+                408, f"the request body took more than {settings.body_timeout_s:g} s to arrive"
+            ) from None
         except ClientDisconnect:
             raise ApiError(400, "the client closed the connection") from None
         seen += len(chunk)

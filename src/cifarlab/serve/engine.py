@@ -35,6 +35,7 @@ from cifarlab.export import Preprocessed, _example, _write_onnx, metadata
 from cifarlab.files import atomic_write
 from cifarlab.predict import (
     DEFAULT_RESIZE,
+    ORIENTATION,
     ImageError,
     Run,
     decode_image,
@@ -148,12 +149,15 @@ class Held:
 
 
 # What decoding an image allocates at its peak, in bytes per pixel: Pillow's own image (RGB
-# and CMYK take 4 bytes a pixel), the copies the conversion to 8-bit RGB makes (predict.to_rgb)
-# and the 32×32 resize. Measured on 64-megapixel images (peak RSS; BENCHMARKS.md, "serve
-# against hostile clients"): RGB 4.0, palette with transparency 5.3, 16-bit grey 7.0, CMYK
-# 8.0, with alpha 8.3, 32-bit integer or float grey 12.0; each rounded up here.
-def decode_cost(size: tuple[int, int], mode: str) -> int:
-    """The bytes decoding an image of this size and mode may hold at its peak."""
+# and CMYK take 4 bytes a pixel), the decoder's own buffers, the copies the conversion to 8-bit
+# RGB makes (predict.to_rgb) and the 32×32 resize. Measured on 64-megapixel images (peak RSS;
+# BENCHMARKS.md, "serve against hostile clients"): RGB 4.0 (baseline JPEG, PNG), palette with
+# transparency 5.3, 16-bit grey 7.0, progressive JPEG 7.0, CMYK 8.0, an EXIF rotation 8.0
+# (one more copy), with alpha 8.3, 32-bit grey 12.0, WebP 16.0-16.3 (libwebp's buffers and
+# Pillow's copy); each rounded up here.
+def decode_cost(im: Image.Image) -> int:
+    """The bytes decoding this opened image (its header read) may hold at its peak."""
+    mode = im.mode
     if mode == "RGB":
         per = 5
     elif mode.startswith("I;16"):
@@ -162,7 +166,13 @@ def decode_cost(size: tuple[int, int], mode: str) -> int:
         per = 13
     else:  # L, 1, P, LA, PA, RGBA, CMYK, YCbCr, LAB, HSV …
         per = 9
-    return size[0] * size[1] * per
+    if im.format == "WEBP":
+        per += 12
+    if im.format == "JPEG" and ("progressive" in im.info or "progression" in im.info):
+        per += 4
+    if im.getexif().get(ORIENTATION, 1) != 1:
+        per += 4
+    return im.size[0] * im.size[1] * per
 
 
 def decode_upload(
@@ -185,8 +195,9 @@ def decode_upload(
     taken = 0
     entered = False
 
-    def check(size: tuple[int, int], mode: str) -> None:
+    def check(im: Image.Image) -> None:
         nonlocal taken, entered
+        size = im.size
         if lane is not None and size[0] * size[1] > BIG_PIXELS:
             if not lane.enter():
                 raise Later
@@ -194,10 +205,10 @@ def decode_upload(
         if budget is not None:
             budget.spend(name, size)
         if memory is not None:
-            cost = decode_cost(size, mode)
+            cost = decode_cost(im)
             if cost > memory.limit:
                 raise ImageError(
-                    f"{name}: refused: decoding its {size[0]:,}×{size[1]:,} pixels ({mode}) "
+                    f"{name}: refused: decoding its {size[0]:,}×{size[1]:,} pixels ({im.mode}) "
                     f"takes {cost / 2**20:,.0f} MB, more than the server's memory budget "
                     "(--max-pending-mb)"
                 )

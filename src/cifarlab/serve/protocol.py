@@ -5,9 +5,13 @@ and the open connections; every connection is a :class:`GuardedProtocol`.
 
 - **The request head** (line and headers) is fed to the parser in slices that never pass what
   is left of ``--max-header-kb``, so no head costs more than that to hold or parse (httptools
-  joins a header's pieces, at a cost that grows faster than its size); a longer request line
-  is 414, a bigger head or more than ``--max-headers`` fields 431, a request line without an
-  HTTP version 400.
+  joins a header's pieces, at a cost that grows faster than its size; a head that begins after
+  another request in the same read may take that read more); a longer request line is 414, a
+  bigger head or more than ``--max-headers`` fields 431, a request line without an HTTP
+  version 400. Chunk headers and trailers are bounded like a head; trailer fields are 400.
+- **Early answers** (413 from the declared length, 401, 404: before the body came): the rest
+  of the body is read and dropped for up to ``--body-timeout-s``, then the connection closes,
+  so the client reads the answer rather than a reset.
 - **Time**: a head must arrive within ``--header-timeout-s`` of its first byte (slowloris:
   408); a connection without a request in progress is closed after ``--idle-timeout-s``
   (before its first request too). A body's deadline is the app's (``--body-timeout-s``); a
@@ -72,11 +76,13 @@ class Guard:
             return
         conn = next(iter(self.open))
         now = conn.loop.time()
-        for c in list(self.open):
-            if c.due is not None and c.due <= now:
-                then, c.due = c.then, None
-                then()
-        conn.loop.call_later(SWEEP_S, self._sweep)
+        try:
+            for c in list(self.open):
+                if c.due is not None and c.due <= now:
+                    then, c.due = c.then, None
+                    then()
+        finally:
+            conn.loop.call_later(SWEEP_S, self._sweep)
 
     def admit(self, conn: GuardedProtocol) -> str | None:
         """Count a new connection; past a limit, close the idlest connection to make room.
@@ -158,6 +164,14 @@ class _Refused(Exception):
         self.message = message
 
 
+def _gone(cycle: Any) -> None:
+    """Tell a request its client has gone: its app's reads end, what it sends is dropped,
+    and no ``100 Continue`` is written for it any more."""
+    cycle.disconnected = True
+    cycle.waiting_for_100_continue = False
+    cycle.message_event.set()
+
+
 class SafeFlow(FlowControl):
     """uvicorn's flow control, which never pauses or resumes a closed transport (uvloop
     raises ``RuntimeError`` there: the pipelining tracebacks)."""
@@ -188,6 +202,11 @@ class GuardedProtocol(HttpToolsProtocol):
         self.in_body = False  # its head is complete, its body is not
         self.head_left = self.guard.max_head  # bytes the head being read may still take
         self.running: Any = None  # the cycle whose app runs (self.cycle: the last one parsed)
+        self.lost = False  # connection_lost has run
+        self.stopping = False  # the server stops: the grace deadline is the only one
+        self.ended_here = False  # a message ended in the piece being fed (pipelining)
+        self.body_moved = False  # body bytes came out of the piece being fed
+        self.no_body_bytes = 0  # bytes fed in a body since body bytes last came out
         self.done = False  # answered with an error or closing: what comes is discarded
         self.deferred: bytes | None = None  # an error to send once the requests before it end
 
@@ -202,17 +221,16 @@ class GuardedProtocol(HttpToolsProtocol):
             self._refuse(503, why)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         self.guard.forget(self)
         self._disarm()
         if self.write_deadline is not None:
             self.write_deadline.cancel()
         # every request of this connection learns the client has gone: the running one and
         # those queued behind it (uvicorn tells only the last one parsed)
-        cycles = [self.running, self.cycle, *(c for c, _ in self.pipeline)]
-        for cycle in cycles:
+        for cycle in (self.running, self.cycle, *(c for c, _ in self.pipeline)):
             if cycle is not None and not cycle.response_complete:
-                cycle.disconnected = True
-                cycle.message_event.set()
+                _gone(cycle)
         self.pipeline.clear()
         super().connection_lost(exc)
 
@@ -227,9 +245,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def drop(self) -> None:
         """Close at once, without an answer (an idle connection, to make room)."""
         self.done = True
-        self._disarm()
+        self.due = None
         self.guard.forget(self)
-        if not self.transport.is_closing():
+        if not self.lost:  # closing or not: unsent bytes are dropped too
             self.transport.abort()
 
     # --------------------------------------------------------------- bytes in
@@ -237,11 +255,13 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.done:
             return  # the rest of a refused request: read and dropped while lingering
         while data:
-            if self.in_body:
+            in_body = self.in_body
+            if in_body:
                 piece, data = data, b""
             else:  # never more of a head than it may still take
                 room = max(1, self.head_left)
                 piece, data = data[:room], data[room:]
+            self.ended_here = self.body_moved = False
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade:
@@ -261,12 +281,24 @@ class GuardedProtocol(HttpToolsProtocol):
                 return
             if self.done:
                 return
-            if self.in_head:
+            if self.in_head and not self.ended_here:
+                # (a head that began after another message in this piece counts from the
+                # next piece: at most one piece more than the limit)
                 self.head_left -= len(piece)
                 if self.head_left <= 0:
                     self._refuse(
                         431,
                         f"request head too large: the limit is "
+                        f"{self.guard.settings.max_header_kb:g} KB (--max-header-kb)",
+                    )
+                    return
+            if in_body and self.in_body:
+                # chunk headers and trailers are parsed like a head: bounded like one
+                self.no_body_bytes = 0 if self.body_moved else self.no_body_bytes + len(piece)
+                if self.no_body_bytes > self.guard.max_head:
+                    self._refuse(
+                        431,
+                        "chunk headers or trailer fields too large: the limit is "
                         f"{self.guard.settings.max_header_kb:g} KB (--max-header-kb)",
                     )
                     return
@@ -276,7 +308,17 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self.in_head, self.in_body = True, False
         self.head_left = self.guard.max_head
+        self.no_body_bytes = 0
         self._arm(self.guard.settings.header_timeout_s, self._head_over)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self.in_head:  # after a chunked body: its trailer fields
+            raise _Refused(400, "trailer fields are not accepted: send headers before the body")
+        super().on_header(name, value)
+
+    def on_body(self, body: bytes) -> None:
+        self.body_moved = True
+        super().on_body(body)
 
     def on_headers_complete(self) -> None:
         # the line and the fields are checked once complete: the head as a whole never
@@ -303,6 +345,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self.in_body = False
+        self.ended_here = True
         super().on_message_complete()
 
     # --------------------------------------------------------------- requests and answers
@@ -317,6 +360,8 @@ class GuardedProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         self.server_state.total_requests += 1
         if self.transport.is_closing():
+            if self.transport.get_write_buffer_size():  # an answer the client does not read
+                self._arm(self.guard.settings.body_timeout_s, self._abort, force=True)
             return
         self.flow.resume_reading()
         if self.pipeline:  # the next request queued on this connection
@@ -324,6 +369,14 @@ class GuardedProtocol(HttpToolsProtocol):
             self._run(cycle, app)
         elif self.deferred is not None:  # an error found after these requests: its turn
             self._answer_and_close(self.deferred)
+        elif self.in_body:
+            # answered before its body came (413, 401, 404…): the rest of the body is read
+            # and dropped for a while, then the connection closes (closing at once would
+            # reset it before the client read the answer)
+            self.done = True
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            self._arm(self.guard.settings.body_timeout_s, self._abort, force=True)
         elif not self.in_head:
             self.idle_since = self.loop.time()
             self._arm(self.guard.settings.idle_timeout_s, self._idle_over)
@@ -343,8 +396,7 @@ class GuardedProtocol(HttpToolsProtocol):
             elif broken.response_started:  # half an answer sent: nothing better to do
                 self.drop()
                 return
-            broken.disconnected = True  # the app's wait for its body ends; its answer is ours
-            broken.message_event.set()
+            _gone(broken)  # the app's wait for its body ends; its answer is ours
         if self.busy():
             self.deferred = payload
             self.done = True
@@ -364,14 +416,18 @@ class GuardedProtocol(HttpToolsProtocol):
         self.flow.resume_reading()
         if self.transport.can_write_eof():
             self.transport.write_eof()
-        self._arm(LINGER_S, self._abort)
+        self._arm(LINGER_S, self._abort, force=True)
 
     # --------------------------------------------------------------- timers
-    def _arm(self, seconds: float, then: Any) -> None:
-        self.due, self.then = self.loop.time() + seconds, then
+    def _arm(self, seconds: float, then: Any, force: bool = False) -> None:
+        """Run ``then`` in ``seconds`` (the guard's sweep), instead of any deadline set
+        before. Once the server stops, only ``force`` replaces the grace deadline."""
+        if force or not self.stopping:
+            self.due, self.then = self.loop.time() + seconds, then
 
     def _disarm(self) -> None:
-        self.due = None
+        if not self.stopping:
+            self.due = None
 
     def _idle_over(self) -> None:
         if not self.busy() and not self.in_head:
@@ -419,7 +475,8 @@ class GuardedProtocol(HttpToolsProtocol):
         for cycle in (self.running, self.cycle):
             if cycle is not None:
                 cycle.keep_alive = False
-        self._arm(self.guard.settings.grace_s, self._grace_over)
+        self._arm(self.guard.settings.grace_s, self._grace_over, force=True)
+        self.stopping = True
 
     def _grace_over(self) -> None:
         self.guard.stopping.set()  # decoding stops between files
@@ -427,8 +484,7 @@ class GuardedProtocol(HttpToolsProtocol):
         answered = cycle is None or cycle.response_started
         for c in (self.running, self.cycle, *(c for c, _ in self.pipeline)):
             if c is not None:
-                c.disconnected = True  # what the app still sends is dropped
-                c.message_event.set()
+                _gone(c)  # what the app still sends is dropped
         self.pipeline.clear()
         if answered:
             self.transport.abort()  # half an answer: nothing better to do
