@@ -55,3 +55,24 @@ def test_security_md_lists_every_serve_limit_with_its_flag_and_default() -> None
         assert flag in rows, f"SECURITY.md has no row for {flag}"
         assert float(rows[flag].replace(",", "")) == f.default, (flag, rows[flag], f.default)
         assert cli_defaults[f.name] == f.default, (flag, cli_defaults[f.name], f.default)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "says"),
+    [
+        ("grace_s", 0.0, "more than 0"),
+        ("header_timeout_s", float("nan"), "more than 0"),
+        ("max_header_kb", 4.0, "at least max_request_line_kb"),
+        ("max_headers", 0, "1..10000"),
+        ("max_connections_per_client", 999, "1 to max_connections (512)"),
+    ],
+)
+def test_serve_client_limits_out_of_range_name_the_setting(
+    field: str, value: float, says: str
+) -> None:
+    from cifarlab.errors import SettingError
+    from cifarlab.serve.settings import Settings
+
+    with pytest.raises(SettingError) as info:
+        Settings(**{field: value})
+    assert info.value.names == [field] and says in str(info.value)

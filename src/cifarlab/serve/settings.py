@@ -168,7 +168,7 @@ class Settings:
         _check(
             "max_connections_per_client",
             1 <= per <= most,
-            f"1..{{others}} ({most}), got {per}",
+            f"1 to {{others}} ({most}), got {per}",
             others=("max_connections",),
         )
 
