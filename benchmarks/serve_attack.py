@@ -33,18 +33,42 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from serve_load import cifar_png, request_bytes, rss_mb, start_server  # noqa: E402
 
 
-class Prober:
-    """One good predict request every ``every`` seconds on a new connection."""
+class Repeating:
+    """``tick`` every ``every`` seconds in a thread of its own, for the ``with`` block."""
 
-    def __init__(self, host: str, port: int, every: float = 0.2) -> None:
-        self.host, self.port, self.every = host, port, every
-        self.payload = request_bytes(host, port, [cifar_png(0)])
-        self.latencies: list[float] = []
-        self.failures: list[str] = []
+    def __init__(self, every: float) -> None:
+        self.every = every
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _one(self) -> None:
+    def tick(self) -> None:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.tick()
+            self.stop.wait(self.every)
+
+    def __enter__(self) -> Repeating:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join()
+
+
+class Prober(Repeating):
+    """One good predict request every ``every`` seconds on a new connection."""
+
+    def __init__(self, host: str, port: int, every: float = 0.2) -> None:
+        super().__init__(every)
+        self.host, self.port = host, port
+        self.payload = request_bytes(host, port, [cifar_png(0)])
+        self.latencies: list[float] = []
+        self.failures: list[str] = []
+
+    def tick(self) -> None:
         t = time.perf_counter()
         try:
             # from 127.0.0.2: another client address than the attack's (the server's caps
@@ -67,19 +91,6 @@ class Prober:
         except OSError as e:
             self.failures.append(repr(e))
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self._one()
-            self.stop.wait(self.every)
-
-    def __enter__(self) -> Prober:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
-
     def summary(self) -> dict:
         ms = np.array(self.latencies) * 1000 if self.latencies else np.array([np.nan])
         return {
@@ -92,23 +103,15 @@ class Prober:
         }
 
 
-class PeakRss:
+class PeakRss(Repeating):
+    """The server's peak RSS (its children included), sampled every 10 ms."""
+
     def __init__(self, pid: int) -> None:
-        self.pid, self.peak, self.stop = pid, rss_mb(pid), threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(0.01)
+        self.pid, self.peak = pid, rss_mb(pid)
 
-    def _run(self) -> None:
-        while not self.stop.is_set():
-            self.peak = max(self.peak, rss_mb(self.pid))
-            self.stop.wait(0.01)
-
-    def __enter__(self) -> PeakRss:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join()
+    def tick(self) -> None:
+        self.peak = max(self.peak, rss_mb(self.pid))
 
 
 def tool(cmd: list[str], seconds: float) -> str:

@@ -74,6 +74,9 @@ def shown(text: str | os.PathLike) -> str:
 
 
 ORIENTATION = 0x0112  # the EXIF tag
+# Big images are converted in blocks of this many pixels: their float64 or RGBA copies never
+# exist whole (a 64-megapixel image: 512 MB of float64).
+BLOCK_PIXELS = 1 << 20
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -96,11 +99,11 @@ def to_rgb(im: Image.Image) -> Image.Image:
 
 
 def _on_white(im: Image.Image) -> Image.Image:
-    """An image with transparency composited onto white, as RGB: in strips of about a million
-    pixels, so that its RGBA copies never exist whole (each is 4 bytes a pixel)."""
+    """An image with transparency composited onto white, as RGB, in strips of
+    :data:`BLOCK_PIXELS`."""
     w, h = im.size
     out = Image.new("RGB", im.size)
-    step = max(1, (1 << 20) // w)
+    step = max(1, BLOCK_PIXELS // w)
     for top in range(0, h, step):
         strip = im.crop((0, top, w, min(h, top + step))).convert("RGBA")
         background = Image.new("RGBA", strip.size, (255, 255, 255, 255))
@@ -112,7 +115,7 @@ def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """16-bit pixels map 0..65535 to 0..255 (as an 8-bit save of the same picture would);
     a float image in 0..1 maps to 0..255; values beyond 16 bits are scaled by their maximum."""
     hi = float(arr.max()) if arr.size else 0.0
-    rows = max(1, (1 << 20) // max(1, arr[0].size if len(arr) else 1))
+    rows = max(1, BLOCK_PIXELS // max(1, arr[0].size if len(arr) else 1))
     if mode.startswith("I;16") or (mode == "I" and 255 < hi <= 65535):
         scale = 255.0 / 65535.0
     elif mode == "F" and hi <= 1.0:
@@ -123,7 +126,6 @@ def _gray_to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
         scale = 255.0 / 65535.0
     else:
         scale = 255.0 / hi
-    # in blocks of about a million pixels: float64 of a whole 64-megapixel image is 512 MB
     out = np.empty(arr.shape, np.uint8)
     for top in range(0, len(arr), rows):
         block = arr[top : top + rows].astype(np.float64)

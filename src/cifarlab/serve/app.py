@@ -459,17 +459,11 @@ async def read_body(request: Request, settings: Settings, held: Held) -> AsyncIt
     deadline = _loop_time() + settings.body_timeout_s
     stream = request.stream().__aiter__()
     while True:
-        left = deadline - _loop_time()
-        if left <= 0:
-            raise ApiError(
-                408,
-                f"the request body took more than {settings.body_timeout_s:g} s to arrive",
-            )
         try:
-            chunk = await asyncio.wait_for(stream.__anext__(), left)
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - _loop_time()))
         except StopAsyncIteration:
             break
-        except asyncio.TimeoutError:  # the stream was cancelled with it: answer now
+        except asyncio.TimeoutError:  # (the stream is cancelled with it: never read on)
             raise ApiError(
                 408, f"the request body took more than {settings.body_timeout_s:g} s to arrive"
             ) from None

@@ -84,7 +84,6 @@ class MemoryBudget:
     def __init__(self, limit: float) -> None:
         self.limit = int(limit)
         self.used = 0
-        self.peak = 0
         self.lock = threading.Lock()
 
     def take(self, n: int) -> bool:
@@ -92,7 +91,6 @@ class MemoryBudget:
             if self.used + n > self.limit:
                 return False
             self.used += n
-            self.peak = max(self.peak, self.used)
             return True
 
     def give(self, n: int) -> None:

@@ -65,8 +65,6 @@ class Guard:
         self.open: dict[GuardedProtocol, None] = {}
         self.per_client: Counter[str] = Counter()
         self.stopping = stopping  # set when a stop's grace period is over
-        self.refused: Counter[int] = Counter()  # answers made here, by status
-        self.evicted = 0
         self.sweeping = False
 
     def _sweep(self) -> None:
@@ -115,9 +113,7 @@ class Guard:
         ]
         if not idle:
             return False
-        victim = min(idle, key=lambda c: c.idle_since)
-        self.evicted += 1
-        victim.drop()
+        min(idle, key=lambda c: c.idle_since).drop()
         return True
 
     def forget(self, conn: GuardedProtocol) -> None:
@@ -226,13 +222,16 @@ class GuardedProtocol(HttpToolsProtocol):
         self._disarm()
         if self.write_deadline is not None:
             self.write_deadline.cancel()
-        # every request of this connection learns the client has gone: the running one and
-        # those queued behind it (uvicorn tells only the last one parsed)
+        self._abandon()
+        super().connection_lost(exc)
+
+    def _abandon(self) -> None:
+        """Every request of this connection learns its client has gone: the running one and
+        those queued behind it (uvicorn tells only the last one parsed)."""
         for cycle in (self.running, self.cycle, *(c for c, _ in self.pipeline)):
             if cycle is not None and not cycle.response_complete:
                 _gone(cycle)
         self.pipeline.clear()
-        super().connection_lost(exc)
 
     def busy(self) -> bool:
         """A request of this connection is in progress (its head complete, its answer not,
@@ -386,7 +385,6 @@ class GuardedProtocol(HttpToolsProtocol):
         requests before it on this connection."""
         if self.done:
             return
-        self.guard.refused[status] += 1
         self._disarm()
         payload = error_bytes(status, message)
         broken = self.cycle if self.in_body else None  # its body cannot be read on
@@ -402,7 +400,6 @@ class GuardedProtocol(HttpToolsProtocol):
             self.done = True
             self.flow.pause_reading()
             return
-        self.done = True
         self._answer_and_close(payload)
 
     def _answer_and_close(self, payload: bytes) -> None:
@@ -462,7 +459,6 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _write_over(self) -> None:
         self.write_deadline = None
-        self.guard.refused[0] += 1  # 0: dropped without an answer
         self.drop()
 
     # --------------------------------------------------------------- stops
@@ -480,17 +476,11 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _grace_over(self) -> None:
         self.guard.stopping.set()  # decoding stops between files
-        cycle = self.running
-        answered = cycle is None or cycle.response_started
-        for c in (self.running, self.cycle, *(c for c, _ in self.pipeline)):
-            if c is not None:
-                _gone(c)  # what the app still sends is dropped
-        self.pipeline.clear()
+        answered = self.running is None or self.running.response_started
+        self._abandon()  # what the apps still send is dropped
         if answered:
             self.transport.abort()  # half an answer: nothing better to do
             return
-        self.guard.refused[503] += 1
-        self.done = True
         self._answer_and_close(
             error_bytes(
                 503,
