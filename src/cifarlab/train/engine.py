@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,25 @@ class _StopRequested(Exception):
     """Raised at a step boundary after Ctrl-C, to leave the loop."""
 
 
+class Watcher:
+    """Something that follows a run as it trains (TensorBoard's event files, a sweep's pruner):
+    handed to :class:`Trainer` (``train(..., watchers=[...])``), called on rank 0 only. Each
+    method does nothing here; a watcher overrides those it needs. An exception raised by one
+    (a sweep pruning its trial) stops training and leaves the call of ``train()``: the run
+    folder then holds the last finished epoch's checkpoint, as after Ctrl-C."""
+
+    def step(self, trainer: Trainer, step: int, loss: float, lr: float) -> None:
+        """After each training step: the run's step number (from 1), the step's mean loss and
+        the learning rate it used (the first parameter group's)."""
+
+    def epoch(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """After each epoch, with its row of ``metrics.jsonl`` (already written)."""
+
+    def close(self, trainer: Trainer, finished: bool) -> None:
+        """When the loop ends: ``finished`` if every epoch was trained (not after an error, a
+        Ctrl-C or another watcher's exception)."""
+
+
 class Trainer:
     """One training run's loop: the model, optimizer, loaders and run folder it was handed
     (built by :func:`cifarlab.train.setup.build`), an epoch after another, each a step after
@@ -63,11 +83,13 @@ class Trainer:
         *,
         pacer: budgets.Pacer | None = None,
         progress: bool = True,
+        watchers: Sequence[Watcher] = (),
     ) -> None:
         self.cfg, self.folder, self.run_dir = cfg, folder, folder.path
         self.parts, self.pacer, self.progress = parts, pacer, progress
         self.rank, self.world = devices.rank(), devices.world_size()
         self.main = self.rank == 0
+        self.watchers = list(watchers) if self.main else []
         self.data, self.device = parts.data, parts.device
         self.loader, self.val_loader = parts.loader, parts.val_loader
         self.model = parts.model
@@ -110,6 +132,7 @@ class Trainer:
     def fit(self) -> None:
         cfg = self.cfg
         previous = self._catch_signals()
+        finished = False
         try:
             while self.epoch < cfg.epochs:
                 self._train_epoch()
@@ -117,14 +140,19 @@ class Trainer:
                 if self.main:
                     self.folder.append_metrics(row)
                     print(_summary_line(row, cfg.epochs), flush=True)
+                for watcher in self.watchers:
+                    watcher.epoch(self, row)
                 if self._stop_requested():  # Ctrl-C during validation: last.pt is saved
                     raise _StopRequested
+            finished = True
         except _StopRequested:
             self.save(LAST)  # at a step boundary: the state resumes exactly
             raise self._interrupted() from None
         except KeyboardInterrupt:  # a second Ctrl-C: stop now, wherever the loop was
             raise self._interrupted(saved=False) from None
         finally:
+            for watcher in self.watchers:
+                watcher.close(self, finished)
             # Leaving with an error under torchrun (e.g. a peer died), torchrun's SIGTERM may
             # arrive before the message saying why is printed: keep catching it (the process
             # ends right after) so that it does not kill the process silently.
@@ -162,6 +190,8 @@ class Trainer:
             self.totals.add(loss.detach(), logits.detach(), y)
             self.step += 1
             self._after_step(self.global_step)
+            for watcher in self.watchers:
+                watcher.step(self, self.global_step, loss.item(), opt.param_groups[0]["lr"])
             bar.update(1)
             # ---- after the step: the end, the budget's pace, Ctrl-C, NaN, the bar
             if self.global_step >= self.total_steps:

@@ -14,6 +14,7 @@ import contextlib
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from cifarlab.train import budget as budgets
 from cifarlab.train import device as devices
 from cifarlab.train import distributed, probe, setup
 from cifarlab.train.config import BUDGET_FIELDS, TrainConfig
-from cifarlab.train.engine import Trainer, TrainingError
+from cifarlab.train.engine import Trainer, TrainingError, Watcher
 from cifarlab.train.provenance import provenance
 from cifarlab.train.recipes import recipe_config
 from cifarlab.train.resume import ResumeCheck, prepare_resume, repair
@@ -53,6 +54,7 @@ class Job:
     state: dict[str, Any] | None = None  # the checkpoint a resumed run goes on from
     found: ResumeCheck | None = None  # what the resume check found in the folder
     device: str = "auto"  # the device this process trains on (set by distributed.setup)
+    watchers: Sequence[Watcher] = ()  # what follows the run as it trains (rank 0)
 
 
 def train(
@@ -65,6 +67,7 @@ def train(
     budget: str | float | None = None,
     budget_model: str | None = None,
     model: ModelLike | None = None,
+    watchers: Sequence[Watcher] = (),
 ) -> Path:
     """Train ``config`` into a run folder (``out``, default ``runs/<model>-<dataset>-<time>``),
     or continue the interrupted run in ``resume``. Returns the run folder.
@@ -85,7 +88,8 @@ def train(
     network, precision and number of steps are chosen by measuring this machine (see
     :mod:`cifarlab.train.budget`); ``config`` then only supplies the data and run settings
     (:data:`~cifarlab.train.config.BUDGET_FIELDS`) and ``budget_model`` may restrict the
-    choice to one network. The whole call — data loading and the probe included — ends
+    choice to one network. ``watchers`` (:class:`~cifarlab.train.engine.Watcher`) follow the
+    run step by step and epoch by epoch. The whole call — data loading and the probe included — ends
     within the budget.
 
     Launched by ``torchrun`` (several processes), every process calls this: they join one
@@ -98,6 +102,7 @@ def train(
     else:
         job = _new_job(config, out, budget, budget_model, model, clock)
     job.progress = progress
+    job.watchers = list(watchers)
     joined = distributed.launched_by_torchrun() and not distributed.is_distributed()
     job.device = distributed.setup(job.cfg.device)
     run_dir = job.folder.path
@@ -259,7 +264,7 @@ def _start(job: Job) -> Trainer:
         used = float((job.state or {}).get("budget_used") or 0.0)
         budget = budgets.Budget(cfg.budget, used, start=job.clock)
         pacer = budgets.Pacer(budget, cfg, len(parts.loader), len(parts.data.val))
-    trainer = Trainer(cfg, folder, parts, pacer=pacer, progress=job.progress)
+    trainer = Trainer(cfg, folder, parts, pacer=pacer, progress=job.progress, watchers=job.watchers)
     if trainer.main:
         folder.path.mkdir(parents=True, exist_ok=True)
     if job.state is None:
