@@ -546,7 +546,67 @@ def option_cases() -> list[Case]:
         Case("data-root-fifo", ["data", "info", "--root", "pipe"], lambda c: fifo(c / "pipe")),
         Case("robustness-severities-range", ["robustness", "run", "--severities", "0-9"], none),
         Case("robustness-unknown-corruption", ["robustness", "run", "--corruptions", "rain"], none),
+        Case("seeds-huge", [*train, "--seeds", f"0-{10**30}"], none),
+        Case("seeds-backwards", [*train, "--seeds", "9-0"], none),
+        Case("parallel-zero", [*train, "--seeds", "0-1", "--parallel", "0"], none),
+        # --config: whatever file it is handed
+        Case("config-fifo", ["train", "--config", "exp.toml"], lambda c: fifo(c / "exp.toml")),
+        Case("config-sparse", ["train", "--config", "exp.toml"], lambda c: sparse(c / "exp.toml")),
+        Case("config-binary", ["train", "--config", "exp.toml"],
+             lambda c: (c / "exp.toml").write_bytes(bytes(range(256)) * 4)),
+        Case("config-deep-toml", ["train", "--config", "exp.toml"],
+             lambda c: (c / "exp.toml").write_text("augment = " + "[" * 5000 + "]" * 5000)),
+        Case("config-json-list", ["train", "--config", "x.json"],
+             lambda c: (c / "x.json").write_text("[1, 2]")),
+        Case("config-model-args-huge", ["train", "--config", "exp.toml", "--root", "data"],
+             lambda c: (c / "exp.toml").write_text(
+                 'model = "fastnet_s"\n[model_args]\nwidths = [100000, 100000, 100000]\n')),
+        Case("config-missing", ["train", "--config", "nowhere.toml"], none),
+        # a spoiled group.json, resumed
+        Case("group-json-seeds-str", ["train", "--resume", "group"],
+             lambda c: _group(c, seeds="0-4")),
+        Case("group-json-seeds-twice", ["train", "--resume", "group"],
+             lambda c: _group(c, seeds=[1, 1])),
+        Case("group-json-not-json", ["train", "--resume", "group"],
+             lambda c: _group(c, text="{nope")),
+        Case("group-json-fifo", ["train", "--resume", "group"],
+             lambda c: (_group(c), fifo(c / "group" / "group.json"))),
+        Case("group-json-config-unknown", ["train", "--resume", "group"],
+             lambda c: _group(c, config={"learning_rate": 1})),
+        # a spoiled group, compared or evaluated
+        Case("compare-group-seeds-str", ["compare", "group", "--out", "cmp.html"],
+             lambda c: _group(c, seeds="0-4")),
+        Case("evaluate-group-not-json", ["evaluate", "group"], lambda c: _group(c, text="{nope")),
+        Case("compare-group-no-runs", ["compare", "group", "--out", "cmp.html"], _group),
+        Case("evaluate-group-no-runs", ["evaluate", "group"], _group),
+        Case("compare-group-unevaluated", ["compare", "group", "--out", "cmp.html"],
+             lambda c: _member(c, eval_test=None)),
+        Case("compare-group-ece-text", ["compare", "group", "--out", "cmp.html"],
+             lambda c: _member(c, ece="0.1")),
+        Case("compare-group-member-fifo", ["compare", "group", "--out", "cmp.html"],
+             lambda c: (_member(c), fifo(c / "group" / "seed-0" / "eval_test.json"))),
     ]
+
+
+def _member(case: Path, eval_test: object = "keep", ece: object = None) -> None:
+    """A group of one seed whose run is the template's run (its eval_test.json removed when
+    ``eval_test`` is None, its calibration's ECE made ``ece``)."""
+    _group(case, seeds=[0])
+    member = case / "group" / "seed-0"
+    shutil.copytree(case / "run", member, symlinks=True)
+    if eval_test is None:
+        (member / "eval_test.json").unlink()
+    elif ece is not None:
+        d = json.loads((member / "eval_test.json").read_text())
+        d["calibration"] = {"after": {"ece": ece}}
+        (member / "eval_test.json").write_text(json.dumps(d))
+
+
+def _group(case: Path, text: str | None = None, **changes: object) -> None:
+    """A group folder whose group.json is spoiled by ``changes`` (or is ``text``)."""
+    (case / "group").mkdir(exist_ok=True)
+    good = {"kind": "cifarlab seed group", "seeds": [0, 1], "config": {"epochs": 1}}
+    (case / "group" / "group.json").write_text(text or json.dumps({**good, **changes}))
 
 
 # A robustness record as `cifarlab robustness` writes it, cut to the fields the report reads.

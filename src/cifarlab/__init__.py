@@ -8,7 +8,9 @@ torch.Size([45000, 32, 32, 3])
 
 The public API, each with its docstring: :func:`load_dataset`, :func:`train` with
 :class:`TrainConfig` / :func:`recipe_config`, :func:`evaluate_run`, :func:`load_run`,
-:func:`export_run`, :func:`create_model` and :func:`register_model` (a model of your own).
+:func:`export_run`, :func:`create_model` and :func:`register_model` (a model of your own);
+:func:`train_group` (one set-up, several seeds) and :func:`read_config_file` (an experiment
+as a file).
 """
 
 __version__ = "0.1.0"
@@ -29,7 +31,8 @@ _API = {
     "register_model": "cifarlab.models", "Prediction": "cifarlab.predict",
     "Run": "cifarlab.predict", "load_run": "cifarlab.predict", "RunFolder": "cifarlab.runs",
     "open_run": "cifarlab.trained", "TrainConfig": "cifarlab.train.config",
-    "recipe_config": "cifarlab.train.recipes",
+    "recipe_config": "cifarlab.train.recipes", "train_group": "cifarlab.train.group",
+    "read_config_file": "cifarlab.train.config",
 }  # fmt: skip
 
 
@@ -97,4 +100,6 @@ __all__ = [
     "recipe_config",
     "register_model",
     "train",
+    "train_group",
+    "read_config_file",
 ]

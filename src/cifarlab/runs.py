@@ -21,6 +21,9 @@ A run is a folder, ``runs/NAME/``:
 ``calibration.json``        the temperature fitted on the validation split (per checkpoint)
 ``robustness.json``         ``cifarlab robustness``'s accuracy per corruption and severity, with
 ``robustness_*.png``        its heat-map and example images
+``events.out.tfevents.*``   TensorBoard's event files (:mod:`cifarlab.train.tensorboard`): the
+                            curves per step and epoch, the settings and final metrics, the
+                            report's figures (``tensorboard --logdir runs``)
 ==========================  =================================================================
 
 Nothing read back from a run folder is trusted: each file is read only if it is a regular file
@@ -69,6 +72,8 @@ SPLITS = ("test", "val")
 EXPORTS = {"onnx": "model.onnx", "torchscript": "model.pt"}
 CALIBRATION = "calibration.json"
 ROBUSTNESS = "robustness.json"
+EVENTS = "events.out.tfevents."  # how every TensorBoard event file's name begins
+GROUP = "group.json"  # a group of runs of one set-up, one per seed (GroupFolder)
 # config.json keys that are not TrainConfig fields: what the run recorded about itself.
 RECORDS = (
     "num_classes",
@@ -173,6 +178,15 @@ class RunFolder:
             raise CifarlabError(f"format must be one of {', '.join(EXPORTS)}, got {fmt!r}")
         return self.path / EXPORTS[fmt]
 
+    def event_files(self) -> list[Path]:
+        """TensorBoard's event files in the folder (regular files, not followed through a
+        link), by name."""
+        try:
+            names = sorted(n for n in os.listdir(self.path) if n.startswith(EVENTS))
+        except OSError:
+            return []
+        return [self.path / n for n in names if stat.S_ISREG(os.lstat(self.path / n).st_mode)]
+
     # ------------------------------------------------------------------ state of the folder
 
     def has(self, name: str) -> bool:
@@ -185,8 +199,8 @@ class RunFolder:
     def check_new(self) -> None:
         """Refuse to start a new run in a folder that holds anything but the leftovers of a
         cifarlab run that stopped before its first checkpoint (a ``config.json`` that passes
-        its schema, an empty ``metrics.jsonl``, the ``.lock``): a run, someone else's files
-        and a folder being trained are never written over."""
+        its schema, an empty ``metrics.jsonl``, TensorBoard's event files, the ``.lock``): a
+        run, someone else's files and a folder being trained are never written over."""
         if os.path.lexists(self.path) and not self.path.is_dir():
             raise CifarlabError(f"{self.path} is not a folder: choose another --out")
         if not self.path.exists():
@@ -213,7 +227,11 @@ class RunFolder:
                 f"{self.path} holds {', '.join(checkpoints)} but no {CONFIG}: not a run that "
                 f"can be resumed or trained into; {leave}"
             )
-        foreign = [n for n in names if n not in (LOCK, CONFIG, METRICS) and not _TEMP.match(n)]
+        foreign = [
+            n
+            for n in names
+            if n not in (LOCK, CONFIG, METRICS) and not _TEMP.match(n) and not n.startswith(EVENTS)
+        ]
         if foreign:
             shown = ", ".join(foreign[:3]) + (
                 f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
@@ -591,3 +609,78 @@ def _holder_text(raw: bytes) -> str:
     line = raw.decode("utf-8", "replace").strip().splitlines()[:1]
     text = "".join(c for c in (line[0] if line else "") if c.isprintable())[:100]
     return text or "another process"
+
+
+# --------------------------------------------------------------------------- groups of seeds
+
+
+def member_name(seed: int) -> str:
+    """The folder of a group's run of ``seed``: ``seed-K``."""
+    return f"seed-{seed}"
+
+
+class GroupFolder:
+    """A group: one set-up trained once per seed (``cifarlab train --seeds 0-4``), a folder
+    ``runs/NAME/`` holding ``group.json`` (the seeds, the set-up, each run's state and the
+    summary) and one run folder per seed, ``seed-K/``."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"GroupFolder({str(self.path)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def group_path(self) -> Path:
+        return self.path / GROUP
+
+    @staticmethod
+    def is_group(path: str | os.PathLike) -> bool:
+        """``path`` holds a ``group.json`` (a group, not a single run)."""
+        return os.path.lexists(Path(path) / GROUP)
+
+    def member(self, seed: int) -> RunFolder:
+        return RunFolder(self.path / member_name(seed))
+
+    def read(self) -> dict[str, Any]:
+        """``group.json``, checked against :data:`cifarlab.schemas.GROUP`."""
+        if not self.path.is_dir():
+            raise CifarlabError(f"{self.path}: no such group folder")
+        data = RunFolder(self.path)._read_json(self.group_path)
+        return schemas.check(schemas.GROUP, data, str(self.group_path))
+
+    def write(self, data: dict[str, Any]) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return atomic_write(
+            self.group_path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n")
+        )
+
+    def members(self) -> list[tuple[int, RunFolder]]:
+        """(seed, its run folder) for every seed of the group, in the group's order."""
+        return [(seed, self.member(seed)) for seed in self.read()["seeds"]]
+
+    def check_new(self) -> None:
+        """Refuse to start a group in a folder that is not empty or absent (a group there is
+        resumed with ``--resume``; a run is not a group)."""
+        if os.path.lexists(self.path) and not self.path.is_dir():
+            raise CifarlabError(f"{self.path} is not a folder: choose another --out")
+        if not self.path.exists():
+            return
+        if self.is_group(self.path):
+            raise CifarlabError(
+                f"{self.path} already holds a group: resume it with --resume {self.path}, "
+                "or choose another --out"
+            )
+        if RunFolder(self.path).holds_run():
+            raise CifarlabError(
+                f"{self.path} holds a single run, not a group: choose another --out"
+            )
+        if any(self.path.iterdir()):
+            raise CifarlabError(
+                f"{self.path} is not empty and is not a cifarlab group: choose another --out "
+                f"(nothing in {self.path} was changed)"
+            )

@@ -652,7 +652,36 @@ ROBUSTNESS = Schema(
     ),
 )
 
+# --------------------------------------------------------------------------- group.json
+
+MAX_SEEDS = 1000  # runs in one group
+
+
+def _seeds_ok(v: Any) -> bool:
+    return (
+        isinstance(v, list)
+        and 0 < len(v) <= MAX_SEEDS
+        and all(_is_int(s) and 0 <= s <= 2**63 - 1 for s in v)
+        and len(set(v)) == len(v)
+    )
+
+
+GROUP = Schema(
+    "group",
+    (
+        Field("kind", Kind('"cifarlab seed group"', lambda v: v == "cifarlab seed group")),
+        Field(
+            "seeds",
+            Kind(f"a list of 1..{MAX_SEEDS} different integers ≥ 0", _seeds_ok),
+        ),
+        Field("config", obj(what="a JSON object of settings")),
+        Field("runs", optional(list_of(obj(), "a list of objects")), False),
+    ),
+    missing_hint="not a cifarlab group of seeds",
+)
+
 # The table of each file, by the role of the file (runs.SCHEMAS: by its name in a run folder).
 SCHEMAS: dict[str, Schema] = {
-    s.name: s for s in (CONFIG, METRICS_ROW, EVAL, PREDICTIONS, CHECKPOINT, CALIBRATION, ROBUSTNESS)
+    s.name: s
+    for s in (CONFIG, METRICS_ROW, EVAL, PREDICTIONS, CHECKPOINT, CALIBRATION, ROBUSTNESS, GROUP)
 }

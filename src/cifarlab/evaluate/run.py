@@ -1,8 +1,10 @@
-"""Evaluate a trained run on a split: metrics, tables, JSON, and the HTML report."""
+"""Evaluate a trained run on a split: metrics, tables, JSON, and the HTML report; a group of
+runs (one per seed) evaluated run by run (``evaluate_group``)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -12,8 +14,19 @@ from cifarlab.errors import CifarlabError, SettingError
 from cifarlab.evaluate.calibration import NO_VAL, calibration_metrics, describe, fit_record
 from cifarlab.evaluate.inference import TTA_LEVELS, predict_logits
 from cifarlab.evaluate.metrics import compute_metrics
+from cifarlab.report.compare import Side, group_members, read_side
 from cifarlab.report.html import write_report
+from cifarlab.runs import GroupFolder, RunFolder
+from cifarlab.train import tensorboard as board
 from cifarlab.trained import load_model, open_run, read_run  # noqa: F401 - public here too
+
+# The report's key figures that TensorBoard shows beside the run's curves (report/html.py
+# draws them): their file → their tag (SPLIT/TAG).
+BOARD_FIGURES = {
+    "confusion_matrix.png": "confusion_matrix",
+    "reliability.png": "reliability",
+    "predicted_vs_true.png": "predicted_vs_true",
+}
 
 
 def evaluate_run(
@@ -28,7 +41,9 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Evaluate ``checkpoint`` of a run on ``split``; writes ``eval_<split>.json``,
     ``predictions_<split>.npz`` and (``report=True``) ``report.html`` (``report_val.html``
-    for val) into the run folder.
+    for val) into the run folder; a run trained with TensorBoard gets the split's scores and
+    the report's key figures in its event files too
+    (:func:`cifarlab.train.tensorboard.add_evaluation`).
 
     ``tta`` is the test-time augmentation level (default: the run's own ``tta`` setting); with
     TTA the accuracy without it is reported too, as ``accuracy_without_tta``.
@@ -61,7 +76,43 @@ def evaluate_run(
         metrics["report"] = str(
             write_report(folder.path, run.config, history, metrics, part.images.numpy(), probs)
         )
+    figures = {tag: folder.figure_path(split, name) for name, tag in BOARD_FIGURES.items()}
+    board.add_evaluation(folder, metrics, figures if report else None)
     return metrics
+
+
+def evaluate_group(
+    group_dir: str | os.PathLike,
+    split: str = "test",
+    *,
+    checkpoint: str = "best",
+    root: str | os.PathLike | None = None,
+    device: str = "auto",
+    tta: int | None = None,
+    report: bool = True,
+    each: Callable[[int, RunFolder, dict[str, Any]], None] | None = None,
+) -> Side:
+    """Evaluate every run of a group (``cifarlab train --seeds``) in turn, as
+    :func:`evaluate_run` evaluates one (the same options), skipping none: ``each(seed, folder,
+    metrics)`` is called after each. Every run is checked to be there before the first is
+    evaluated; a run that cannot be evaluated stops the loop with its one-line error. Returns
+    the group as a :class:`cifarlab.report.compare.Side` (read back from the evaluations just
+    written): its summary is ``side_lines(side)``."""
+    group = GroupFolder(group_dir)
+    members = group_members(group)
+    for seed, folder in members:
+        metrics = evaluate_run(
+            folder.path,
+            split,
+            checkpoint=checkpoint,
+            root=root,
+            device=device,
+            tta=tta,
+            report=report,
+        )
+        if each is not None:
+            each(seed, folder, metrics)
+    return read_side(group.path, split)
 
 
 def run_split(

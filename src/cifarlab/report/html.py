@@ -22,9 +22,20 @@ import numpy as np
 
 from cifarlab.errors import CifarlabError, one_line, printable
 from cifarlab.evaluate.metrics import classification_report_text
+from cifarlab.evaluate.stats import MAX_RUNS, p_text
 from cifarlab.files import atomic_write, read_input
 from cifarlab.limits import MAX_RUN_FILE, megabytes
 from cifarlab.report import plots
+from cifarlab.report.compare import (
+    METRICS,
+    Comparison,
+    Side,
+    ci_text,
+    dot_panels,
+    ece_note,
+    mean_text,
+    runs_comparison,
+)
 from cifarlab.runs import RunFolder
 
 _COLUMN_PX = 1180  # the page's text column (body max-width below)
@@ -55,6 +66,8 @@ html { overflow-x: hidden; }
 .fig.wide img { max-width: none; margin: 0 auto; }
 .note { color: #59636e; font-size: 0.9em; }
 .verdict { font-size: 1.1em; background: #f6f8fa; padding: 0.6em 1em; border-radius: 8px; }
+table.nowrap td:not(:first-child):not(.text) { white-space: nowrap; }
+td.text { text-align: left; }
 pre { background: #f6f8fa; padding: 0.8em; overflow-x: auto; font-size: 0.85em; }
 """
 
@@ -560,68 +573,179 @@ def _verdict(rows: list[dict]) -> str:
     )
 
 
-def write_comparison(out: str | Path, runs: list[tuple[str, dict, dict, list[dict]]]) -> Path:
-    """Write one page comparing runs given as (name, config, metrics, history).
+def write_comparison(
+    out: str | Path, runs: list[tuple[str, dict, dict, list[dict]]] | Comparison
+) -> Path:
+    """Write one page comparing runs given as (name, config, metrics, history), or a
+    :class:`cifarlab.report.compare.Comparison` of runs and groups of runs (a group: its
+    statistics, every run's numbers, the pairs' differences with their verdicts, and each run
+    as a dot beside its side's mean and 95 % interval).
 
     ``out`` is the HTML file to write (``comparison.html`` inside it if it is a directory).
     """
-    if not runs:
-        raise ValueError("no runs to compare")
+    comparison = runs if isinstance(runs, Comparison) else runs_comparison(runs)
     out = Path(out)
     if out.is_dir():
         out = out / "comparison.html"
+    grouped = comparison.grouped
+    members = comparison.members()
     rows = [
         {
             "name": name,
-            "model": config.get("model", "?"),
-            "dataset": _dataset_label(config),
-            "split": metrics.get("split", "test"),
-            "params": config.get("params"),
-            "accuracy": metrics["accuracy"],
-            "macro_f1": metrics["macro_avg"]["f1"],
-            "train_seconds": config.get("train_seconds"),
-            "epochs": len(history) or config.get("epochs"),
+            "model": m.config.get("model", "?"),
+            "dataset": _dataset_label(m.config),
+            "split": m.metrics.get("split", "test"),
+            "params": m.config.get("params"),
+            "accuracy": m.metrics["accuracy"],
+            "macro_f1": m.metrics["macro_avg"]["f1"],
+            "log_loss": m.values["log_loss"],
+            "ece": m.values["ece"],
+            "train_seconds": m.config.get("train_seconds"),
+            "epochs": len(m.history) or m.config.get("epochs"),
         }
-        for name, config, metrics, history in runs
+        for name, m in members
     ]
     best = max(rows, key=lambda r: r["accuracy"])
     table_rows = "".join(
-        f"<tr{' class=best' if r is best else ''}><td>{_esc(r['name'])}</td>"
+        f"<tr{' class=best' if r is best and not grouped else ''}><td>{_esc(r['name'])}</td>"
         f"<td>{_esc(r['model'])}</td><td>{_esc(r['dataset'])}</td><td>{_count(r['params'])}</td>"
         f"<td>{_pct(r['accuracy'])}</td><td>{_num(r['macro_f1'])}</td>"
+        f"<td>{_num(r['log_loss'])}</td><td>{_pct(r['ece'])}</td>"
         f"<td>{_duration(r['train_seconds'])}</td><td>{_esc(r['epochs'] or '–')}</td></tr>"
         for r in rows
     )
     table = (
         "<table><thead><tr><th>run</th><th>model</th><th>dataset</th><th>params</th>"
-        f"<th>{_esc(best['split'])} accuracy</th><th>macro F1</th><th>train time</th>"
-        f"<th>epochs</th></tr></thead><tbody>{table_rows}</tbody></table>"
+        f"<th>{_esc(best['split'])} accuracy</th><th>macro F1</th><th>log-loss</th><th>ECE</th>"
+        f"<th>train time</th><th>epochs</th></tr></thead><tbody>{table_rows}</tbody></table>"
+        f'<p class="note">{_esc(ece_note([m for _, m in members]))}.</p>'
     )
     notes = ""
     if len({(r["dataset"], r["split"]) for r in rows}) > 1:
         notes = '<p class="note">Caution: these runs were evaluated on different data.</p>'
 
-    names = runs[0][2]["class_names"]
-    if all(m["class_names"] == names for _, _, m, _ in runs):
-        fig = plots.f1_bars([(name, m) for name, _, m, _ in runs])
+    sides = comparison.sides
+    names = members[0][1].metrics["class_names"]
+    if all(m.metrics["class_names"] == names for _, m in members):
+        fig = plots.f1_bars([_mean_f1(side) for side in sides] if grouped else
+                            [(name, m.metrics) for name, m in members])  # fmt: skip
         f1 = _img(plots.png_bytes(fig), "Per-class F1 by run")
     else:
         f1 = '<p class="note">The runs have different classes; no per-class comparison.</p>'
-    curves = _img(
-        plots.png_bytes(plots.val_accuracy_overlay([(name, h) for name, _, _, h in runs])),
-        "Validation accuracy by epoch",
-    )
-    title = f"Comparison of {len(runs)} runs"
+    if grouped:
+        fig = plots.val_accuracy_sides([(s.name, [m.history for m in s.members]) for s in sides])
+    else:
+        fig = plots.val_accuracy_overlay([(name, m.history) for name, m in members])
+    curves = _img(plots.png_bytes(fig), "Validation accuracy by epoch")
+    count = f"{len(members)} runs"
+    if grouped:
+        groups = sum(s.group for s in sides)
+        singles = len(sides) - groups
+        count = f"{groups} group{'s' * (groups != 1)}" + (
+            f" and {singles} run{'s' * (singles != 1)}" if singles else ""
+        )
+        count += f" ({len(members)} runs)"
+        verdicts = "".join(
+            f'<p class="verdict">{_esc(p.verdict("accuracy"))}</p>' for p in comparison.pairs
+        )
+    else:
+        verdicts = f'<p class="verdict">{_esc(_verdict(rows))}</p>'
+    title = f"Comparison of {count}"
     body = "\n".join(
         [
             f"<h1>{_esc(title)}</h1>",
-            f'<p class="verdict">{_esc(_verdict(rows))}</p>',
+            verdicts,
+            _section("stats", "Seed statistics", _stats_html(comparison)) if grouped else "",
             _section("runs", "Runs", table + notes),
-            _section("f1", "Per-class F1", f1),
+            _section("f1", "Per-class F1" + (" (each side's mean)" if grouped else ""), f1),
             _section("curves", "Validation accuracy", curves),
         ]
     )
     return _write_text(out, _page(title, body))
+
+
+def _mean_f1(side: Side) -> tuple[str, dict]:
+    """A side's per-class F1 for the bar chart: its runs' mean (a run's own for one run)."""
+    ms = [m.metrics for m in side.members]
+    per_class = [{"f1": float(np.mean(f1))} for f1 in zip(*([r["f1"] for r in m["per_class"]]
+                                                           for m in ms), strict=True)]  # fmt: skip
+    macro = float(np.mean([m["macro_avg"]["f1"] for m in ms]))
+    label = f"{side.name}, mean of {side.n} runs" if side.n > 1 else side.name
+    return label, {"class_names": ms[0]["class_names"], "per_class": per_class,
+                   "macro_avg": {"f1": macro}}  # fmt: skip
+
+
+def _stats_html(c: Comparison) -> str:
+    """The sides' summaries, the pairs' differences and the dot plot of every run."""
+    body = ""
+    for side in c.sides:
+        seeds = ", ".join(_esc(m.name) for m in side.members) if side.group else "one run"
+        for k, m in enumerate(METRICS):
+            s = side.summary(m.key)
+            per_run = ", ".join(_esc(m.value(v)) for v in side.values(m.key))
+            first = (
+                f"<td rowspan={len(METRICS)}>{_esc(side.name)}<br><span class=note>{seeds}"
+                "</span></td>"
+            )
+            body += (
+                "<tr>" + (first if k == 0 else "") + f"<td class=text>{_esc(m.label)}</td>"
+                f"<td>{side.n}</td><td>{_esc(mean_text(m, s))}</td><td>{_esc(ci_text(m, s))}</td>"
+                f"<td class=text>{per_run}</td></tr>"
+            )
+    sides = (
+        "<table><thead><tr><th>side</th><th>metric</th><th>runs</th><th>mean ± sd</th>"
+        "<th>95 % CI of the mean</th><th>each run</th></tr></thead>"
+        f"<tbody>{body}</tbody></table>"
+        '<p class="note">The 95 % CI is the t-interval of the mean (none for a single run: one '
+        "run says nothing of seed noise). Every run's other numbers are in the table of runs "
+        "below.</p>"
+    )
+    pair_rows = ""
+    for p in c.pairs:
+        for k, m in enumerate(METRICS):
+            d = p.differences.get(m.key)
+            first = f"<td rowspan={len(METRICS)}>{_esc(p.b.name)} − {_esc(p.a.name)}</td>"
+            pair_rows += "<tr>" + (first if k == 0 else "") + f"<td class=text>{_esc(m.label)}</td>"
+            if d is None:
+                pair_rows += "<td>–</td>" * 6 + "</tr>"
+                continue
+            diff = f"{m.signed(d.diff)} {m.unit}".rstrip()
+            ci = f"{m.signed(d.ci[0])} to {m.signed(d.ci[1])}" if d.ci else "–"
+            said = (
+                "not tested" if d.ci is None
+                else "distinguishable" if d.distinguishable else "not distinguishable"
+            )  # fmt: skip
+            needed = d.runs_needed
+            need = (
+                "–" if needed is None else "never (equal means)" if math.isinf(needed)
+                else f"> {MAX_RUNS:,}" if needed > MAX_RUNS else f"{int(needed)}"
+            )  # fmt: skip
+            if needed is not None and d.noise_from in ("a", "b"):
+                need += " (if both sides are as noisy)"
+            test = d.test if d.ci else "none"
+            pair_rows += (
+                f"<td>{_esc(diff)}</td><td>{_esc(ci)}</td><td>{_esc(test)}</td>"
+                f"<td>{_esc(p_text(d.p))}</td><td>{_esc(said)}</td><td>{_esc(need)}</td></tr>"
+            )
+    pairs = (
+        "<table class=nowrap><thead><tr><th>pair</th><th>metric</th><th>difference</th>"
+        "<th>95 % CI</th>"
+        "<th>test</th><th>p</th><th>seed noise?</th><th>runs per side for 80 % power</th>"
+        f"</tr></thead><tbody>{pair_rows}</tbody></table>"
+        '<p class="note">A difference is distinguishable from seed noise when its 95 % '
+        "interval excludes 0 (p &lt; 0.05). The runs needed per side detect a true difference "
+        "of the observed size with 80 % power at α = 0.05 (from the pooled sd of one run); "
+        "the observed difference is itself noisy, so take it as a rough size."
+        + (
+            f" With {len(c.pairs)} pairs, about 1 in 20 pairs without a true difference looks "
+            "distinguishable by chance."
+            if len(c.pairs) > 1
+            else ""
+        )
+        + "</p>"
+    )
+    dots = _img(plots.png_bytes(plots.seed_dots(dot_panels(c))), "Every run as a dot, by side")
+    return sides + dots + "<h3>Differences</h3>" + pairs
 
 
 def _trained_on(config: dict) -> str:

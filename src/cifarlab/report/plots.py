@@ -691,3 +691,126 @@ def png_bytes(fig: Figure, dpi: int = 100) -> bytes:
     finally:
         plt.close(fig)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- groups of seeds
+
+SideDots = tuple[str, list[float], float, tuple[float, float] | None]
+
+
+def _spread(
+    values: list[float], span: float, step: float = 0.07, width: float = 0.32
+) -> list[float]:
+    """Horizontal offsets for dots: values closer than ``span`` share a row, spread evenly
+    about 0 (so equal values never hide each other); deterministic, in the values' order."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    offsets = [0.0] * len(values)
+    cluster: list[int] = []
+
+    def place() -> None:
+        k = len(cluster)
+        gap = min(step, width / max(k - 1, 1))
+        for j, i in enumerate(cluster):
+            offsets[i] = (j - (k - 1) / 2) * gap
+
+    for i in order:
+        if cluster and values[i] - values[cluster[0]] > span:
+            place()
+            cluster = []
+        cluster.append(i)
+    place()
+    return offsets
+
+
+@plain_text
+def seed_dots(panels: list[tuple[str, list[SideDots]]]) -> Figure:
+    """Each run as a dot, per side, with the side's mean (a bar) and the 95 % interval of the
+    mean (a line with caps); one panel per metric. ``panels``: (axis label, sides), each side
+    (name, the runs' values, mean, interval or None), values already in the unit shown."""
+    sides = len(panels[0][1]) if panels else 0
+    longest = max((len(safe_text(s[0])) for _, ss in panels for s in ss), default=0)
+    tilt = sides * max(longest, 8) > 60
+    per = max(3.6, 1.25 * sides + 1.2)
+    fig = new_figure(per * len(panels), 4.6 + (0.08 * min(longest, 40) if tilt else 0))
+    axes = np.atleast_1d(fig.subplots(1, len(panels), squeeze=False)[0])
+    for ax, (label, data) in zip(axes, panels, strict=True):
+        every = [v for _, vals, _, _ in data for v in vals]
+        span = (max(every) - min(every)) if every else 0.0
+        pad = 0.15 * span if span else 0.5
+        low = min([*every, *(c[0] for _, _, _, c in data if c)], default=0) - pad
+        high = max([*every, *(c[1] for _, _, _, c in data if c)], default=1) + pad
+        for k, (_, vals, mean, ci) in enumerate(data):
+            color = f"C{k % 10}"
+            offsets = _spread(vals, 0.035 * (high - low))  # a dot is about 2 % of the axis
+            ax.scatter(
+                [k - 0.12 + o for o in offsets],
+                vals,
+                s=34,
+                color=color,
+                edgecolor="white",
+                linewidth=0.6,
+                zorder=3,
+            )
+            if len(vals) > 1:
+                ax.hlines(mean, k + 0.14, k + 0.34, color="#1f2328", linewidth=2.2, zorder=4)
+                if ci is not None:
+                    ax.errorbar(
+                        k + 0.24,
+                        mean,
+                        yerr=[[mean - ci[0]], [ci[1] - mean]],
+                        color="#1f2328",
+                        capsize=4,
+                        linewidth=1.2,
+                        zorder=4,
+                    )
+        ax.set_xticks(range(len(data)))
+        names = [f"{safe_text(n)}\n(n = {len(v)})" for n, v, _, _ in data]
+        if tilt:
+            ax.set_xticklabels(names, rotation=30, ha="right", rotation_mode="anchor")
+        else:
+            ax.set_xticklabels(names)
+        ax.set_xlim(-0.6, len(data) - 0.4)
+        ax.set_ylabel(safe_text(label))
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_ylim(low, high)
+    keys = [
+        Line2D([], [], marker="o", linestyle="", color="#8c8c8c", label="one run"),
+        Line2D([], [], color="#1f2328", linewidth=2.2, label="mean"),
+        Line2D([], [], color="#1f2328", marker="_", markersize=8, label="95 % CI of the mean"),
+    ]
+    fig.legend(handles=keys, loc="outside upper center", ncol=3, frameon=False)
+    return fig
+
+
+@plain_text
+def val_accuracy_sides(sides: list[tuple[str, list[list[dict]]]]) -> Figure:
+    """Validation accuracy per epoch of every run, in its side's colour (one legend entry per
+    side); a run without a validation split: train accuracy, dashed."""
+    fig = new_figure(9, 4.8)
+    ax = fig.subplots()
+    for k, (name, histories) in enumerate(sides):
+        color = f"C{k % 10}"
+        label = f"{safe_text(name)} ({len(histories)} run{'s' if len(histories) != 1 else ''})"
+        for history in histories:
+            epochs = [int(row["epoch"]) for row in history]
+            val = _as_percent([row.get("val_acc") for row in history])
+            kw = {"color": color, "alpha": 0.8, "label": label}
+            if _plot_series(ax, epochs, val, **kw):
+                label = "_"  # one legend entry per side
+            else:
+                train = _as_percent([row.get("train_acc") for row in history])
+                if _plot_series(ax, epochs, train, linestyle="--", **{**kw, "label": label}):
+                    label = "_"
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy (%)")
+    last = max((int(r["epoch"]) for _, hs in sides for h in hs for r in h), default=1)
+    if last <= 1:  # one epoch: one tick, not fractions of it
+        ax.set_xticks([1])
+        ax.set_xlim(0.5, 1.5)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()
+    ax.set_title("Validation accuracy by epoch: every run, in its side's colour")
+    return fig

@@ -15,9 +15,10 @@ _NAMES = {
     "TrainingError": "cifarlab.train.engine",
     "TrainingInterrupted": "cifarlab.train.engine",
     "train": "cifarlab.train.launch",
+    "train_group": "cifarlab.train.group",
 }
 
-__all__ = ["TrainConfig", "TrainingError", "TrainingInterrupted", "train"]
+__all__ = ["TrainConfig", "TrainingError", "TrainingInterrupted", "train", "train_group"]
 
 
 def __getattr__(name: str) -> Any:

@@ -13,6 +13,7 @@ benchmarks alike):
 - :func:`parse_setting`: ``"FIELD=VALUE"`` (``--set``) → (field, value).
 - :func:`resume_config`: what a resumed run may change (:data:`RESUME_CHANGES`).
 - :func:`budget_config`: what ``--budget`` leaves to the user (:data:`BUDGET_FIELDS`).
+- :func:`read_config_file`: an experiment as a file (TOML, or a run's ``config.json``).
 
 Errors about a setting are :class:`SettingError`, which names the field; the CLI names the
 option instead (``epochs`` → ``--epochs``).
@@ -23,13 +24,23 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the same parser from PyPI
+    import tomli as tomllib
 
 from cifarlab.data.augment import Augment
 from cifarlab.data.sources import DATASETS, get_info
 from cifarlab.errors import CifarlabError, SettingError  # noqa: F401 - SettingError: here too
+from cifarlab.files import read_input
+from cifarlab.limits import MAX_JSON_FILE, megabytes
 from cifarlab.train.recipe_data import default_recipe, recipe_values
 
 OPTIMIZERS = ("adam", "sgd", "muon")
@@ -440,3 +451,134 @@ def budget_config(changes: dict[str, Any]) -> TrainConfig:
     cfg = TrainConfig(**changes)
     cfg.check_types()
     return cfg
+
+
+# --------------------------------------------------------------------------- experiments as files
+
+
+@dataclass
+class ConfigFile:
+    """An experiment read from a file: the settings it gives (``TrainConfig`` fields, and the
+    ``augment`` shorthands) and, for a run's ``config.json``, what that run recorded about
+    itself (versions, machine, precision used)."""
+
+    path: Path
+    settings: dict[str, Any]
+    records: dict[str, Any]
+    notes: list[str]  # what was left out of a recorded run, in words
+
+    @property
+    def recorded(self) -> bool:
+        """A run's ``config.json`` (not an experiment written by hand)."""
+        return bool(self.records)
+
+    def config(self, recipe: str | None = None, /, **changes: Any) -> TrainConfig:
+        """The file's settings with ``changes`` over them (the command line's options), and
+        ``recipe`` over the file's recipe: resolved and checked."""
+        settings = dict(self.settings)
+        if recipe is not None:
+            settings.pop("recipe", None)
+        return make_config(recipe, **{**settings, **changes})
+
+
+# A run's config.json holds a budget run's budget and the steps it chose: re-running it trains
+# those steps (the budget would pace and re-plan them again).
+_NOT_REPLAYED = ("budget",)
+
+
+def read_config_file(path: str | os.PathLike) -> ConfigFile:
+    """The experiment in ``path``: a TOML file whose keys are :class:`TrainConfig` fields
+    (``recipe = "quick"``, ``lr = 0.2``, an ``[augment]`` table; ``translate``, ``flip``,
+    ``cutout``, ``corrupt`` as shorthands), or a run's ``config.json`` (re-runs that run).
+    An unknown key or a value of the wrong type is a one-line error naming the file and the
+    key. The file must be valid on its own (the command line's options then go over it)."""
+    path = Path(path)
+    raw = read_input(path, megabytes(MAX_JSON_FILE), limit_hint=MAX_JSON_FILE.env)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CifarlabError(f"{path}: not UTF-8 text") from None
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise CifarlabError(f"{path}: not valid JSON ({e})") from None
+    else:
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            hint = "" if path.suffix.lower() == ".toml" else " (a .toml or a run's config.json)"
+            raise CifarlabError(f"{path}: not valid TOML{hint} ({e})") from None
+    if not isinstance(data, dict):
+        raise CifarlabError(f"{path}: must hold settings by name, not {type(data).__name__}")
+    known = (*FIELDS, *AUGMENT_KEYS)
+    recorded = path.suffix.lower() == ".json" and "provenance" in data
+    settings = {k: v for k, v in data.items() if k in known}
+    records = {k: v for k, v in data.items() if k not in known} if recorded else {}
+    notes = []
+    if not recorded:
+        unknown = sorted(set(data) - set(known))
+        if unknown:
+            raise CifarlabError(
+                f"{path}: {', '.join(unknown)} is not a setting (the keys are TrainConfig "
+                "fields: see `cifarlab recipes --show NAME`)"
+            )
+    else:
+        for key in _NOT_REPLAYED:
+            if settings.pop(key, None) is not None:
+                notes.append(
+                    f"a {key} run: training its recorded {settings.get('steps')} steps "
+                    "with one schedule (no re-planning)"
+                )
+    try:  # each value's type, named with the file
+        base = TrainConfig(
+            **recipe_values(
+                settings.get("recipe")
+                or default_recipe(
+                    settings.get("model") if isinstance(settings.get("model"), str) else None
+                )
+            )
+        )
+        apply_changes(base, settings).resolved()  # the file is valid on its own
+    except SettingError as e:
+        raise CifarlabError(f"{path}: {e.render()}") from None
+    except CifarlabError as e:
+        raise CifarlabError(f"{path}: {e}") from None
+    return ConfigFile(path, settings, records, notes)
+
+
+MAX_GROUP = 1000  # runs in one group of seeds (cifarlab.schemas.MAX_SEEDS)
+
+
+def parse_seeds(value: str | int | Iterable[int]) -> list[int]:
+    """The seeds of a group: ``"0-4"`` (0, 1, 2, 3, 4), ``"0,3,7"``, ``"0-2,9"``, an integer,
+    or a list of integers; each ≥ 0, none twice, at most 1000. An error names ``seeds``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        parts: list[Any] = [value]
+    elif isinstance(value, str):
+        parts = []
+        for piece in value.replace(" ", "").split(","):
+            lo, dash, hi = piece.partition("-")
+            if not (lo.isdigit() and (not dash or hi.isdigit())):
+                raise SettingError(
+                    "seeds", f"must be like 0-4 or 0,3,7 (integers ≥ 0), got {_short(value)}"
+                )
+            if dash:
+                if int(hi) < int(lo):
+                    raise SettingError("seeds", f"has a range that runs backwards: {piece}")
+                if int(hi) - int(lo) >= MAX_GROUP:
+                    raise SettingError("seeds", f"holds more than {MAX_GROUP} seeds: {piece}")
+                parts.extend(range(int(lo), int(hi) + 1))
+            else:
+                parts.append(int(lo))
+    else:
+        parts = list(value)
+    for seed in parts:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_INT:
+            raise SettingError("seeds", f"must be integers ≥ 0, got {_short(seed)}")
+    twice = sorted({s for s in parts if parts.count(s) > 1})
+    if twice:
+        raise SettingError("seeds", f"names seed {twice[0]} twice")
+    if not 1 <= len(parts) <= MAX_GROUP:
+        raise SettingError("seeds", f"must name 1 to {MAX_GROUP} seeds, got {len(parts)}")
+    return parts

@@ -13,6 +13,7 @@ import torch
 from cifarlab.errors import CifarlabError
 from cifarlab.train import budget as budgets
 from cifarlab.train import probe
+from cifarlab.train import tensorboard as board
 from cifarlab.train.recipes import RECIPES
 
 TRAIN_IMAGES, VAL_IMAGES = 45000, 5000  # CIFAR-10's training split, 5,000 held out
@@ -40,7 +41,9 @@ def doctor(
     info = probe.machine_info()
     say(f"machine: {probe.describe_machine(info)}")
     say(f"torch {info['torch']}, kernels for {info['capability']}")
+    say(board.describe())
     out: dict[str, Any] = {"machine": info, "speeds": [], "recipes": {}, "budgets": {}}
+    out["tensorboard"] = board.available() and not board.switched_off()
     if matmul:
         peaks = {
             "fp32": probe.matmul_peak(torch.float32),

@@ -30,6 +30,7 @@ from cifarlab.runs import LAST, RunFolder
 from cifarlab.train import budget as budgets
 from cifarlab.train import device as devices
 from cifarlab.train import distributed, probe, setup
+from cifarlab.train import tensorboard as board
 from cifarlab.train.config import BUDGET_FIELDS, TrainConfig
 from cifarlab.train.engine import Trainer, TrainingError, Watcher
 from cifarlab.train.provenance import provenance
@@ -55,6 +56,7 @@ class Job:
     found: ResumeCheck | None = None  # what the resume check found in the folder
     device: str = "auto"  # the device this process trains on (set by distributed.setup)
     watchers: Sequence[Watcher] = ()  # what follows the run as it trains (rank 0)
+    calibrate: bool = True  # fit the best checkpoint's temperature on val at the end
 
 
 def train(
@@ -68,6 +70,8 @@ def train(
     budget_model: str | None = None,
     model: ModelLike | None = None,
     watchers: Sequence[Watcher] = (),
+    tensorboard: bool | None = None,
+    calibrate: bool = True,
 ) -> Path:
     """Train ``config`` into a run folder (``out``, default ``runs/<model>-<dataset>-<time>``),
     or continue the interrupted run in ``resume``. Returns the run folder.
@@ -89,20 +93,26 @@ def train(
     :mod:`cifarlab.train.budget`); ``config`` then only supplies the data and run settings
     (:data:`~cifarlab.train.config.BUDGET_FIELDS`) and ``budget_model`` may restrict the
     choice to one network. ``watchers`` (:class:`~cifarlab.train.engine.Watcher`) follow the
-    run step by step and epoch by epoch. The whole call — data loading and the probe included — ends
-    within the budget.
+    run step by step and epoch by epoch. The whole call — data loading and the probe
+    included — ends within the budget. ``tensorboard``: TensorBoard event files in the run
+    folder (:mod:`cifarlab.train.tensorboard`; None: when the package is installed, unless
+    ``CIFARLAB_TENSORBOARD=0``; False: none; True: the package must be installed).
+    ``calibrate=False`` skips fitting the temperature at the end (a sweep's trials: ``cifarlab
+    evaluate`` fits it later).
 
     Launched by ``torchrun`` (several processes), every process calls this: they join one
     process group, each trains on its part of every global batch, and rank 0 alone prints and
     writes the run folder.
     """
     clock = time.perf_counter()  # a budget counts from here
+    boarded = board.wanted(tensorboard)  # asked for without the package: before anything
     if resume is not None:
         job = _resume_job(Path(resume), config, changes, budget, clock)
     else:
         job = _new_job(config, out, budget, budget_model, model, clock)
     job.progress = progress
-    job.watchers = list(watchers)
+    job.calibrate = calibrate
+    job.watchers = [*([board.TensorBoardWatcher()] if boarded else []), *watchers]
     joined = distributed.launched_by_torchrun() and not distributed.is_distributed()
     job.device = distributed.setup(job.cfg.device)
     run_dir = job.folder.path
@@ -352,6 +362,8 @@ def _finish(job: Job, trainer: Trainer, records: dict[str, Any]) -> None:
     if trainer.world > 1:
         final["rank_weight_digests"] = digests  # equal on every rank, or DDP went wrong
     job.folder.write_config({**job.cfg.to_dict(), **final})
+    if not job.calibrate:
+        return
     if trainer.pacer is None:
         _calibrate(job.folder.path, trainer)
     else:  # the budget is the promise: a pass over val after it would break it

@@ -4,6 +4,7 @@ in its ``config.json``."""
 from __future__ import annotations
 
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -49,3 +50,34 @@ def provenance(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def same_processor(a: Any, b: Any) -> bool:
+    """Two descriptions of a machine (:func:`describe_machine`) name the same processor, cores
+    and flags (the number of threads torch used is a setting of the run, not the machine)."""
+    return isinstance(a, str) and isinstance(b, str) and _no_threads(a) == _no_threads(b)
+
+
+def _no_threads(machine: str) -> str:
+    return re.sub(r", \d+ threads?,", ",", machine)
+
+
+def recorded_difference(recorded: dict[str, Any], device: torch.device) -> str:
+    """One line: how this machine and these versions differ from those a run recorded (its
+    ``provenance``), or that they are the same (a seeded run then repeats exactly)."""
+    here = provenance(device)
+    labels = {"cifarlab": "cifarlab", "torch": "torch", "python": "Python", "cpu": "CPU"}
+    if "gpu" in here or "gpu" in recorded:
+        labels["gpu"] = "GPU"
+    changed = [
+        f"{label} {recorded.get(key) or '?'} → {here.get(key) or '?'}"
+        for key, label in labels.items()
+        if recorded.get(key) != here.get(key)
+        and not (key == "cpu" and same_processor(recorded.get(key), here.get(key)))
+    ]
+    if not changed:
+        return "same versions and machine as the recorded run: the same seed gives the same weights"
+    return (
+        f"differs from the recorded run: {'; '.join(changed)}: the results may differ a "
+        "little from the recorded ones"
+    )
