@@ -56,9 +56,11 @@ class Watcher:
     (a sweep pruning its trial) stops training and leaves the call of ``train()``: the run
     folder then holds the last finished epoch's checkpoint, as after Ctrl-C."""
 
-    def step(self, trainer: Trainer, step: int, loss: float, lr: float) -> None:
-        """After each training step: the run's step number (from 1), the step's mean loss and
-        the learning rate it used (the first parameter group's)."""
+    def step(self, trainer: Trainer, step: int, loss: torch.Tensor, lr: float) -> None:
+        """After each training step: the run's step number (from 1), the step's mean loss (a
+        0-d tensor on the training device: reading it, ``float(loss)``, waits for a GPU to
+        finish the step, so a watcher reads a few together) and the learning rate it used
+        (the first parameter group's)."""
 
     def epoch(self, trainer: Trainer, row: dict[str, Any]) -> None:
         """After each epoch, with its row of ``metrics.jsonl`` (already written)."""
@@ -191,7 +193,7 @@ class Trainer:
             self.step += 1
             self._after_step(self.global_step)
             for watcher in self.watchers:
-                watcher.step(self, self.global_step, loss.item(), opt.param_groups[0]["lr"])
+                watcher.step(self, self.global_step, loss.detach(), opt.param_groups[0]["lr"])
             bar.update(1)
             # ---- after the step: the end, the budget's pace, Ctrl-C, NaN, the bar
             if self.global_step >= self.total_steps:

@@ -50,11 +50,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from cifarlab.errors import SettingError, one_line
 from cifarlab.runs import RunFolder
 from cifarlab.train.engine import Trainer, Watcher
 
+READ_EVERY = 32  # steps whose losses are read from the device together
 ENV = "CIFARLAB_TENSORBOARD"  # 0 (or false, no, off): write no event files
 INSTALL = "pip install 'cifarlab[tensorboard]'"
 # metrics.jsonl's columns logged per epoch, as epoch/NAME
@@ -138,6 +140,7 @@ class TensorBoardWatcher(Watcher):
     def __init__(self) -> None:
         self.writer: Any = None
         self.opened = False
+        self.pending: list[tuple[int, torch.Tensor, float]] = []  # steps not yet written
         _writer_class()
 
     def _open(self, trainer: Trainer, first_step: int) -> Any:
@@ -149,16 +152,29 @@ class TensorBoardWatcher(Watcher):
             self.writer = _writer(trainer.folder, purge_step=first_step)
         return self.writer
 
-    def step(self, trainer: Trainer, step: int, loss: float, lr: float) -> None:
+    def step(self, trainer: Trainer, step: int, loss: torch.Tensor, lr: float) -> None:
         writer = self._open(trainer, step)
         if writer is not None:
-            writer.add_scalar("step/loss", loss, step)
-            writer.add_scalar("step/lr", lr, step)
+            self.pending.append((step, loss, lr))
+            if len(self.pending) >= READ_EVERY:
+                self._write_steps()
+
+    def _write_steps(self) -> None:
+        """The steps kept since the last write: their losses read from the device at once (one
+        wait for a GPU per :data:`READ_EVERY` steps, not one per step)."""
+        if not self.pending:
+            return
+        losses = torch.stack([loss.float() for _, loss, _ in self.pending]).tolist()
+        for (step, _, lr), loss in zip(self.pending, losses, strict=True):
+            self.writer.add_scalar("step/loss", loss, step)
+            self.writer.add_scalar("step/lr", lr, step)
+        self.pending.clear()
 
     def epoch(self, trainer: Trainer, row: dict[str, Any]) -> None:
         writer = self._open(trainer, trainer.global_step + 1)
         if writer is None:
             return
+        self._write_steps()
         for key in EPOCH_KEYS:
             if row.get(key) is not None:
                 writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
@@ -170,6 +186,7 @@ class TensorBoardWatcher(Watcher):
         if self.writer is None:
             return
         try:
+            self._write_steps()
             if finished:
                 last = (trainer.last_row or {}).get("val_acc")
                 values = {"hparams/best_val_acc": trainer.best_val, "hparams/last_val_acc": last,
