@@ -315,7 +315,8 @@ DATA_FIXTURES = {"cifar10_root", "trained_run", "test_images"}
 # is made of short tests that an idle worker can take over (--dist worksteal), not of one long
 # test that keeps the other worker waiting. A file's tests stay together (its module fixtures
 # are made once); a file not named here keeps its place after these.
-HEAVY_FIRST = ["test_hostile.py", "test_recipes.py", "test_train.py", "test_budget.py",
+HEAVY_FIRST = ["test_hostile.py", "test_recipes.py", "test_train.py", "test_sweep.py",
+               "test_budget.py",
                "test_distributed.py", "test_calibration.py", "test_cli.py", "test_muon.py",
                "test_serve.py", "test_export.py", "test_notebook.py", "test_models.py",
                "test_config.py", "test_robustness.py", "test_predict.py", "test_report.py",
@@ -350,12 +351,12 @@ def _alone_first(items: list[pytest.Item], workers: int) -> None:
     wanted = per_share * (workers - 1)
     quick = [item for item in rest if item.get_closest_marker("slow") is None
              and item.path.name not in HEAVY_FIRST]  # fmt: skip
-    quick = quick[max(0, len(quick) - wanted):] if wanted else []
+    quick = quick[max(0, len(quick) - wanted) :] if wanted else []
     ids = {id(item) for item in quick}
     order = alone + [item for item in rest if id(item) not in ids]
     share = len(items) // workers
     for k in range(workers - 1, 0, -1):
-        order[k * share:k * share] = quick[(k - 1) * per_share:k * per_share]
+        order[k * share : k * share] = quick[(k - 1) * per_share : k * per_share]
     assert len(order) == len(items)  # a reorder: nothing dropped, nothing repeated
     items[:] = order
 

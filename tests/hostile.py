@@ -552,39 +552,75 @@ def option_cases() -> list[Case]:
         # --config: whatever file it is handed
         Case("config-fifo", ["train", "--config", "exp.toml"], lambda c: fifo(c / "exp.toml")),
         Case("config-sparse", ["train", "--config", "exp.toml"], lambda c: sparse(c / "exp.toml")),
-        Case("config-binary", ["train", "--config", "exp.toml"],
-             lambda c: (c / "exp.toml").write_bytes(bytes(range(256)) * 4)),
-        Case("config-deep-toml", ["train", "--config", "exp.toml"],
-             lambda c: (c / "exp.toml").write_text("augment = " + "[" * 5000 + "]" * 5000)),
-        Case("config-json-list", ["train", "--config", "x.json"],
-             lambda c: (c / "x.json").write_text("[1, 2]")),
-        Case("config-model-args-huge", ["train", "--config", "exp.toml", "--root", "data"],
-             lambda c: (c / "exp.toml").write_text(
-                 'model = "fastnet_s"\n[model_args]\nwidths = [100000, 100000, 100000]\n')),
+        Case(
+            "config-binary",
+            ["train", "--config", "exp.toml"],
+            lambda c: (c / "exp.toml").write_bytes(bytes(range(256)) * 4),
+        ),
+        Case(
+            "config-deep-toml",
+            ["train", "--config", "exp.toml"],
+            lambda c: (c / "exp.toml").write_text("augment = " + "[" * 5000 + "]" * 5000),
+        ),
+        Case(
+            "config-json-list",
+            ["train", "--config", "x.json"],
+            lambda c: (c / "x.json").write_text("[1, 2]"),
+        ),
+        Case(
+            "config-model-args-huge",
+            ["train", "--config", "exp.toml", "--root", "data"],
+            lambda c: (c / "exp.toml").write_text(
+                'model = "fastnet_s"\n[model_args]\nwidths = [100000, 100000, 100000]\n'
+            ),
+        ),
         Case("config-missing", ["train", "--config", "nowhere.toml"], none),
         # a spoiled group.json, resumed
-        Case("group-json-seeds-str", ["train", "--resume", "group"],
-             lambda c: _group(c, seeds="0-4")),
-        Case("group-json-seeds-twice", ["train", "--resume", "group"],
-             lambda c: _group(c, seeds=[1, 1])),
-        Case("group-json-not-json", ["train", "--resume", "group"],
-             lambda c: _group(c, text="{nope")),
-        Case("group-json-fifo", ["train", "--resume", "group"],
-             lambda c: (_group(c), fifo(c / "group" / "group.json"))),
-        Case("group-json-config-unknown", ["train", "--resume", "group"],
-             lambda c: _group(c, config={"learning_rate": 1})),
+        Case(
+            "group-json-seeds-str", ["train", "--resume", "group"], lambda c: _group(c, seeds="0-4")
+        ),
+        Case(
+            "group-json-seeds-twice",
+            ["train", "--resume", "group"],
+            lambda c: _group(c, seeds=[1, 1]),
+        ),
+        Case(
+            "group-json-not-json", ["train", "--resume", "group"], lambda c: _group(c, text="{nope")
+        ),
+        Case(
+            "group-json-fifo",
+            ["train", "--resume", "group"],
+            lambda c: (_group(c), fifo(c / "group" / "group.json")),
+        ),
+        Case(
+            "group-json-config-unknown",
+            ["train", "--resume", "group"],
+            lambda c: _group(c, config={"learning_rate": 1}),
+        ),
         # a spoiled group, compared or evaluated
-        Case("compare-group-seeds-str", ["compare", "group", "--out", "cmp.html"],
-             lambda c: _group(c, seeds="0-4")),
+        Case(
+            "compare-group-seeds-str",
+            ["compare", "group", "--out", "cmp.html"],
+            lambda c: _group(c, seeds="0-4"),
+        ),
         Case("evaluate-group-not-json", ["evaluate", "group"], lambda c: _group(c, text="{nope")),
         Case("compare-group-no-runs", ["compare", "group", "--out", "cmp.html"], _group),
         Case("evaluate-group-no-runs", ["evaluate", "group"], _group),
-        Case("compare-group-unevaluated", ["compare", "group", "--out", "cmp.html"],
-             lambda c: _member(c, eval_test=None)),
-        Case("compare-group-ece-text", ["compare", "group", "--out", "cmp.html"],
-             lambda c: _member(c, ece="0.1")),
-        Case("compare-group-member-fifo", ["compare", "group", "--out", "cmp.html"],
-             lambda c: (_member(c), fifo(c / "group" / "seed-0" / "eval_test.json"))),
+        Case(
+            "compare-group-unevaluated",
+            ["compare", "group", "--out", "cmp.html"],
+            lambda c: _member(c, eval_test=None),
+        ),
+        Case(
+            "compare-group-ece-text",
+            ["compare", "group", "--out", "cmp.html"],
+            lambda c: _member(c, ece="0.1"),
+        ),
+        Case(
+            "compare-group-member-fifo",
+            ["compare", "group", "--out", "cmp.html"],
+            lambda c: (_member(c), fifo(c / "group" / "seed-0" / "eval_test.json")),
+        ),
     ]
 
 

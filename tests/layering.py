@@ -35,12 +35,14 @@ LAYERS: list[tuple[str, ...]] = [
     (
         "cifarlab.trained",
         "cifarlab.train.launch",
+        "cifarlab.train.group",
         "cifarlab.evaluate.run",
         "cifarlab.report",
         "cifarlab.robustness",
     ),
     # what users run a trained model with
-    ("cifarlab.predict", "cifarlab.export", "cifarlab.serve"),
+    # and the sweep, which trains many runs with train()
+    ("cifarlab.predict", "cifarlab.export", "cifarlab.serve", "cifarlab.sweep"),
     # the doors: the command line and the package's public names (resolved on first use)
     ("cifarlab.cli", "cifarlab.__main__", "=cifarlab", "=cifarlab.train"),
 ]

@@ -29,7 +29,7 @@ def run(
 
 COMMANDS = [[], ["download"], ["data"], ["data", "info"], ["data", "show"], ["models"],
             ["recipes"], ["doctor"], ["train"], ["evaluate"], ["compare"], ["predict"],
-            ["export"], ["serve"], ["robustness"]]  # fmt: skip
+            ["export"], ["serve"], ["robustness"], ["sweep"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "cifarlab")

@@ -149,7 +149,7 @@ def test_a_toml_experiment_is_its_settings_and_the_command_line_overrides(
     exp = tmp_path / "exp.toml"
     exp.write_text(
         f'root = "{cifar10_root}"\nprecision = "fp32"\nrecipe = "quick"\ntrain_size = 1000\n'
-        'val_size = 500\nepochs = 3\nthreads = 1\nlr = 0.5\n[augment]\ntranslate = 2\n'
+        "val_size = 500\nepochs = 3\nthreads = 1\nlr = 0.5\n[augment]\ntranslate = 2\n"
         'flip = "alternate"\n'
     )
     r = run_cli("train", "--config", str(exp), "--epochs", "2", "--seed", "1", "--lr", "0.75",

@@ -126,8 +126,10 @@ def _cli(*args: str) -> list[str]:
     "setup",
     # fast-muon's Muon, lookahead and 24-px first half, on its smallest network (the point is
     # the resume, not the accuracy: fastnet_m took 4x the time)
-    [["--model", "simple_cnn"],
-     ["--recipe", "fast-muon", "--model", "fastnet_s", "--precision", "fp32"]],  # fmt: skip
+    [
+        ["--model", "simple_cnn"],
+        ["--recipe", "fast-muon", "--model", "fastnet_s", "--precision", "fp32"],
+    ],  # fmt: skip
     ids=["adam", "muon-progressive"],
 )
 @pytest.mark.slow

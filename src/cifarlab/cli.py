@@ -240,6 +240,14 @@ def _train_parser(sub: argparse._SubParsersAction) -> None:
 
 def _train_what_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to train")
+    g.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="start from the settings in FILE: a TOML file of configuration fields "
+        '(recipe = "quick", lr = 0.2, ...), or a run\'s config.json to train that run '
+        "again; options given here override the file's",
+    )
     g.add_argument("--recipe", help="start from this recipe (see `cifarlab recipes`)")
     g.add_argument(
         "--model",
@@ -352,6 +360,19 @@ def _train_run_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--seed", type=int, help="random seed (default: 0)")
     g.add_argument(
+        "--seeds",
+        metavar="SEEDS",
+        help="train once per seed (0-4, or 0,3,7) into a group folder: --out/seed-K/ for "
+        "each, and group.json; `cifarlab evaluate` and `compare` take the group",
+    )
+    g.add_argument(
+        "--parallel",
+        type=int,
+        metavar="K",
+        help="with --seeds: train K seeds at once, in K processes (for a GPU; on a CPU they "
+        "share the cores: no faster)",
+    )
+    g.add_argument(
         "--tta",
         type=int,
         choices=[0, 1, 2],
@@ -367,6 +388,12 @@ def _train_run_options(p: argparse.ArgumentParser) -> None:
         "augment='{\"translate\": 4}'); VALUE is read as JSON, else as text",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
+    g.add_argument(
+        "--no-tensorboard",
+        action="store_true",
+        help="no TensorBoard event files in the run folder (written when the tensorboard "
+        "package is installed, unless $CIFARLAB_TENSORBOARD=0)",
+    )
 
 
 def _add_run_argument(p: argparse.ArgumentParser) -> None:
@@ -399,7 +426,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
         description="Evaluate a trained run on the test (or val) split: accuracy, "
         "top-5, log-loss, per-class precision/recall/F1, confusion matrix, predicted "
         "vs true counts; writes eval_SPLIT.json and report.html (report_val.html for "
-        "--split val) into the run folder.",
+        "--split val) into the run folder. Given a group (cifarlab train --seeds), evaluates "
+        "every run of it in turn and prints the group's mean ± sd and 95% CI of accuracy, "
+        "macro F1, log-loss and ECE with each run's numbers.",
     )
     _add_run_argument(p)
     p.add_argument("--split", default="test", choices=["test", "val"], help="default: test")
@@ -628,12 +657,22 @@ def _compare_parser(sub: argparse._SubParsersAction) -> None:
         sub,
         "compare",
         cmd_compare,
-        help="one side-by-side report of several evaluated runs",
-        description="Compare evaluated runs: accuracy, macro F1, parameters, training "
-        "time, per-class F1.",
+        help="one side-by-side report of several evaluated runs or groups of seeds",
+        description="Compare evaluated runs and groups of runs (cifarlab train --seeds): "
+        "accuracy, macro F1, log-loss, ECE, parameters, training time, per-class F1. For a "
+        "group: mean ± sd and the 95% CI of each, every run's numbers; for each pair the "
+        "difference with its 95% CI, the test (Welch's t-test, or a bootstrap), whether it "
+        "stands out from seed noise and about how many runs per side would show it.",
     )
-    p.add_argument("runs", type=Path, nargs="+", help="run folders (each evaluated first)")
+    p.add_argument("runs", type=Path, nargs="+", help="run or group folders (each evaluated first)")
     p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument(
+        "--stats-test",
+        default="auto",
+        choices=["auto", "welch", "bootstrap"],
+        help="the test of a difference between groups (default auto: Welch's t-test; a "
+        "bootstrap when each side has ≥ 15 runs and one is far from normal)",
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -706,6 +745,81 @@ def _robustness_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _sweep_parser(sub: argparse._SubParsersAction) -> None:
+    p = _command(
+        sub,
+        "sweep",
+        cmd_sweep,
+        help="search training settings with Optuna (extra cifarlab[sweep])",
+        description="Search training settings: SPACE.toml fixes some settings and gives "
+        "ranges or choices for others ([space.FIELD] tables; see the README). Each trial "
+        "trains into OUT/trial-NNN and is scored by its best validation accuracy (the test "
+        "split is never evaluated); Optuna's TPE sampler picks the settings, a median pruner "
+        "stops trials that fall behind. Writes the table of trials, trials.csv, sweep.html "
+        "and best.toml (cifarlab train --config OUT/best.toml). Ctrl-C, then --resume OUT, "
+        "loses nothing; --storage postgresql://... and --join let many machines share a sweep.",
+    )
+    p.add_argument("space", nargs="?", type=Path, help="the search space (a TOML file)")
+    g = p.add_argument_group("the sweep")
+    g.add_argument(
+        "--trials", type=int, metavar="N", help="trials in all (with --resume: a new total)"
+    )
+    g.add_argument(
+        "--epochs", type=int, metavar="E", help="each trial's epochs (default: its recipe's)"
+    )
+    g.add_argument(
+        "--budget-per-trial",
+        metavar="TIME",
+        help="each trial trains for this long instead (90s, 5m: its steps fitted to the time)",
+    )
+    g.add_argument(
+        "--train-size", type=int, metavar="N", help="train every trial on N training images"
+    )
+    g.add_argument(
+        "--val-size",
+        type=int,
+        metavar="N",
+        help="validation images every trial is scored on (default: 5000)",
+    )
+    g.add_argument(
+        "--seed", type=int, metavar="S", help="every trial's seed, and the sampler's (default: 0)"
+    )
+    g.add_argument(
+        "--no-pruning",
+        dest="pruning",
+        action="store_false",
+        default=None,
+        help="run every trial to its end",
+    )
+    g.add_argument(
+        "--out",
+        type=Path,
+        help="the sweep folder (default: sweeps/SPACE-TIME; --join: sweeps/STUDY)",
+    )
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="the study's database (default: OUT/study.db, SQLite): postgresql://USER@HOST/DB "
+        "shares it with workers on other machines (--join)",
+    )
+    g.add_argument("--study", metavar="NAME", help="the study's name (default: OUT's name)")
+    g.add_argument(
+        "--resume", type=Path, metavar="OUT", help="go on with the sweep in OUT (after Ctrl-C)"
+    )
+    g.add_argument(
+        "--join",
+        metavar="URL",
+        help="work on the study --study in the database URL, beside other workers",
+    )
+    m = p.add_argument_group("this machine")
+    m.add_argument(
+        "--root", type=Path, metavar="DIR", help="the data folder (default: $CIFARLAB_DATA)"
+    )
+    m.add_argument("--threads", type=int, metavar="N", help="CPU threads per trial")
+    m.add_argument("--device", metavar="D", help="auto, cpu, cuda or mps (default: auto)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 COMMANDS = (
     _download_parser,
     _data_parser,
@@ -719,6 +833,7 @@ COMMANDS = (
     _compare_parser,
     _serve_parser,
     _robustness_parser,
+    _sweep_parser,
 )
 
 
@@ -862,10 +977,41 @@ def _changes(args: argparse.Namespace) -> dict[str, Any]:
 
 def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     """The TrainConfig that `cifarlab train` options describe: the recipe (--recipe, or --set
-    recipe=; else the model's default recipe), then every option given, then every --set."""
-    from cifarlab.train.config import make_config
+    recipe=; else the model's default recipe; else --config's), then the --config file's
+    settings, then every option given, then every --set."""
+    from cifarlab.train.config import make_config, read_config_file
 
-    return make_config(args.recipe, **_changes(args))
+    if args.config is None:
+        return make_config(args.recipe, **_changes(args))
+    found = read_config_file(args.config)
+    cfg = found.config(args.recipe, **_changes(args))
+    for note in found.notes:
+        print(f"{args.config}: {note}")
+    if found.recorded:
+        cfg = _as_recorded(args, found.records, cfg)
+    return cfg
+
+
+def _as_recorded(args: argparse.Namespace, records: dict[str, Any], cfg: Any) -> Any:  # noqa: ANN401
+    """A run's config.json trained again: say how this machine and these versions differ from
+    the recording; on the same machine, ``precision auto`` takes the precision the run used
+    (the probe's choice could differ between two timings)."""
+    import dataclasses
+
+    from cifarlab.train import device as devices
+    from cifarlab.train.probe import describe_machine
+    from cifarlab.train.provenance import recorded_difference, same_processor
+
+    device = devices.resolve_device(cfg.device)
+    recorded = records.get("provenance")
+    if isinstance(recorded, dict):
+        print(f"{args.config}: {recorded_difference(recorded, device)}")
+    used = records.get("precision_used")
+    same_machine = same_processor(records.get("machine"), describe_machine())
+    if cfg.precision == "auto" and used in ("fp32", "bf16") and same_machine:
+        if str(records.get("device_used", "cpu")).split(":")[0] == device.type:
+            cfg = dataclasses.replace(cfg, precision=used)
+    return cfg
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -878,6 +1024,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         load_dataset(args.dataset or "cifar10", args.root, download=True, val_size=0)
     progress = not args.no_progress
+    if args.no_tensorboard:  # for this command and the processes it starts (a group's seeds)
+        import os
+
+        from cifarlab.train.tensorboard import ENV
+
+        os.environ[ENV] = "0"
+    if args.config is not None and (args.resume is not None or args.budget is not None):
+        raise SettingError(
+            "config", f"cannot be combined with {'--resume' if args.resume else '--budget'}"
+        )
+    if args.parallel is not None and args.seeds is None and not _is_group(args.resume):
+        raise SettingError("parallel", "needs --seeds (or --resume of a group)")
+    if args.seeds is not None or _is_group(args.resume):
+        return _train_seeds(args, progress)
     if args.resume is not None:  # train() refuses a budget here: a resumed run keeps its own
         given = _changes(args)
         for key in ("recipe", "out"):
@@ -900,6 +1060,42 @@ def cmd_train(args: argparse.Namespace) -> int:
         run = train(train_config_from_args(args), out=args.out, progress=progress)
     if rank() == 0:
         print(f"run saved in {run}  (next: cifarlab evaluate {run})")
+    return 0
+
+
+def _is_group(path: Path | None) -> bool:
+    from cifarlab.runs import GroupFolder
+
+    return path is not None and GroupFolder.is_group(path)
+
+
+def _train_seeds(args: argparse.Namespace, progress: bool) -> int:
+    """`train --seeds` (a new group) and `train --resume GROUP`."""
+    from cifarlab.train.group import train_group
+
+    if args.budget is not None:
+        raise SettingError(
+            "seeds",
+            "cannot be combined with --budget: a budget's plan follows the machine's pace "
+            "of the moment, so the seeds would not share one set-up; train the set-up a budget "
+            "run chose (cifarlab train --config RUN/config.json --seeds ...)",
+        )
+    if args.seed is not None and args.seeds is not None:
+        raise SettingError("seed", "and --seeds: give one of them")
+    parallel = args.parallel if args.parallel is not None else 1
+    if args.resume is not None:
+        given = _changes(args)
+        for key in ("recipe", "out"):
+            if getattr(args, key) is not None:
+                given[key] = getattr(args, key)
+        group = train_group(
+            resume=args.resume, seeds=args.seeds, changes=given, parallel=parallel,
+            progress=progress,
+        )  # fmt: skip
+    else:
+        cfg = train_config_from_args(args)
+        group = train_group(cfg, args.seeds, out=args.out, parallel=parallel, progress=progress)
+    print(f"group saved in {group}  (next: cifarlab evaluate {group})")
     return 0
 
 
@@ -960,8 +1156,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         counts_table_text,
     )
     from cifarlab.evaluate.run import evaluate_run
-    from cifarlab.runs import RunFolder
+    from cifarlab.runs import GroupFolder, RunFolder
 
+    if GroupFolder.is_group(args.run):
+        return _evaluate_group(args)
     m = evaluate_run(
         args.run,
         args.split,
@@ -989,6 +1187,48 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"wrote {RunFolder(args.run).eval_path(args.split)}")
     if "report" in m:
         print(f"report: {m['report']}")
+    return 0
+
+
+def _evaluate_group(args: argparse.Namespace) -> int:
+    """``cifarlab evaluate GROUP``: every run of the group in turn, a line each, then the
+    group's summary (the runs' numbers, mean ± sd and 95% CI)."""
+    from cifarlab.evaluate.run import evaluate_group
+    from cifarlab.report.compare import ece_note, member_line, side_lines
+
+    started: list[bool] = []
+
+    def each(seed: int, folder: Any, m: dict) -> None:
+        if not started:  # the group was read and its first run evaluated
+            print(f"every run of {args.run} on {args.split} ({args.checkpoint} checkpoint):")
+            started.append(True)
+        print(member_line(f"{folder.name} (epoch {m['checkpoint_epoch']})", m), flush=True)
+
+    shown, show = set(), warnings.showwarning
+
+    def once(message: Any, category: type, *rest: Any, **kw: Any) -> None:
+        if (str(message), category) not in shown:  # the runs share their data: said once
+            shown.add((str(message), category))
+            show(message, category, *rest, **kw)
+
+    warnings.showwarning = once
+    try:
+        side = evaluate_group(
+            args.run,
+            args.split,
+            checkpoint=args.checkpoint,
+            root=args.root,
+            device=args.device,
+            tta=args.tta,
+            report=not args.no_report,
+            each=each,
+        )
+    finally:
+        warnings.showwarning = show
+    print(f"\n{ece_note(side.members)}")
+    print("\n".join(side_lines(side)))
+    written = "eval_" + args.split + ".json" + ("" if args.no_report else " and a report")
+    print(f"wrote {written} in each of the {side.n} runs of {args.run}")
     return 0
 
 
@@ -1066,24 +1306,15 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     from cifarlab.files import check_output
+    from cifarlab.report.compare import compare, comparison_lines
     from cifarlab.report.html import write_comparison
-    from cifarlab.runs import RunFolder
-    from cifarlab.trained import read_run
 
     # the page's file: a folder gets comparison.html inside; a device or a FIFO is refused
     # (never replaced) before any run is read
     check_output(args.out / "comparison.html" if args.out.is_dir() else args.out)
-    runs = []
-    for run_dir in args.runs:
-        run, config, history = read_run(run_dir)
-        m = RunFolder(run).read_eval(args.split)
-        runs.append((run.name, config, m, history))
-    out = write_comparison(args.out, runs)
-    for name, config, m, _ in runs:
-        print(
-            f"{name:<28} {config['model']:<12} acc {m['accuracy']:.4f}  "
-            f"macro F1 {m['macro_avg']['f1']:.4f}  params {config.get('params', 0):,}"
-        )
+    comparison = compare(args.runs, args.split, args.stats_test)  # runs and groups
+    out = write_comparison(args.out, comparison)
+    print("\n".join(comparison_lines(comparison)))
     print(f"wrote {out}")
     return 0
 
@@ -1153,6 +1384,44 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1, allow_nan=False))
     else:
         print(_robustness_text(result, str(args.run)))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from cifarlab.sweep.study import run_sweep  # one line if Optuna is not installed
+
+    result = run_sweep(
+        args.space,
+        trials=args.trials,
+        out=args.out,
+        epochs=args.epochs,
+        budget_per_trial=args.budget_per_trial,
+        train_size=args.train_size,
+        val_size=args.val_size,
+        seed=args.seed,
+        storage=args.storage,
+        study=args.study,
+        resume=args.resume,
+        join=args.join,
+        root=args.root,
+        threads=args.threads,
+        device=args.device,
+        pruning=args.pruning,
+        progress=not args.no_progress,
+        log=lambda line: print(line, flush=True),
+    )
+    print(f"\n{result.table}\n")
+    for path in result.files:
+        print(f"wrote {path}")
+    if result.unfinished:
+        print(f"{result.unfinished} trial(s) still to run in other workers")
+    if result.best is None:
+        raise CifarlabError("no trial of the sweep finished (see the table)")
+    best = result.best
+    print(
+        f"best: trial {best['number']}, validation accuracy {100 * best['value']:.2f}% "
+        f"(next: cifarlab train --config {result.folder / 'best.toml'})"
+    )
     return 0
 
 

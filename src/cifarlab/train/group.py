@@ -64,16 +64,19 @@ def train_group(
     separate processes (no ``watchers`` then: they live in this process)."""
     if distributed.launched_by_torchrun():
         raise SettingError(
-            "seeds", "trains one process per seed: run it without torchrun (or train each seed "
-            "under torchrun with --seed)"
+            "seeds",
+            "trains one process per seed: run it without torchrun (or train each seed "
+            "under torchrun with --seed)",
         )
     if isinstance(model, nn.Module):
         raise CifarlabError(
             "a group trains one model per seed: pass a builder (a class or a function taking "
             "num_classes), not a module instance"
         )
-    if not isinstance(parallel, int) or isinstance(parallel, bool) or not (
-        1 <= parallel <= MAX_PARALLEL
+    if (
+        not isinstance(parallel, int)
+        or isinstance(parallel, bool)
+        or not (1 <= parallel <= MAX_PARALLEL)
     ):
         raise SettingError("parallel", f"must be an integer 1..{MAX_PARALLEL}, got {parallel!r}")
     if parallel > 1 and watchers:
@@ -125,8 +128,9 @@ def _resumed(
     data = group.read()
     if seeds is not None and parse_seeds(seeds) != data["seeds"]:
         raise SettingError(
-            "seeds", f"cannot change when a group is resumed: {group.path} trains seeds "
-            f"{_seeds_text(data['seeds'])} (start a new group for others)"
+            "seeds",
+            f"cannot change when a group is resumed: {group.path} trains seeds "
+            f"{_seeds_text(data['seeds'])} (start a new group for others)",
         )
     changes = {k: v for k, v in (changes or {}).items() if v is not None}
     if config is not None and config.epochs:
