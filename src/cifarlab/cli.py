@@ -14,9 +14,16 @@ from typing import Any, NoReturn
 from cifarlab.data.sources import DATASETS  # the names only: no torch
 from cifarlab.errors import CifarlabError, SettingError, one_line
 
+_WARNED: set[str] = set()
+
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    print(f"warning: {one_line(message, None)}", file=sys.stderr)
+    """A warning on one line, each text once per command (a group's seeds and a sweep's trials
+    load the same data again and again: its warning is said once)."""
+    text = one_line(message, None)
+    if text not in _WARNED:
+        _WARNED.add(text)
+        print(f"warning: {text}", file=sys.stderr)
 
 
 def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> None:
@@ -1204,27 +1211,16 @@ def _evaluate_group(args: argparse.Namespace) -> int:
             started.append(True)
         print(member_line(f"{folder.name} (epoch {m['checkpoint_epoch']})", m), flush=True)
 
-    shown, show = set(), warnings.showwarning
-
-    def once(message: Any, category: type, *rest: Any, **kw: Any) -> None:
-        if (str(message), category) not in shown:  # the runs share their data: said once
-            shown.add((str(message), category))
-            show(message, category, *rest, **kw)
-
-    warnings.showwarning = once
-    try:
-        side = evaluate_group(
-            args.run,
-            args.split,
-            checkpoint=args.checkpoint,
-            root=args.root,
-            device=args.device,
-            tta=args.tta,
-            report=not args.no_report,
-            each=each,
-        )
-    finally:
-        warnings.showwarning = show
+    side = evaluate_group(  # the runs share their data: its warning is said once (_show_warning)
+        args.run,
+        args.split,
+        checkpoint=args.checkpoint,
+        root=args.root,
+        device=args.device,
+        tta=args.tta,
+        report=not args.no_report,
+        each=each,
+    )
     print(f"\n{ece_note(side.members)}")
     print("\n".join(side_lines(side)))
     written = "eval_" + args.split + ".json" + ("" if args.no_report else " and a report")
