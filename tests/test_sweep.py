@@ -174,10 +174,21 @@ _names = st.sampled_from(["lr", "epochs", "optimizer", "channels_last", "transla
                           "nope"])  # fmt: skip
 
 
+@pytest.fixture
+def subnormals() -> None:
+    """Training in this process (other tests) turns on flush-to-zero, which makes Hypothesis
+    refuse to draw floats; the space reader does not depend on it."""
+    import torch
+
+    torch.set_flush_denormal(False)
+
+
 @settings(max_examples=150, deadline=None, derandomize=True, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])  # fmt: skip
 @given(space=st.dictionaries(_names, st.one_of(_tables, _values), max_size=3))
-def test_any_space_file_is_a_space_or_one_error_line(tmp_path: Path, space: dict) -> None:
+def test_any_space_file_is_a_space_or_one_error_line(
+    tmp_path: Path, subnormals: None, space: dict
+) -> None:
     """Fuzzed (as tests/test_fuzz.py fuzzes every parser): a space or one CifarlabError line."""
     lines = ['recipe = "quick"']
     lines += [f"space.{n} = {_toml(v)}" for n, v in space.items() if not isinstance(v, dict)]
