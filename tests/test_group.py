@@ -130,6 +130,9 @@ def test_group_mistakes_are_one_line_errors(group: Path, tmp_path: Path) -> None
         (["train", *SMALL, "--seeds", "0-1", "--out", str(group / "seed-0")], "single run"),
         (["train", "--resume", str(group), "--seeds", "0-4"], "cannot change when a group"),
         (["train", "--resume", str(group), "--lr", "0.1"], "--lr cannot change when a run"),
+        (["train", "--resume", str(group), "--epochs", "1"], "--epochs cannot shorten a group"),
+        (["train", "--config", str(group / "seed-0" / "config.json"), "--recipe", "fast",
+          "--out", str(tmp_path / "c")], "--recipe cannot be combined with a recorded run"),
     ]  # fmt: skip
     for args, message in cases:
         r = run_cli(*args)
@@ -137,6 +140,23 @@ def test_group_mistakes_are_one_line_errors(group: Path, tmp_path: Path) -> None
         assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.stderr)
         assert "Traceback" not in r.stderr
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.data
+def test_a_seed_that_diverges_is_recorded_and_the_group_goes_on(
+    tmp_path: Path, cifar10_root: Path
+) -> None:
+    out = tmp_path / "g"
+    r = run_cli(
+        "train", *SMALL, "--lr", "1e9", "--epochs", "1", "--seeds", "0-1", "--out", str(out)
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "2 of 2 seeds failed" in r.stderr and len(r.stderr.strip().splitlines()) <= 2
+    assert "seed 0 failed: the training loss became NaN" in r.stdout  # and seed 1 was trained
+    runs = GroupFolder(out).read()["runs"]
+    assert [x["state"] for x in runs] == ["failed", "failed"]
+    assert all("NaN" in x["reason"] for x in runs)
 
 
 # --------------------------------------------------------------------------- --config

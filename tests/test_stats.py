@@ -168,8 +168,8 @@ def test_verdicts() -> None:
         (np.var(a, ddof=1) + np.var([0.790, 0.786, 0.795, 0.789, 0.791], ddof=1)) / 2
     )
     assert clear.noise_sd == pytest.approx(pooled) and clear.noise_from == "both"
-    assert clear.runs_needed == runs_needed(clear.diff, pooled) == 3
-    assert "takes about 3 runs per side (one run's sd 0.29 points)" in text
+    assert clear.runs_needed == runs_needed(clear.diff, pooled) == 4
+    assert "takes about 4 runs per side (one run's sd 0.29 points)" in text
 
     noise = difference(a, [0.782, 0.780, 0.786, 0.778, 0.781])
     text = noise.verdict("a", "b", _pts, "points")

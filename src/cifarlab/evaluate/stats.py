@@ -230,7 +230,8 @@ def runs_needed(diff: float, sd: float, alpha: float = ALPHA, power: float = POW
     """About how many runs per side a two-sided two-sample t-test at level ``alpha`` needs to
     detect a true difference ``diff`` with probability ``power``, when one run's standard
     deviation is ``sd``: n = 2·(z₁₋α/₂ + z_power)²·(sd/diff)², then the z quantiles replaced by
-    t quantiles with 2n − 2 degrees of freedom until n settles (rounded up, at least 2).
+    t quantiles with 2n − 2 degrees of freedom until n settles (rounded up, at least 2), then
+    checked against the test's exact power (noncentral t).
     ``math.inf`` for a difference of 0; above :data:`MAX_RUNS`, ``MAX_RUNS + 1``."""
     if sd < 0 or not math.isfinite(sd) or not math.isfinite(diff):
         raise ValueError("sd must be a finite number ≥ 0 and diff finite")
@@ -248,7 +249,23 @@ def runs_needed(diff: float, sd: float, alpha: float = ALPHA, power: float = POW
         if abs(new - n) < 1e-6:
             break
         n = new
-    return float(max(2, math.ceil(n - 1e-9)))
+    n = max(2, math.ceil(n - 1e-9))
+    # the approximation is a run short for large effects (d/sd ≳ 3): settle it on the exact
+    # power of the t-test (noncentral t), a few steps at most
+    while _power(n, effect, alpha) < power and n <= MAX_RUNS:
+        n += 1
+    while n > 2 and _power(n - 1, effect, alpha) >= power:
+        n -= 1
+    return float(n) if n <= MAX_RUNS else float(MAX_RUNS + 1)
+
+
+def _power(n: int, effect: float, alpha: float) -> float:
+    """The exact power of a two-sided two-sample t-test with n runs per side, for a true
+    difference of ``effect`` standard deviations."""
+    df = 2 * n - 2
+    ncp = effect * math.sqrt(n / 2)
+    crit = sps.t.ppf(1 - alpha / 2, df)
+    return float(sps.nct.sf(crit, df, ncp) + sps.nct.cdf(-crit, df, ncp))
 
 
 def _noise(sa: Summary, sb: Summary) -> tuple[float | None, str]:

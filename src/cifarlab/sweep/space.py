@@ -48,6 +48,7 @@ MAX_CHOICES = 1000  # values of one choice
 # Settings a sweep does not search, and why: they decide what every trial is scored on, where
 # it runs or how long it trains (the sweep's options), not how it learns.
 NOT_SWEPT = {
+    "seed": "searching seeds picks the luckiest one, not better settings (--seed sets it)",
     "dataset": "it decides the images every trial is scored on (set it at the top)",
     "labels": "it decides the classes every trial is scored on (set it at the top)",
     "val_size": "it decides the validation images every trial is scored on (--val-size)",

@@ -476,6 +476,13 @@ class ConfigFile:
         """The file's settings with ``changes`` over them (the command line's options), and
         ``recipe`` over the file's recipe: resolved and checked."""
         settings = dict(self.settings)
+        if self.recorded and (recipe is not None or "recipe" in changes):
+            raise SettingError(
+                "recipe",
+                f"cannot be combined with a recorded run ({self.path}): it holds "
+                "every setting of that run, so another recipe would only rename it; start "
+                "from the recipe instead",
+            )
         if recipe is not None:
             settings.pop("recipe", None)
         return make_config(recipe, **{**settings, **changes})

@@ -21,7 +21,10 @@ import contextlib
 import dataclasses
 import multiprocessing
 import os
+import shutil
 import signal
+import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -34,7 +37,7 @@ from cifarlab.runs import GroupFolder, RunFolder, member_name
 from cifarlab.train import device as devices
 from cifarlab.train import distributed, setup
 from cifarlab.train.config import TrainConfig, parse_seeds, resume_config
-from cifarlab.train.engine import TrainingInterrupted, Watcher
+from cifarlab.train.engine import TrainingError, TrainingInterrupted, Watcher
 from cifarlab.train.launch import default_run_dir, train
 from cifarlab.train.setup import ModelLike
 
@@ -107,6 +110,10 @@ def train_group(
             runner.one_after_another()
     except CifarlabError:
         if resume is None and not any(m.holds_run() for _, m in group.members()):
+            for _, member in group.members():  # what a run left before its first checkpoint
+                with contextlib.suppress(CifarlabError, OSError):
+                    member.check_new()  # only a cifarlab run's leftovers are removed
+                    shutil.rmtree(member.path)
             group.group_path.unlink(missing_ok=True)  # a set-up that trains nothing: no group
             if created:
                 with contextlib.suppress(OSError):
@@ -139,6 +146,12 @@ def _resumed(
         saved = TrainConfig.from_saved(data["config"])
     except CifarlabError as e:
         raise CifarlabError(f"{group.group_path}: config: {e}") from None
+    if changes.get("epochs") is not None and saved.epochs and changes["epochs"] < saved.epochs:
+        raise SettingError(
+            "epochs",
+            f"cannot shorten a group: {group.path} trains {saved.epochs} epochs per "
+            "seed (more extends every run)",
+        )
     base = resume_config(saved, changes)
     return group, base, list(data["seeds"]), changes
 
@@ -234,9 +247,7 @@ class _Runner:
             except KeyboardInterrupt:
                 self.record()
                 raise self._interrupted(seed) from None
-            except CifarlabError as e:
-                if isinstance(e, SettingError) or not member.holds_run():
-                    raise  # the set-up itself is wrong: every seed would fail the same way
+            except TrainingError as e:  # this seed's training failed (its loss became NaN)
                 self.failed[seed] = str(e)
                 self._say(f"seed {seed} failed: {e}; the group goes on")
             self.record()
@@ -270,6 +281,9 @@ class _Runner:
                 for future in concurrent.futures.as_completed(futures):
                     seed = futures[future]
                     outcome, message = future.result()
+                    if outcome == "set-up":
+                        pool.shutdown(wait=True, cancel_futures=True)
+                        raise CifarlabError(message)
                     if outcome == "interrupted":
                         interrupted = True
                     elif outcome == "failed":
@@ -336,6 +350,14 @@ def _train_member(
     """One member in a process of its own (``parallel``): ("finished", what), ("failed",
     why) or ("interrupted", why) — errors come back as text, which always pickles."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    said: set[str] = set()
+
+    def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        if str(message) not in said:  # as the command line says warnings: once, on one line
+            said.add(str(message))
+            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    warnings.showwarning = one_line
     try:
         if cfg is None:
             train(resume=path, changes=changes, progress=False)
@@ -343,7 +365,9 @@ def _train_member(
             train(cfg, out=path, progress=False, model=model)
     except (TrainingInterrupted, KeyboardInterrupt) as e:
         return "interrupted", str(e)
-    except CifarlabError as e:
+    except TrainingError as e:
         return "failed", str(e)
+    except CifarlabError as e:  # the set-up itself: every seed would fail the same way
+        return "set-up", str(e)
     config = RunFolder(path).read_config()
     return "finished", f"best validation accuracy {config.get('best_val_acc', float('nan')):.4f}"
