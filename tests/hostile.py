@@ -563,6 +563,12 @@ def option_cases() -> list[Case]:
             lambda c: (c / "exp.toml").write_text("augment = " + "[" * 5000 + "]" * 5000),
         ),
         Case(
+            "config-deep-json",
+            ["train", "--config", "x.json"],
+            lambda c: (c / "x.json").write_text("[" * 100_000 + "]" * 100_000),
+            check=lambda c: _said(c, "x.json: not valid JSON (nested too deeply)"),
+        ),
+        Case(
             "config-json-list",
             ["train", "--config", "x.json"],
             lambda c: (c / "x.json").write_text("[1, 2]"),
@@ -636,6 +642,12 @@ def _member(case: Path, eval_test: object = "keep", ece: object = None) -> None:
         d = json.loads((member / "eval_test.json").read_text())
         d["calibration"] = {"after": {"ece": ece}}
         (member / "eval_test.json").write_text(json.dumps(d))
+
+
+def _said(case: Path, text: str) -> None:
+    """The command's one error line names the file and what is wrong with it."""
+    err = (case / "_err").read_text()
+    assert text in err, f"expected {text!r} in stderr"
 
 
 def _group(case: Path, text: str | None = None, **changes: object) -> None:

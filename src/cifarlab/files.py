@@ -18,9 +18,10 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, Any, BinaryIO
 
-from cifarlab.errors import CifarlabError, WriteError
+from cifarlab.errors import CifarlabError, WriteError, one_line
+from cifarlab.limits import MAX_JSON_FILE, megabytes
 
 _KINDS = (
     (stat.S_ISDIR, "a folder"),
@@ -113,6 +114,21 @@ def read_input(
     if len(data) > max_bytes:
         raise error(f"{path}: grew over the limit of {size_text(max_bytes)} while it was read")
     return data
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON value of the file ``path``: a regular file of at most MAX_JSON_FILE (a FIFO or
+    a device is refused without blocking); one-line errors naming the file (not UTF-8, not
+    JSON, nested too deeply for the parser, an integer of thousands of digits)."""
+    data = read_input(path, megabytes(MAX_JSON_FILE), limit_hint=MAX_JSON_FILE.env)
+    try:
+        return json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CifarlabError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    except RecursionError:
+        raise CifarlabError(f"{path}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of thousands of digits
+        raise CifarlabError(f"{path}: not valid JSON ({one_line(e)})") from None
 
 
 def check_output(path: Path) -> None:

@@ -59,6 +59,7 @@ from cifarlab.files import (
     open_input,
     open_private,
     read_input,
+    read_json,
 )
 from cifarlab.limits import MAX_JSON_FILE, MAX_RUN_FILE, megabytes
 
@@ -341,15 +342,7 @@ class RunFolder:
     def _read_json(self, path: Path) -> Any:
         """The JSON value of ``path``: a regular file of at most MAX_JSON_FILE (a FIFO or a
         device is refused without blocking); one-line errors naming the file."""
-        data = read_input(path, megabytes(MAX_JSON_FILE), limit_hint=MAX_JSON_FILE.env)
-        try:
-            return _shallow(json.loads(data.decode("utf-8")), path)
-        except UnicodeDecodeError:
-            raise CifarlabError(f"{path}: not valid JSON (not UTF-8 text)") from None
-        except RecursionError:
-            raise CifarlabError(f"{path}: not valid JSON (nested too deeply)") from None
-        except ValueError as e:  # JSONDecodeError, or an integer of thousands of digits
-            raise CifarlabError(f"{path}: not valid JSON ({one_line(e)})") from None
+        return _shallow(read_json(path), path)
 
     # ------------------------------------------------------------------ config
 

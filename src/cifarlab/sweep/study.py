@@ -63,8 +63,7 @@ except ImportError as e:  # the extra is not installed
 
 from cifarlab import __version__
 from cifarlab.data.sources import get_info
-from cifarlab.files import atomic_write, open_private, read_input
-from cifarlab.limits import MAX_JSON_FILE, megabytes
+from cifarlab.files import atomic_write, open_private, read_json
 from cifarlab.runs import RunFolder
 from cifarlab.sweep import output
 from cifarlab.sweep.space import Param, Space, check_space, read_space
@@ -543,11 +542,7 @@ def read_sweep_file(folder: Path) -> dict[str, Any]:
         raise CifarlabError(f"no sweep folder {folder}")
     if not path.is_file():
         raise CifarlabError(f"{folder} is not a sweep folder (no {SWEEP_FILE})")
-    raw = read_input(path, megabytes(MAX_JSON_FILE), limit_hint=MAX_JSON_FILE.env)
-    try:
-        record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CifarlabError(f"{path}: not valid JSON ({one_line(e, None)})") from None
+    record = read_json(path)
     ok = isinstance(record, dict) and isinstance(record.get("study"), str)
     ok = ok and isinstance(record.get("local", {}), dict)
     if not ok or not isinstance(record.get("storage"), str | None):

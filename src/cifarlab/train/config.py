@@ -39,7 +39,7 @@ else:  # pragma: no cover - Python 3.10: the same parser from PyPI
 from cifarlab.data.augment import Augment
 from cifarlab.data.sources import DATASETS, get_info
 from cifarlab.errors import CifarlabError, SettingError  # noqa: F401 - SettingError: here too
-from cifarlab.files import read_input
+from cifarlab.files import read_input, read_json
 from cifarlab.limits import MAX_JSON_FILE, megabytes
 from cifarlab.train.recipe_data import default_recipe, recipe_values
 
@@ -500,19 +500,14 @@ def read_config_file(path: str | os.PathLike) -> ConfigFile:
     An unknown key or a value of the wrong type is a one-line error naming the file and the
     key. The file must be valid on its own (the command line's options then go over it)."""
     path = Path(path)
-    raw = read_input(path, megabytes(MAX_JSON_FILE), limit_hint=MAX_JSON_FILE.env)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CifarlabError(f"{path}: not UTF-8 text") from None
     if path.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise CifarlabError(f"{path}: not valid JSON ({e})") from None
+        data = read_json(path)
     else:
+        raw = read_input(path, megabytes(MAX_JSON_FILE), limit_hint=MAX_JSON_FILE.env)
         try:
-            data = tomllib.loads(text)
+            data = tomllib.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise CifarlabError(f"{path}: not UTF-8 text") from None
         except tomllib.TOMLDecodeError as e:
             hint = "" if path.suffix.lower() == ".toml" else " (a .toml or a run's config.json)"
             raise CifarlabError(f"{path}: not valid TOML{hint} ({e})") from None
