@@ -12,18 +12,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from cifarlab.data.sources import DATASETS  # the names only: no torch
-from cifarlab.errors import CifarlabError, SettingError, one_line
-
-_WARNED: set[str] = set()
-
-
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-    """A warning on one line, each text once per command (a group's seeds and a sweep's trials
-    load the same data again and again: its warning is said once)."""
-    text = one_line(message, None)
-    if text not in _WARNED:
-        _WARNED.add(text)
-        print(f"warning: {text}", file=sys.stderr)
+from cifarlab.errors import CifarlabError, SettingError, one_line, say_warning
 
 
 def _add_data_options(p: argparse.ArgumentParser, *, labels: bool = True) -> None:
@@ -1211,7 +1200,7 @@ def _evaluate_group(args: argparse.Namespace) -> int:
             started.append(True)
         print(member_line(f"{folder.name} (epoch {m['checkpoint_epoch']})", m), flush=True)
 
-    side = evaluate_group(  # the runs share their data: its warning is said once (_show_warning)
+    side = evaluate_group(  # the runs share their data: its warning is said once (say_warning)
         args.run,
         args.split,
         checkpoint=args.checkpoint,
@@ -1642,7 +1631,7 @@ def _main(argv: Sequence[str] | None, ctrl_c: _CtrlC) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
-        warnings.showwarning = _show_warning
+        warnings.showwarning = say_warning
         from cifarlab.train.device import rank
 
         if rank() > 0:

@@ -4,6 +4,7 @@ The CLI prints ``str(error)`` on one line and exits non-zero; library users can 
 :class:`CifarlabError` to handle every expected failure at once.
 """
 
+import sys
 from collections.abc import Callable, Iterable
 
 
@@ -25,6 +26,19 @@ def one_line(text: object, limit: int | None = 200) -> str:
     if not s.isprintable():
         s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
     return s if limit is None or len(s) <= limit else s[: limit - 3].rstrip() + "..."
+
+
+_WARNED: set[str] = set()
+
+
+def say_warning(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+    """``warnings.showwarning`` for users (the CLI, and the processes a group trains seeds in):
+    ``warning: TEXT`` on one line of stderr, each text once per process (a group's seeds and a
+    sweep's trials load the same data again and again: its warning is said once)."""
+    text = one_line(message, None)
+    if text not in _WARNED:
+        _WARNED.add(text)
+        print(f"warning: {text}", file=sys.stderr)
 
 
 class CifarlabError(Exception):

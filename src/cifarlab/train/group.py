@@ -23,7 +23,6 @@ import multiprocessing
 import os
 import shutil
 import signal
-import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 
 from torch import nn
 
-from cifarlab.errors import CifarlabError, SettingError
+from cifarlab.errors import CifarlabError, SettingError, say_warning
 from cifarlab.evaluate import stats
 from cifarlab.runs import GroupFolder, RunFolder, member_name
 from cifarlab.train import device as devices
@@ -350,14 +349,7 @@ def _train_member(
     """One member in a process of its own (``parallel``): ("finished", what), ("failed",
     why) or ("interrupted", why) — errors come back as text, which always pickles."""
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    said: set[str] = set()
-
-    def one_line(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
-        if str(message) not in said:  # as the command line says warnings: once, on one line
-            said.add(str(message))
-            print(f"warning: {' '.join(str(message).split())}", file=sys.stderr)
-
-    warnings.showwarning = one_line
+    warnings.showwarning = say_warning  # as the command line says them: once, on one line
     try:
         if cfg is None:
             train(resume=path, changes=changes, progress=False)
