@@ -192,6 +192,11 @@ def test_a_recorded_run_trains_again_to_the_same_weights(
     assert "same versions and machine as the recorded run" in r.stdout
     assert _same_weights(tmp_path / "again", group / "seed-2")
     assert _same_weights(tmp_path / "again", group / "seed-2")
+    # settings given here: no promise of the same weights
+    r = run_cli("train", "--config", str(recorded), "--out", str(tmp_path / "e1"), "--epochs", "1",
+                "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "as the recorded run, but epochs set here: the weights will differ" in r.stdout
     # another machine or version is said in one line
     changed = json.loads(recorded.read_text())
     changed["provenance"] = {**changed["provenance"], "torch": "1.0.0", "cpu": "a Z80"}

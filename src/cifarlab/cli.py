@@ -977,21 +977,34 @@ def train_config_from_args(args: argparse.Namespace):  # noqa: ANN201
     settings, then every option given, then every --set."""
     from cifarlab.train.config import make_config, read_config_file
 
+    changes = _changes(args)
     if args.config is None:
-        return make_config(args.recipe, **_changes(args))
+        return make_config(args.recipe, **changes)
     found = read_config_file(args.config)
-    cfg = found.config(args.recipe, **_changes(args))
+    cfg = found.config(args.recipe, **changes)
     for note in found.notes:
         print(f"{args.config}: {note}")
     if found.recorded:
-        cfg = _as_recorded(args, found.records, cfg)
+        changed = []
+        if found.notes:
+            changed.append("its budget is not re-planned")
+        if changes:
+            changed.append(f"{', '.join(sorted(changes))} set here")
+        what = f"{' and '.join(changed)}: the weights will differ" if changed else None
+        cfg = _as_recorded(args, found.records, cfg, what)
     return cfg
 
 
-def _as_recorded(args: argparse.Namespace, records: dict[str, Any], cfg: Any) -> Any:  # noqa: ANN401
+def _as_recorded(
+    args: argparse.Namespace,
+    records: dict[str, Any],
+    cfg: Any,  # noqa: ANN401
+    changed: str | None,
+) -> Any:  # noqa: ANN401
     """A run's config.json trained again: say how this machine and these versions differ from
-    the recording; on the same machine, ``precision auto`` takes the precision the run used
-    (the probe's choice could differ between two timings)."""
+    the recording (and what ``changed`` from it here); on the same machine, ``precision
+    auto`` takes the precision the run used (the probe's choice could differ between two
+    timings)."""
     import dataclasses
 
     from cifarlab.train import device as devices
@@ -1001,7 +1014,7 @@ def _as_recorded(args: argparse.Namespace, records: dict[str, Any], cfg: Any) ->
     device = devices.resolve_device(cfg.device)
     recorded = records.get("provenance")
     if isinstance(recorded, dict):
-        print(f"{args.config}: {recorded_difference(recorded, device)}")
+        print(f"{args.config}: {recorded_difference(recorded, device, changed)}")
     used = records.get("precision_used")
     same_machine = same_processor(records.get("machine"), describe_machine())
     if cfg.precision == "auto" and used in ("fp32", "bf16") and same_machine:

@@ -306,7 +306,6 @@ class _Runner:
         )
 
     def done(self) -> Path:
-        self.record()
         summary = self.group.read().get("summary", {}).get("best_val_acc", {})
         finished = [s for s in self.seeds if self.state(s) == "finished"]
         if summary.get("n"):

@@ -62,22 +62,28 @@ def _no_threads(machine: str) -> str:
     return re.sub(r", \d+ threads?,", ",", machine)
 
 
-def recorded_difference(recorded: dict[str, Any], device: torch.device) -> str:
+def recorded_difference(
+    recorded: dict[str, Any], device: torch.device, changed: str | None = None
+) -> str:
     """One line: how this machine and these versions differ from those a run recorded (its
-    ``provenance``), or that they are the same (a seeded run then repeats exactly)."""
+    ``provenance``), or that they are the same: a seeded run then repeats exactly, unless
+    ``changed`` says what else differs from the recording (settings given here, a budget's
+    steps trained without its re-planning)."""
     here = provenance(device)
     labels = {"cifarlab": "cifarlab", "torch": "torch", "python": "Python", "cpu": "CPU"}
     if "gpu" in here or "gpu" in recorded:
         labels["gpu"] = "GPU"
-    changed = [
+    differences = [
         f"{label} {recorded.get(key) or '?'} → {here.get(key) or '?'}"
         for key, label in labels.items()
         if recorded.get(key) != here.get(key)
         and not (key == "cpu" and same_processor(recorded.get(key), here.get(key)))
     ]
-    if not changed:
-        return "same versions and machine as the recorded run: the same seed gives the same weights"
-    return (
-        f"differs from the recorded run: {'; '.join(changed)}: the results may differ a "
-        "little from the recorded ones"
-    )
+    if differences:
+        return (
+            f"differs from the recorded run: {'; '.join(differences)}: the results may differ a "
+            "little from the recorded ones"
+        )
+    if changed:
+        return f"same versions and machine as the recorded run, but {changed}"
+    return "same versions and machine as the recorded run: the same seed gives the same weights"
