@@ -85,7 +85,7 @@ def test_probe_measures_caches_and_remeasures(isolated_cache: Path) -> None:
     assert all(s.images_per_s > 0 and not s.cached for s in first)
     assert all(s.images_per_s == pytest.approx(64 / s.step_seconds) for s in first)
     stored = json.loads((isolated_cache / "probe.json").read_text())
-    assert len(stored["entries"]) == 2
+    assert len(stored["entries"]) == 3  # fp32, and bf16 with either weight gradients
     again = probe.measure("fastnet_s", batch_sizes=(64,))
     assert all(s.cached for s in again)
     assert [s.images_per_s for s in again] == [s.images_per_s for s in first]
@@ -109,7 +109,7 @@ def test_auto_precision_follows_the_measured_speeds() -> None:
     tie = probe.pick_precision(100, 101)
     assert tie == ("bf16" if probe.native_bf16() else "fp32")
     assert "images/s" in choice.reason and "fastnet_s" in choice.reason
-    assert probe.choose_precision("fastnet_s", batch_size=64).reason.endswith("cached probe)")
+    assert "cached probe)" in probe.choose_precision("fastnet_s", batch_size=64).reason
 
 
 def test_machine_is_described() -> None:

@@ -84,6 +84,7 @@ RECORDS = (
     "train_images",
     "world_size",
     "precision_used",
+    "weight_grad_used",
     "precision_choice",
     "machine",
     "budget_plan",

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from cifarlab.models.conv_grad import Conv3x3
 from cifarlab.models.registry import register
 
 
@@ -37,7 +38,7 @@ class _BatchNorm(nn.BatchNorm2d):
 
 
 def _conv(c_in: int, c_out: int) -> nn.Conv2d:
-    conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+    conv = Conv3x3(c_in, c_out)
     # Identity init of the first c_in filters: each group starts close to passing its input on.
     with torch.no_grad():
         nn.init.dirac_(conv.weight[: min(c_in, c_out)])

@@ -96,6 +96,7 @@ class Trainer:
         self.loader, self.val_loader = parts.loader, parts.val_loader
         self.model = parts.model
         self.precision_used = parts.precision
+        self.weight_grad_used = parts.weight_grad
         self.autocast = torch.bfloat16 if parts.precision == "bf16" else None
         self.mean, self.std = cfg.normalization()
         self.forward = torch.compile(self.model) if cfg.compile else self.model
@@ -266,6 +267,7 @@ class Trainer:
             "totals": self.totals.to_state(),
             "elapsed": self.elapsed,
             "precision_used": self.precision_used,
+            "weight_grad_used": self.weight_grad_used,
             "device_type": self.device.type,
             "budget_used": self.pacer.budget.used() if self.pacer else None,
             "replans": self.pacer.replans if self.pacer else [],

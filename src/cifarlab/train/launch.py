@@ -267,7 +267,12 @@ def _start(job: Job) -> Trainer:
     if cfg.budget is not None and distributed.is_distributed():
         raise CifarlabError("a --budget run measures one process: resume it without torchrun")
     parts = setup.build(
-        cfg, job.device, data=job.data, model=job.model, saved_precision=_saved_precision(job)
+        cfg,
+        job.device,
+        data=job.data,
+        model=job.model,
+        saved_precision=_saved_precision(job),
+        saved_weight_grad=_saved_weight_grad(job),
     )
     pacer = None
     if cfg.budget is not None:
@@ -315,6 +320,13 @@ def _saved_precision(job: Job) -> str | None:
     return None
 
 
+def _saved_weight_grad(job: Job) -> str | None:
+    """How a resumed run's steps took their weight gradients, on the same kind of device."""
+    if job.state is None or job.state.get("device_type") != devices.resolve_device(job.device).type:
+        return None
+    return job.state.get("weight_grad_used")
+
+
 def _records(job: Job, trainer: Trainer) -> dict[str, Any]:
     """What ``config.json`` records beside the settings: the data, the model, the machine,
     the precision and why, a budget's plan; a resumed run keeps what its first session
@@ -328,6 +340,7 @@ def _records(job: Job, trainer: Trainer) -> dict[str, Any]:
         "train_images": parts.num_train,
         "world_size": trainer.world,
         "precision_used": trainer.precision_used,
+        "weight_grad_used": trainer.weight_grad_used,
         "machine": probe.describe_machine(),
         "provenance": provenance(trainer.device),
     }

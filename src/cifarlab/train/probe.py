@@ -12,6 +12,7 @@ torch version. ``precision="auto"`` (:func:`choose_precision`) and ``--budget``
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -30,6 +31,7 @@ from torch import nn
 from cifarlab.data.cache import cache_dir
 from cifarlab.files import atomic_write
 from cifarlab.models import create_model
+from cifarlab.models.conv_grad import use_shifted_weight_grad
 
 PROBE_VERSION = 1
 # CPU flags that decide how fast convolutions run here (shown by `cifarlab doctor`).
@@ -38,6 +40,11 @@ FLAGS_OF_INTEREST = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "
 MAX_AGE_DAYS = 30
 # bf16 is chosen only when it is this much faster than float32 (a tie keeps float32's numerics).
 BF16_MARGIN = 1.05
+# How a bf16 step on a CPU may take its small maps' weight gradients: PyTorch's (oneDNN's)
+# convolution backward, or matrix products (models/conv_grad.py). "matmul" is used only when
+# its step is this much faster: a tie keeps the library's kernel.
+WEIGHT_GRADS = ("conv", "matmul")
+MATMUL_MARGIN = 1.03
 
 
 def machine_info() -> dict[str, Any]:
@@ -107,12 +114,17 @@ class Speed:
     step_seconds: float
     measured: str  # ISO date-time
     cached: bool = False
+    # bf16 on a CPU: the weight gradients the faster step took ("conv" or "matmul") and each
+    # way's images/s; "conv" alone where there was nothing to choose
+    weight_grad: str = "conv"
+    weight_grad_speeds: dict[str, float] | None = None
 
     @property
     def label(self) -> str:
+        grads = ", weight grads as matmuls" if self.weight_grad == "matmul" else ""
         return (
             f"{self.precision}{' channels-last' if self.channels_last else ''}, "
-            f"batch {self.batch_size}"
+            f"batch {self.batch_size}{grads}"
         )
 
 
@@ -146,9 +158,11 @@ def _entry_key(
     batch: int,
     precision: str,
     channels_last: bool,
+    weight_grad: str = "conv",
 ) -> str:
     args = json.dumps(model_args, sort_keys=True)
-    return f"{machine}|{model}|{args}|{classes}|{batch}|{precision}|cl={int(channels_last)}"
+    key = f"{machine}|{model}|{args}|{classes}|{batch}|{precision}|cl={int(channels_last)}"
+    return key if weight_grad == "conv" else f"{key}|wg={weight_grad}"
 
 
 def _make_step(
@@ -160,9 +174,14 @@ def _make_step(
     channels_last: bool,
     device: torch.device,
     build: Callable[[], nn.Module] | None = None,
+    weight_grad: str = "conv",
 ):  # noqa: ANN202
+    """The training step to time, or None when ``weight_grad="matmul"`` changes nothing in
+    this model (it has no convolution that can take it)."""
     gen = torch.Generator().manual_seed(0)
     model = (build() if build else create_model(model_name, classes, **model_args)).to(device)
+    if weight_grad == "matmul" and not use_shifted_weight_grad(model):
+        return None
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -213,16 +232,27 @@ def measure(
     machine = machine_key(device)
     cache = _read_cache() if use_cache else {}
     now = time.time()
-    results: dict[tuple[int, str], Speed] = {}
+    results: dict[tuple[int, str, str], Speed] = {}
     todo = []
     for b in batch_sizes:
         for p in precisions:
-            key = _entry_key(machine, model, model_args, num_classes, b, p, channels_last)
-            hit = _cached_speed(cache.get(key), now)
-            if hit is not None:
-                results[(b, p)] = Speed(model, b, p, channels_last, *hit, cached=True)
+            grads = WEIGHT_GRADS if p == "bf16" and device.type == "cpu" else ("conv",)
+            keys = {
+                g: _entry_key(machine, model, model_args, num_classes, b, p, channels_last, g)
+                for g in grads
+            }
+            hits = {g: _cached_speed(cache.get(k), now) for g, k in keys.items()}
+            if hits["conv"] is not None and all(
+                hit is not None or cache.get(keys[g]) == NOTHING_TO_CHOOSE
+                for g, hit in hits.items()
+            ):
+                for g, hit in hits.items():
+                    if hit is not None:
+                        results[(b, p, g)] = Speed(
+                            model, b, p, channels_last, *hit, cached=True, weight_grad=g
+                        )
             else:
-                todo.append((b, p, key))
+                todo += [(b, p, g, k) for g, k in keys.items()]
     if todo:
         with torch.random.fork_rng(devices=[]):  # the caller's seeded generator stays as it was
             _measure(
@@ -238,7 +268,23 @@ def measure(
                 now,
                 build,
             )
-    return [results[(b, p)] for b in batch_sizes for p in precisions]
+    return [_faster(results, b, p) for b in batch_sizes for p in precisions]
+
+
+# What the cache holds for a way of computing weight gradients that this model cannot take.
+NOTHING_TO_CHOOSE = {"nothing_to_choose": True}
+
+
+def _faster(results: dict[tuple[int, str, str], Speed], batch: int, precision: str) -> Speed:
+    """The speed of (batch, precision) with the weight gradients that made its step faster
+    ("matmul" only by ``MATMUL_MARGIN``), each way's images/s recorded in it."""
+    conv = results[(batch, precision, "conv")]
+    matmul = results.get((batch, precision, "matmul"))
+    if matmul is None:
+        return conv
+    speeds = {"conv": conv.images_per_s, "matmul": matmul.images_per_s}
+    chosen = matmul if matmul.images_per_s >= MATMUL_MARGIN * conv.images_per_s else conv
+    return dataclasses.replace(chosen, weight_grad_speeds=speeds)
 
 
 def _cached_speed(hit: Any, now: float) -> tuple[float, float, str] | None:
@@ -267,15 +313,19 @@ def _measure(
     """Time the configurations in ``todo`` (taking turns) into ``results`` and the cache."""
     torch.set_flush_denormal(True)
     steps = {}
-    for b, p, _ in todo:
-        steps[(b, p)] = _make_step(
-            model, model_args, num_classes, b, p, channels_last, device, build
-        )
-        steps[(b, p)]()  # warm-up: oneDNN builds its kernels at the first call
-    times: dict[tuple[int, str], list[float]] = {(b, p): [] for b, p, _ in todo}
+    fresh: dict[str, Any] = {}
+    for b, p, g, key in list(todo):
+        step = _make_step(model, model_args, num_classes, b, p, channels_last, device, build, g)
+        if step is None:  # nothing to choose for this model: remembered, not timed
+            todo.remove((b, p, g, key))
+            fresh[key] = NOTHING_TO_CHOOSE
+            continue
+        steps[(b, p, g)] = step
+        step()  # warm-up: oneDNN builds its kernels at the first call
+    times: dict[tuple[int, str, str], list[float]] = {(b, p, g): [] for b, p, g, _ in todo}
     spent = dict.fromkeys(times, 0.0)
 
-    def more(c: tuple[int, str]) -> bool:
+    def more(c: tuple[int, str, str]) -> bool:
         return len(times[c]) < max_steps and (spent[c] < seconds or len(times[c]) < 2)
 
     while any(more(c) for c in times):
@@ -287,17 +337,16 @@ def _measure(
                 times[c].append(dt)
                 spent[c] += dt
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-    fresh = {}
-    for b, p, key in todo:
-        step_s = min(times[(b, p)])
-        speed = Speed(model, b, p, channels_last, b / step_s, step_s, stamp)
-        results[(b, p)] = speed
+    for b, p, g, key in todo:
+        step_s = min(times[(b, p, g)])
+        speed = Speed(model, b, p, channels_last, b / step_s, step_s, stamp, weight_grad=g)
+        results[(b, p, g)] = speed
         fresh[key] = {
             "images_per_s": speed.images_per_s,
             "step_seconds": step_s,
             "measured": stamp,
             "time": now,
-            "steps": len(times[(b, p)]),
+            "steps": len(times[(b, p, g)]),
         }
     _write_cache(fresh)
 
@@ -388,7 +437,46 @@ def choose_precision(
         f"{model}: bf16 {bf16:,.0f} images/s, fp32 {fp32:,.0f} images/s "
         f"({layout}batch {batch_size}, {where})"
     )
+    if chosen == "bf16":
+        reason += weight_grad_words(by["bf16"])
     return PrecisionChoice(chosen, reason, speeds, probe_seconds)
+
+
+def weight_grad_words(speed: Speed) -> str:
+    """``"; small maps' weight gradients as matmuls: 1.18× the convolution kernel's step"``,
+    or nothing where there was no choice."""
+    both = speed.weight_grad_speeds
+    if not both:
+        return ""
+    ratio = both["matmul"] / both["conv"]
+    if speed.weight_grad == "matmul":
+        return f"; small maps' weight gradients as matmuls: {ratio:.2f}× the conv kernel's step"
+    return f"; weight gradients by the conv kernel (as matmuls: {ratio:.2f}×)"
+
+
+def choose_weight_grad(
+    model: str,
+    *,
+    num_classes: int = 10,
+    model_args: dict | None = None,
+    batch_size: int = 256,
+    channels_last: bool = True,
+    use_cache: bool = True,
+    build: Callable[[], nn.Module] | None = None,
+) -> Speed:
+    """For a bf16 run on a CPU: the bf16 step's speed with the weight gradients that made it
+    faster here (``.weight_grad``), measured or from the cache."""
+    (speed,) = measure(
+        model,
+        num_classes=num_classes,
+        model_args=model_args,
+        batch_sizes=(batch_size,),
+        precisions=("bf16",),
+        channels_last=channels_last,
+        use_cache=use_cache,
+        build=build,
+    )
+    return speed
 
 
 def matmul_peak(dtype: torch.dtype = torch.float32, n: int = 2048, seconds: float = 0.5) -> float:

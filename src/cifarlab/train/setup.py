@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import random
 import sys
 import warnings
@@ -29,6 +30,7 @@ from cifarlab.data.sources import get_info
 from cifarlab.errors import CifarlabError, SettingError
 from cifarlab.evaluate.inference import eval_loader
 from cifarlab.models import create_model, get_entry, import_path, reopen_problem
+from cifarlab.models.conv_grad import use_shifted_weight_grad
 from cifarlab.train import device as devices
 from cifarlab.train import distributed, probe
 from cifarlab.train.config import TrainConfig
@@ -58,6 +60,9 @@ class Parts:
     device: torch.device
     precision: str  # fp32 | bf16: what the steps run in
     precision_choice: probe.PrecisionChoice | None  # why, when auto measured it here
+    # how a bf16 step on a CPU takes its small maps' weight gradients: "conv" (the library's
+    # convolution backward) or "matmul" (models/conv_grad.py), as the probe measured here
+    weight_grad: str = "conv"
 
     @property
     def num_train(self) -> int:
@@ -71,12 +76,13 @@ def build(
     data: CifarDataset | None = None,
     model: ModelLike | None = None,
     saved_precision: str | None = None,
+    saved_weight_grad: str | None = None,
 ) -> Parts:
     """The parts of a run of ``cfg``, in the order that makes a seeded run repeat exactly:
     threads and seeds, the data, the loaders, the model, its precision, then the device.
     ``data`` already loaded (a budget's plan loads it) is used as is; ``model`` is the user's
     own (a module, or a builder called here); ``saved_precision`` is what a resumed run
-    chose."""
+    chose, ``saved_weight_grad`` how its steps took their weight gradients."""
     dev = devices.resolve_device(device or cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -92,6 +98,10 @@ def build(
     precision, choice = choose_precision(
         cfg, net, data.num_classes, dev, saved_precision, own=model is not None
     )
+    weight_grad = choose_weight_grad(
+        cfg, net, data.num_classes, dev, precision, choice, saved_weight_grad, own=model is not None
+    )
+    use_shifted_weight_grad(net, weight_grad == "matmul")
     if cfg.sync_bn:
         if dev.type != "cuda":
             raise CifarlabError("sync_bn needs CUDA GPUs (PyTorch's SyncBatchNorm)")
@@ -99,7 +109,7 @@ def build(
     net = net.to(dev)
     if cfg.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return Parts(data, loader, val_loader, net, dev, precision, choice)
+    return Parts(data, loader, val_loader, net, dev, precision, choice, weight_grad)
 
 
 def build_loaders(
@@ -165,20 +175,69 @@ def choose_precision(
     bf16 = 0.0
     if devices.rank() == 0:
         choice = probe.choose_precision(
-            cfg.model,
-            # a model passed in may not import by its path: the probe times copies of it
-            # (untrained yet: precision is chosen before the first step)
-            build=(lambda: copy.deepcopy(model)) if own else None,
-            num_classes=num_classes,
-            model_args=_probe_key_args(cfg, model, own),
-            batch_size=cfg.batch_size,
-            channels_last=cfg.channels_last,
-            device=device,
+            cfg.model, num_classes=num_classes, device=device, **_probe_args(cfg, model, own)
         )
         bf16 = 1.0 if choice.precision == "bf16" else 0.0
         print(f"precision auto → {choice.precision}: {choice.reason}", flush=True)
     (bf16,) = distributed.all_sum([bf16], device)
     return ("bf16" if bf16 > 0 else "fp32"), choice
+
+
+# Overrides the probe's choice of weight gradients for bf16 steps on a CPU: conv or matmul
+# (for side-by-side timings, or the same numbers as a run on another machine); auto: measured.
+WEIGHT_GRAD_ENV = "CIFARLAB_WEIGHT_GRAD"
+
+
+def choose_weight_grad(
+    cfg: TrainConfig,
+    model: nn.Module,
+    num_classes: int,
+    device: torch.device,
+    precision: str,
+    choice: probe.PrecisionChoice | None,
+    saved: str | None = None,
+    own: bool = False,
+) -> str:
+    """ "matmul" where a bf16 step on this CPU measured faster with the small maps' weight
+    gradients as matrix products (``probe``: the speed ``auto`` chose by, or the bf16 step
+    timed now, cached per machine), else "conv"; ``$CIFARLAB_WEIGHT_GRAD`` (conv, matmul)
+    overrides the probe; a resumed run keeps what it used. Under
+    torchrun rank 0 decides and tells the others."""
+    if precision != "bf16" or device.type != "cpu" or not use_shifted_weight_grad(model, False):
+        return "conv"
+    if saved in probe.WEIGHT_GRADS:
+        return saved
+    forced = os.environ.get(WEIGHT_GRAD_ENV, "auto").strip().lower() or "auto"
+    if forced in probe.WEIGHT_GRADS:
+        return forced
+    if forced != "auto":
+        raise CifarlabError(
+            f"${WEIGHT_GRAD_ENV}={forced!r}: must be auto, {' or '.join(probe.WEIGHT_GRADS)}"
+        )
+    matmul = 0.0
+    if devices.rank() == 0:
+        if choice is not None:
+            speed = next(s for s in choice.speeds if s.precision == "bf16")
+        else:
+            speed = probe.choose_weight_grad(
+                cfg.model, num_classes=num_classes, **_probe_args(cfg, model, own)
+            )
+            if speed.weight_grad == "matmul":
+                print(f"bf16 steps{probe.weight_grad_words(speed)}", flush=True)
+        matmul = 1.0 if speed.weight_grad == "matmul" else 0.0
+    (matmul,) = distributed.all_sum([matmul], device)
+    return "matmul" if matmul > 0 else "conv"
+
+
+def _probe_args(cfg: TrainConfig, model: nn.Module, own: bool) -> dict[str, Any]:
+    """How the probe times ``cfg``'s step: a model passed in may not import by its path, so
+    the probe times copies of it (untrained yet: the probe runs before the first step)."""
+    return {
+        "build": (lambda: copy.deepcopy(model)) if own else None,
+        "model_args": _probe_key_args(cfg, model, own),
+        "batch_size": cfg.batch_size,
+        "channels_last": cfg.channels_last,
+    }
 
 
 def _probe_key_args(cfg: TrainConfig, model: nn.Module, own: bool) -> dict[str, Any]:
