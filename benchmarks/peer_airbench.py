@@ -1,9 +1,16 @@
 """airbench94 and cifarlab side by side on this CPU: same data, same test split, same TTA.
 
     .venv/bin/pip install --no-deps airbench==0.1.8      # only for this benchmark
-    .venv/bin/python benchmarks/peer_airbench.py [--root DIR] [--out runs/peer]
-        [--cifarlab "--recipe max-cpu --epochs 10" "--budget {airbench}"] [--skip-airbench]
-        [--airbench-epochs 9.9]
+    .venv/bin/python benchmarks/peer_airbench.py [--root DIR] [--out runs/peer] [--seeds 3]
+        [--cifarlab "--budget {airbench}" "--budget {airbench*0.6}"] [--skip-airbench]
+        [--airbench-epochs 9.9] [--summary OUT/results.jsonl]
+
+With ``--seeds N`` each seed 0..N-1 runs airbench94, then each cifarlab set-up (its budget
+from that seed's airbench time), one after the other; at the end both sides' mean ± std of
+test accuracy (TTA level 2) and training time, and for each cifarlab set-up the two ratios
+the comparison asks for: its time over airbench94's, and its accuracy minus airbench94's in
+points (Welch's t-test over the seeds: is the difference more than seed noise).
+``--summary FILE`` prints that summary again from a results file, without training.
 
 **airbench94** (PyPI ``airbench`` 0.1.8, Keller Jordan): its network (``make_net94``), its
 hyperparameters (``hyp``), its loader (``CifarLoader``: data order, alternating flip, ±2 px
@@ -218,43 +225,84 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--root", default=os.environ.get("CIFARLAB_DATA", "../shared/data"))
     p.add_argument("--out", type=Path, default=Path("runs/peer"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="the first seed")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per side (seed, seed+1, ...)")
+    p.add_argument("--summary", type=Path, help="only print the summary of this results file")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="airbench's precision (auto: cifarlab's probe of the network)")  # fmt: skip
     p.add_argument("--airbench-epochs", type=float, default=9.9)
     p.add_argument("--skip-airbench", action="store_true")
-    p.add_argument("--cifarlab", nargs="*", default=["--recipe max-cpu --epochs 10",
-                                                     "--budget {airbench}"])  # fmt: skip
+    p.add_argument("--cifarlab", nargs="*", default=["--budget {airbench}",
+                                                     "--budget {airbench*0.6}"])  # fmt: skip
     args = p.parse_args()
+    if args.summary:
+        print(summary([json.loads(line) for line in args.summary.read_text().splitlines()]))
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
     from cifarlab.train.probe import choose_precision, describe_machine
 
     machine = describe_machine()
-    airbench_seconds = None
+    rows = []
+    first = args.seed
+    for seed in range(first, first + args.seeds):
+        args.seed = seed
+        airbench_seconds = None
 
-    def record(row: dict) -> None:  # each row as it comes: a long series may be cut short
-        print(json.dumps(row), flush=True)
-        with results.open("a") as f:
-            f.write(json.dumps({**row, "machine": machine, "seed": args.seed,
-                                "date": time.strftime("%Y-%m-%d")}) + "\n")  # fmt: skip
+        def record(row: dict, setup: str) -> None:  # each row as it comes: a series may stop
+            when = {"date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S")}
+            row = {**row, "setup": setup, "machine": machine, "seed": args.seed, **when}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+            with results.open("a") as f:
+                f.write(json.dumps(row) + "\n")
 
-    if not args.skip_airbench:
-        precision = args.precision
-        if precision == "auto":
-            precision = choose_precision("fastnet_l", batch_size=1024).precision
-        row = run_airbench(args, precision)
-        airbench_seconds = row["train_seconds"]
-        record(row)
-    for i, options in enumerate(args.cifarlab):
-        # {airbench}: airbench's training seconds; {airbench*0.6}: a share of them
-        found = re.search(r"\{airbench(\*([0-9.]+))?\}", options)
-        if found:
-            if airbench_seconds is None:
-                continue
-            seconds = airbench_seconds * float(found.group(2) or 1)
-            options = options.replace(found.group(0), f"{seconds:.0f}s")
-        record(run_cifarlab(options, args, tag=str(i)))
+        if not args.skip_airbench:
+            precision = args.precision
+            if precision == "auto":
+                precision = choose_precision("fastnet_l", batch_size=1024).precision
+            row = run_airbench(args, precision)
+            airbench_seconds = row["train_seconds"]
+            record(row, "airbench94")
+        for i, options in enumerate(args.cifarlab):
+            # {airbench}: airbench's training seconds; {airbench*0.6}: a share of them
+            setup = options
+            found = re.search(r"\{airbench(\*([0-9.]+))?\}", options)
+            if found:
+                if airbench_seconds is None:
+                    continue
+                seconds = airbench_seconds * float(found.group(2) or 1)
+                options = options.replace(found.group(0), f"{seconds:.0f}s")
+            record(run_cifarlab(options, args, tag=str(i)), setup)
+    print(summary(rows))
+
+
+def summary(rows: list[dict]) -> str:
+    """Each set-up's mean ± std over its seeds, and each cifarlab set-up against airbench94:
+    time ratio and accuracy difference (points, Welch's t-test)."""
+    from cifarlab.evaluate.stats import difference, summarize
+
+    by: dict[str, list[dict]] = {}
+    for row in rows:
+        by.setdefault(row.get("setup") or row["system"], []).append(row)
+    lines = [f"{'set-up':<28} {'seeds':>5} {'train s (mean ± std)':>21} "
+             f"{'test acc, TTA (mean ± std)':>27} {'× airbench time':>15} "
+             f"{'Δ points (95% CI, p)':>26}"]  # fmt: skip
+    base = by.get("airbench94")
+    base_time = summarize([r["train_seconds"] for r in base]).mean if base else None
+    for setup, group in by.items():
+        t = summarize([r["train_seconds"] for r in group])
+        a = summarize([r["test_acc_tta"] for r in group])
+        ratio = f"{t.mean / base_time:.2f}" if base_time else "–"
+        delta = "–"
+        if base and setup != "airbench94":
+            d = difference([r["test_acc_tta"] for r in base], [r["test_acc_tta"] for r in group])
+            ci = f" [{100 * d.ci[0]:+.2f}, {100 * d.ci[1]:+.2f}]" if d.ci else ""
+            p = f", p={d.p:.2f}" if d.p is not None else ""
+            delta = f"{100 * d.diff:+.2f}{ci}{p}"
+        lines.append(f"{setup:<28} {a.n:>5} {t.mean:>12.1f} ± {t.std or 0:>6.1f} "
+                     f"{a.mean:>18.4f} ± {a.std or 0:.4f} {ratio:>15} {delta:>26}")  # fmt: skip
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -62,10 +62,11 @@ class _ShiftedGradConv(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
+            one = [1, 1]  # stride, padding, dilation
+            mask = [True, False, False]  # the input's gradient only
             grad_x = torch.ops.aten.convolution_backward(
-                grad_out, x, weight, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1,
-                [True, False, False],
-            )[0]  # fmt: skip
+                grad_out, x, weight, None, one, one, one, False, [0, 0], 1, mask
+            )[0]
         if ctx.needs_input_grad[1]:
             grad_w = shifted_weight_grad(x, grad_out)
         return grad_x, grad_w

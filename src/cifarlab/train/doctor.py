@@ -56,7 +56,7 @@ def doctor(
         f"\ntraining step, channels-last, images/s ({'measured now' if fresh else 'cached'}"
         f"{'' if fresh else ' or measured now'}; `auto` takes the one ≥ 5 % faster):"
     )
-    say(f"  {'model':<10} {'batch':>5} {'fp32':>8} {'bf16':>8}  auto")
+    say(f"  {'model':<10} {'batch':>5} {'fp32':>8} {'bf16':>8}  auto  bf16 weight gradients")
     best: dict[str, float] = {}
     for model in models:
         speeds = probe.measure(model, batch_sizes=batch_sizes, use_cache=not fresh)
@@ -67,7 +67,14 @@ def doctor(
             if b == 256 or model not in best:
                 best[model] = bf16 if auto == "bf16" else fp32
             cached = " (cached)" if all(s.cached for s in by.values()) else ""
-            say(f"  {model:<10} {b:>5} {fp32:>8,.0f} {bf16:>8,.0f}  {auto}{cached}")
+            ways = by["bf16"].weight_grad_speeds
+            grads = (
+                f"  conv {ways['conv']:,.0f} / matmul {ways['matmul']:,.0f} → "
+                f"{by['bf16'].weight_grad}"
+                if ways
+                else ""
+            )
+            say(f"  {model:<10} {b:>5} {fp32:>8,.0f} {bf16:>8,.0f}  {auto:<4}{grads}{cached}")
         out["speeds"] += [dataclasses.asdict(s) for s in speeds]
     say(f"\nrecipes here ({TRAIN_IMAGES:,} training images, a validation pass per epoch):")
     for r in RECIPES.values():
