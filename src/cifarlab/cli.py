@@ -1169,15 +1169,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if GroupFolder.is_group(args.run):
         return _evaluate_group(args)
-    m = evaluate_run(
-        args.run,
-        args.split,
-        checkpoint=args.checkpoint,
-        root=args.root,
-        device=args.device,
-        tta=args.tta,
-        report=not args.no_report,
-    )
+    m = evaluate_run(args.run, args.split, **_evaluation_options(args))
     top5 = f"   top-5 {m['top5_accuracy']:.4f}" if m.get("top5_accuracy") is not None else ""
     print(
         f"{args.run} on {args.split} ({m['num_samples']} images, {args.checkpoint} checkpoint, "
@@ -1199,6 +1191,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluation_options(args: argparse.Namespace) -> dict[str, Any]:
+    """``cifarlab evaluate``'s options as evaluate_run's and evaluate_group's arguments."""
+    return {
+        "checkpoint": args.checkpoint,
+        "root": args.root,
+        "device": args.device,
+        "tta": args.tta,
+        "report": not args.no_report,
+    }
+
+
 def _evaluate_group(args: argparse.Namespace) -> int:
     """``cifarlab evaluate GROUP``: every run of the group in turn, a line each, then the
     group's summary (the runs' numbers, mean ± sd and 95% CI)."""
@@ -1213,16 +1216,8 @@ def _evaluate_group(args: argparse.Namespace) -> int:
             started.append(True)
         print(member_line(f"{folder.name} (epoch {m['checkpoint_epoch']})", m), flush=True)
 
-    side = evaluate_group(  # the runs share their data: its warning is said once (say_warning)
-        args.run,
-        args.split,
-        checkpoint=args.checkpoint,
-        root=args.root,
-        device=args.device,
-        tta=args.tta,
-        report=not args.no_report,
-        each=each,
-    )
+    # the runs share their data: its warning is said once (say_warning)
+    side = evaluate_group(args.run, args.split, each=each, **_evaluation_options(args))
     print(f"\n{ece_note(side.members)}")
     print("\n".join(side_lines(side)))
     written = "eval_" + args.split + ".json" + ("" if args.no_report else " and a report")
