@@ -232,9 +232,15 @@ def main() -> None:
                    help="airbench's precision (auto: cifarlab's probe of the network)")  # fmt: skip
     p.add_argument("--airbench-epochs", type=float, default=9.9)
     p.add_argument("--skip-airbench", action="store_true")
+    p.add_argument("--airbench-seconds", type=float, metavar="S",
+                   help="with --skip-airbench: airbench94's training seconds already measured "
+                        "for this seed, for the {airbench} budgets (to finish a series that "
+                        "stopped part-way)")  # fmt: skip
     p.add_argument("--cifarlab", nargs="*", default=["--budget {airbench}",
                                                      "--budget {airbench*0.6}"])  # fmt: skip
     args = p.parse_args()
+    if args.airbench_seconds is not None and (not args.skip_airbench or args.seeds != 1):
+        p.error("--airbench-seconds needs --skip-airbench and one seed (--seeds 1)")
     if args.summary:
         print(summary([json.loads(line) for line in args.summary.read_text().splitlines()]))
         return
@@ -247,7 +253,7 @@ def main() -> None:
     first = args.seed
     for seed in range(first, first + args.seeds):
         args.seed = seed
-        airbench_seconds = None
+        airbench_seconds = args.airbench_seconds if args.skip_airbench else None
 
         def record(row: dict, setup: str) -> None:  # each row as it comes: a series may stop
             when = {"date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S")}
