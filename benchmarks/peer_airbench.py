@@ -108,8 +108,10 @@ class _CpuEvent:
         return 1e3 * (end.t - self.t)
 
 
-def run_airbench(args: argparse.Namespace, precision: str) -> dict:
-    _stand_in_torchvision(args.root)
+def _import_airbench(root: str) -> tuple[types.ModuleType, types.ModuleType, str]:
+    """airbench's ``lib_airbench94`` and ``utils`` (with the torchvision stand-in), and its
+    version; exits with a clear message when it is missing or another version."""
+    _stand_in_torchvision(root)
     try:
         from airbench import lib_airbench94 as ab94
         from airbench import utils
@@ -121,6 +123,37 @@ def run_airbench(args: argparse.Namespace, precision: str) -> dict:
     version = importlib.metadata.version("airbench")
     if version != AIRBENCH_VERSION:
         sys.exit(f"airbench {version} is installed; this benchmark is for {AIRBENCH_VERSION}")
+    return ab94, utils, version
+
+
+class _AutocastSequential(torch.nn.Sequential):
+    """airbench94's network with its forward under CPU bf16 autocast (``bf16`` attribute)."""
+
+    bf16 = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return super().forward(x).float()
+
+
+def airbench_net(root: str, bf16: bool) -> torch.nn.Module:
+    """``make_net94`` as published, with its closing ``.half().cuda()`` made no-ops for the
+    call: float32 weights, channels-last, the forward under bf16 autocast when ``bf16``."""
+    ab94, _, _ = _import_airbench(root)
+    half, cuda = torch.nn.Module.half, torch.nn.Module.cuda
+    torch.nn.Module.half = lambda self: self  # type: ignore[method-assign]
+    torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
+    try:
+        net = ab94.make_net94()
+    finally:
+        torch.nn.Module.half, torch.nn.Module.cuda = half, cuda  # type: ignore[method-assign]
+    net.__class__ = _AutocastSequential
+    net.bf16 = bf16
+    return net.float().to(memory_format=torch.channels_last)
+
+
+def run_airbench(args: argparse.Namespace, precision: str) -> dict:
+    ab94, utils, version = _import_airbench(args.root)
     torch.cuda.Event = _CpuEvent  # type: ignore[misc,assignment]
     torch.cuda.synchronize = lambda *a, **k: None  # type: ignore[assignment]
     bf16 = precision == "bf16"
@@ -135,22 +168,8 @@ def run_airbench(args: argparse.Namespace, precision: str) -> dict:
             for x, y in super().__iter__():
                 yield x.contiguous(memory_format=torch.channels_last), y
 
-    class AutocastSequential(torch.nn.Sequential):
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                return super().forward(x).float()
-
     def make_net_cpu() -> torch.nn.Module:
-        # make_net94 as published, with its closing .half().cuda() made no-ops for the call
-        half, cuda = torch.nn.Module.half, torch.nn.Module.cuda
-        torch.nn.Module.half = lambda self: self  # type: ignore[method-assign]
-        torch.nn.Module.cuda = lambda self, *a, **k: self  # type: ignore[method-assign]
-        try:
-            net = ab94.make_net94()
-        finally:
-            torch.nn.Module.half, torch.nn.Module.cuda = half, cuda  # type: ignore[method-assign]
-        net.__class__ = AutocastSequential
-        return net.float().to(memory_format=torch.channels_last)
+        return airbench_net(args.root, bf16)
 
     (args.out / "airbench-data").mkdir(parents=True, exist_ok=True)
     utils.CifarLoader = CpuLoader  # train() builds its test loader from this name
