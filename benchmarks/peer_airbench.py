@@ -269,19 +269,19 @@ def main() -> None:
 
     machine = describe_machine()
     rows = []
+
+    def record(row: dict, setup: str) -> None:  # each row as it comes: a series may stop
+        when = {"date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S")}
+        row = {**row, "setup": setup, "machine": machine, "seed": args.seed, **when}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+        with results.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
     first = args.seed
     for seed in range(first, first + args.seeds):
         args.seed = seed
-        airbench_seconds = args.airbench_seconds if args.skip_airbench else None
-
-        def record(row: dict, setup: str) -> None:  # each row as it comes: a series may stop
-            when = {"date": time.strftime("%Y-%m-%d"), "time": time.strftime("%H:%M:%S")}
-            row = {**row, "setup": setup, "machine": machine, "seed": args.seed, **when}
-            print(json.dumps(row), flush=True)
-            rows.append(row)
-            with results.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
+        airbench_seconds = args.airbench_seconds  # None unless given (with --skip-airbench)
         if not args.skip_airbench:
             precision = args.precision
             if precision == "auto":

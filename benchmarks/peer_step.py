@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -89,7 +90,8 @@ def cifarlab_step(recipe: str, size: int, products: bool) -> tuple[int, object]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--root", default="../shared/data", help="only for airbench's import")
+    p.add_argument("--root", default=os.environ.get("CIFARLAB_DATA", "../shared/data"),
+                   help="only for airbench's import (as peer_airbench.py)")  # fmt: skip
     p.add_argument("--recipe", default="max-cpu-muon")
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--out", type=Path, help="append one JSON line here")
