@@ -1,7 +1,7 @@
 """What Muon and smaller images cost per training step on this machine.
 
     .venv/bin/python benchmarks/step_cost.py [--models fastnet_m fastnet_l] [--sizes 32 28 24 20]
-        [--batch-size 256] [--repeats 7] [--precision bf16]
+        [--batch-size 256] [--repeats 7] [--precision bf16] [--standardize]
 
 For each model, optimizer (sgd, muon) and image size: the real training step of cifarlab's
 trainer (forward under autocast, loss, backward, optimizer step; channels-last), timed
@@ -9,6 +9,9 @@ trainer (forward under autocast, loss, backward, optimizer step; channels-last),
 variant alike; prints the median seconds per step, images/s, and the ratio to the full-size SGD
 step. The ratio of a smaller size is what progressive resizing saves per step here; the pixel
 count after the 2×2 whitening conv, ((size-1)/31)², is what the budget planner assumes.
+``--standardize`` adds a third variant, ``muon+std``: Muon with FastNet's per-image
+standardization (``model_args={"standardize": true}``, the recipes' since version 2), so its
+cost shows beside the same step without it.
 """
 
 from __future__ import annotations
@@ -42,15 +45,19 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     p.add_argument("--out", type=Path, help="append JSON lines here")
+    p.add_argument("--standardize", action="store_true", help="add the muon+std variant")
     args = p.parse_args()
+    optimizers = ["sgd", "muon", *(["muon+std"] if args.standardize else [])]
     torch.manual_seed(0)
     dtype = torch.bfloat16 if args.precision == "bf16" else None
     print(f"{describe_machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads")
     for model_name in args.models:
         variants = {}
-        for opt_name in ("sgd", "muon"):
-            cfg = recipe_config(RECIPE[model_name], optimizer=opt_name)
-            model = create_model(model_name, 10).to(memory_format=torch.channels_last)
+        for opt_name in optimizers:
+            std = opt_name.endswith("+std")
+            cfg = recipe_config(RECIPE[model_name], optimizer=opt_name.removesuffix("+std"))
+            model = create_model(model_name, 10, standardize=std)
+            model = model.to(memory_format=torch.channels_last)
             variants[opt_name] = (model, build_optimizer(cfg, model))
         x_full = torch.randn(args.batch_size, 3, 32, 32).contiguous(
             memory_format=torch.channels_last
@@ -76,7 +83,7 @@ def main() -> None:
             opt.step()
             return time.perf_counter() - t0
 
-        keys = [(o, s) for o in ("sgd", "muon") for s in args.sizes]
+        keys = [(o, s) for o in optimizers for s in args.sizes]
         for k in keys:
             for _ in range(3):
                 step(*k)

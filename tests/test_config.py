@@ -223,6 +223,8 @@ OUT_OF_RANGE = [
     ({"budget": 1e300}, "budget", r"must be at most"),
     ({"lookahead_every": -1}, "lookahead_every", r"must be 0\.\."),
     ({"whiten_bias_epochs": 10**9}, "whiten_bias_epochs", r"must be 0\.\."),
+    ({"whiten_eps": 0}, "whiten_eps", r"must be above 0 and at most 1000, got 0"),
+    ({"whiten_eps": 1e4}, "whiten_eps", r"must be above 0 and at most 1000"),
     ({"dataset": "mnist"}, "dataset", r"must be one of cifar10, cifar100"),
     ({"labels": "medium"}, "labels", r"must be fine or coarse"),
     ({"device": ""}, "device", r"must be auto, cpu, cuda or mps"),

@@ -60,6 +60,100 @@ def test_whitening_stem_decorrelates_patches(cifar10_root: Path) -> None:
     assert torch.equal(model.whiten.weight[half:], -model.whiten.weight[:half])
 
 
+def _stem_noise_to_signal(model: torch.nn.Module, x: torch.Tensor, sigma: torch.Tensor) -> float:
+    """Energy of the stem's response to Gaussian pixel noise (``sigma`` per channel, in the
+    normalized units of ``x``) against its response to the images: the stem is linear."""
+    with torch.no_grad():
+        signal = torch.nn.functional.conv2d(x, model.whiten.weight).pow(2).mean()
+        noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0)) * sigma
+        return float(torch.nn.functional.conv2d(noise, model.whiten.weight).pow(2).mean() / signal)
+
+
+def test_whitening_floor_damps_pixel_noise(cifar10_root: Path) -> None:
+    """CIFAR-10-C's mildest Gaussian noise (σ = 0.04 of the pixel range) through the stem: with
+    airbench's floor (5e-4) the faint patch directions of this JPEG-rebuilt copy are scaled up
+    so far that the noise outweighs the images; the recipes' floor (3) keeps it far below."""
+    ds = load_dataset("cifar10", cifar10_root, val_size=0)
+    x = normalize(ds.train.images[:2000].permute(0, 3, 1, 2), ds.mean, ds.std)
+    sigma = 0.04 / torch.tensor(ds.std).view(1, 3, 1, 1)
+    ratios = {}
+    for eps in (5e-4, RECIPES["fast"].config.whiten_eps):
+        model = create_model("fastnet_s")
+        model.init_whitening(x, eps=eps)
+        ratios[eps] = _stem_noise_to_signal(model, x, sigma)
+    assert RECIPES["fast"].config.whiten_eps == 3.0
+    assert ratios[5e-4] > 1 > ratios[3.0]  # noise above the images' own response, then below
+    assert ratios[3.0] < ratios[5e-4] / 10
+
+
+def test_training_sets_the_stem_with_the_recipes_floor(trained_run: Path) -> None:
+    """A real run of the `quick` recipe: its config records the floor, the per-image
+    standardization and the recipe's version, and no stem filter is longer than
+    1/sqrt(λ + floor) (airbench's 5e-4 allows 45)."""
+    config = json.loads((trained_run / "config.json").read_text())
+    assert config["whiten_eps"] == 3.0 and config["recipe_version"] == 2
+    assert config["model_args"] == {"standardize": True}
+    state = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=True)
+    weights = state["model"] if "model" in state else state
+    stem = next(v for k, v in weights.items() if k.endswith("whiten.weight"))
+    norms = stem.flatten(1).norm(dim=1)
+    assert norms.max() <= 3.0**-0.5 + 1e-4  # the faint directions: capped
+
+
+def test_a_recipes_model_args_go_with_its_own_model() -> None:
+    assert recipe_config("fast").model_args == {"standardize": True}
+    assert recipe_config("fast", model="fastnet_m").model_args == {"standardize": True}
+    assert recipe_config("fast", model="resnet18").model_args == {}  # not the recipe's model
+    given = recipe_config("fast", model_args={"widths": [8, 16, 16]})
+    assert given.model_args == {"widths": [8, 16, 16]}  # a dict replaces the recipe's
+    assert TrainConfig(model="fastnet_m").resolved().model_args == {"standardize": True}
+    old = TrainConfig.from_saved({"model": "fastnet_m", "recipe": "fast", "model_args": {}})
+    assert old.model_args == {}  # a run trained before version 2 is rebuilt as it was
+
+
+def test_standardized_fastnet_ignores_contrast_and_brightness(cifar10_root: Path) -> None:
+    """Per-image standardization: a brighter copy of an image gives the same logits, one with a
+    quarter of its contrast (CIFAR-10-C's contrast scales by 0.4 to 0.2) nearly the same (the
+    floor under each image's scale, 1e-2, is 4 % of this one's); without it both move the
+    logits by about their own size."""
+    ds = load_dataset("cifar10", cifar10_root, val_size=0)
+    x = normalize(ds.train.images[:64].permute(0, 3, 1, 2), ds.mean, ds.std)
+    torch.manual_seed(0)
+    model = create_model("fastnet_s", standardize=True).eval()
+    model.init_whitening(x, eps=3.0)
+    plain = create_model("fastnet_s").eval()
+    plain.load_state_dict(model.state_dict())
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+
+    def moved(net: torch.nn.Module, changed: torch.Tensor) -> float:
+        with torch.no_grad():
+            a, b = net(x), net(changed)
+        return float((b - a).abs().max() / a.abs().max())
+
+    assert moved(model, x + 0.5) < 1e-4 and moved(plain, x + 0.5) > 0.3
+    assert (
+        moved(model, 0.25 * (x - mean) + mean) < 0.15 < 0.5 < moved(plain, 0.25 * (x - mean) + mean)
+    )
+
+
+def test_recipe_versions_are_recorded_and_described() -> None:
+    from cifarlab.train.recipe_data import VERSIONS, describe_version, recorded_version
+
+    assert recorded_version({"recipe": "fast", "recipe_version": 2}) == 2
+    assert recorded_version({"recipe": "fast"}) == 1  # written before versions were recorded
+    assert recorded_version({"recipe": None}) is None
+    text = describe_version({"recipe": "max-cpu-muon", "recipe_version": 2})
+    assert text.startswith("max-cpu-muon version 2 (") and "whiten_eps" in text
+    assert describe_version({"recipe": "fast", "recipe_version": 99}).endswith(
+        "(a version this cifarlab does not know)"
+    )
+    fastnet = ("quick", "fast", "max-cpu", "fast-muon", "max-cpu-muon")
+    assert {RECIPES[n].config.whiten_eps for n in fastnet} == {3.0}
+    assert all(RECIPES[n].config.model_args == {"standardize": True} for n in fastnet)
+    assert RECIPES["resnet18"].config.model_args == {}
+    assert RECIPES["original"].config.whiten_eps == 5e-4 and set(VERSIONS) == {1, 2}
+
+
 def test_recipes_are_complete_and_overridable() -> None:
     for name, recipe in RECIPES.items():
         cfg = recipe.config.resolved()

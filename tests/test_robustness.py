@@ -137,6 +137,8 @@ def test_result_fields_and_headline(robust: dict[str, Any]) -> None:
     assert 1 <= r["checkpoint_epoch"] <= 3
     assert r["corruptions"] == ["gaussian_noise", "frost", "contrast"]  # CIFAR-10-C's order
     assert r["severities"] == LEVELS and isinstance(r["corruptions_version"], int)
+    assert r["recipe"] == "quick" and r["recipe_version"] == 2  # which recipe was measured
+    assert r["trained_with"].startswith("quick version 2 (FastNet recipes: the whitening")
     assert "Hendrycks & Dietterich" in r["reference"] and "26.9 %" in r["reference"]
     per = r["per_corruption"]
     assert list(per) == r["corruptions"]
@@ -199,6 +201,7 @@ def test_report_section(robust: dict[str, Any], tmp_path: Path) -> None:
     assert "200 of 10,000 test images (a subset)" in html and "WRN-40-2 26.9%" in html
     assert html.count("data:image/png;base64,") == 2 and "frost" in html
     assert "Not the published protocol" in html
+    assert "trained with quick version 2 (FastNet recipes" in html
     assert robustness_section(tmp_path) is None  # no record: no section
     RunFolder(tmp_path).robustness_path.write_text('{"clean_accuracy": 2}')
     broken = robustness_section(tmp_path)  # a broken record: said, the report goes on

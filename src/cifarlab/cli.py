@@ -1449,6 +1449,8 @@ def _robustness_text(r: dict[str, Any], run: str) -> str:
     epoch = f", epoch {r['checkpoint_epoch']}" if r.get("checkpoint_epoch") is not None else ""
     tta = f"test-time augmentation {r['tta']}" if r.get("tta") else "no test-time augmentation"
     lines = [f"{run}: {scope(r)}, {r['checkpoint']} checkpoint{epoch}, {tta}, seed {r['seed']}"]
+    if r.get("trained_with"):
+        lines.append(f"trained with {r['trained_with']}")
     lines += ["", *_robustness_table(r)]
     means = "   ".join(f"{f} {100 * v['mean_accuracy']:.1f}%" for f, v in r["per_family"].items())
     lines += ["", f"family means: {means}", f"worst: {', '.join(r['worst'])}"]

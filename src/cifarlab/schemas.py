@@ -327,6 +327,7 @@ CONFIG = Schema(
         Field("rank_weight_digests", optional(list_of(ANY_TEXT)), False),
         Field("provenance", optional(obj()), False),
         Field("model_source", optional(text()), False),
+        Field("recipe_version", optional(integer(1)), False),
     ),
     (
         Rule(("num_classes", "class_names"), _class_count_ok, _class_count_problem),
@@ -632,6 +633,8 @@ ROBUSTNESS = Schema(
         Field("corruptions", _NAMES),
         Field("worst", _NAMES),
         Field("subset", optional(ANY_TEXT), False),
+        Field("recipe_version", optional(integer(1)), False),
+        Field("trained_with", optional(ANY_TEXT), False),
     ),
     (
         Rule(

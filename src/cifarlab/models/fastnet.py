@@ -13,7 +13,10 @@ for a CPU:
   residual map;
 - a final max-pool over what is left of the image, a linear layer without bias and logits
   multiplied by a small constant (1/9), which acts like a temperature and lets the optimizer
-  run at a high learning rate.
+  run at a high learning rate;
+- optionally (``standardize=True``, what the recipes ask for since version 2) each image
+  brought to mean 0 and standard deviation 1 before the stem, so that a loss of contrast or a
+  change of brightness does not reach the network (BENCHMARKS.md, "Pixel noise").
 
 Widths and depth are arguments, so one family spans the ``quick`` to ``max-cpu`` recipes.
 """
@@ -64,6 +67,14 @@ class ConvGroup(nn.Module):
         return self.layers(x)
 
 
+def _standardize(x: Tensor) -> Tensor:
+    """Each image to mean 0 and standard deviation 1 over its pixels and channels (one mean
+    and one scale per image, so its colours keep their balance): a network that sees only
+    this cannot tell an image from a copy of it with less contrast or a brighter one."""
+    centred = x - x.mean(dim=(1, 2, 3), keepdim=True)
+    return centred / (centred.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() + 1e-2)
+
+
 class FastNet(nn.Module):
     """Whitening stem, three conv groups, max-pool, scaled linear head."""
 
@@ -75,8 +86,10 @@ class FastNet(nn.Module):
         whiten_kernel: int = 2,
         logit_scale: float = 1 / 9,
         bn_momentum: float = 0.4,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
+        self.standardize = bool(standardize)
         k = whiten_kernel
         stem_width = 2 * 3 * k * k  # ± each eigenvector of the k×k×3 patch covariance
         self.whiten = nn.Conv2d(3, stem_width, k, padding=0, bias=True)
@@ -94,16 +107,20 @@ class FastNet(nn.Module):
         self.whitened = False
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.standardize:
+            x = _standardize(x)
         x = self.act(self.whiten(x))
         x = self.pool(self.groups(x)).flatten(1)
         return self.head(x) * self.logit_scale
 
     @torch.no_grad()
     def init_whitening(self, images: Tensor, eps: float = 5e-4) -> None:
-        """Set the stem's filters from a sample of *normalized* NCHW training images."""
+        """Set the stem's filters from a sample of *normalized* NCHW training images; ``eps``
+        is added to every eigenvalue before the 1/sqrt scaling (training passes its
+        ``whiten_eps`` setting)."""
         w = self.whiten.weight
         c, kh, kw = w.shape[1:]
-        x = images.float()
+        x = _standardize(images.float()) if self.standardize else images.float()
         patches = x.unfold(2, kh, 1).unfold(3, kw, 1)  # N, C, H', W', kh, kw
         patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, c * kh * kw).double()
         cov = patches.T @ patches / len(patches)

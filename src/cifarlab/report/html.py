@@ -403,11 +403,13 @@ def _robustness_sub(r: dict[str, Any]) -> str:
     per, levels = r["per_corruption"], r["severities"]
     epoch = r.get("checkpoint_epoch")
     at_epoch = f" (epoch {_esc(epoch)})" if epoch is not None else ""
+    trained = r.get("trained_with")
+    trained_with = f"; trained with {_esc(trained)}" if isinstance(trained, str) else ""
     return (
         f'<p class="sub">{_esc(plots.scope(r))}; {len(per)} corruptions × {len(levels)} '
         f"severities ({_esc(', '.join(map(str, levels)))}); {_esc(r.get('checkpoint', '?'))} "
         f"checkpoint{at_epoch}; corrupted with seed {_esc(r.get('seed', '?'))}, corruptions "
-        f"version {_esc(r.get('corruptions_version', '?'))}</p>"
+        f"version {_esc(r.get('corruptions_version', '?'))}{trained_with}</p>"
     )
 
 

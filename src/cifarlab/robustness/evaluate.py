@@ -51,6 +51,7 @@ from cifarlab.evaluate.run import run_split
 from cifarlab.report import plots
 from cifarlab.report.html import write_report
 from cifarlab.runs import RunFolder
+from cifarlab.train.recipe_data import describe_version, recorded_version
 from cifarlab.trained import OpenRun, open_run
 
 REFERENCE = (
@@ -420,6 +421,10 @@ def run_robustness(
         "seed": int(seed),
         "checkpoint": checkpoint,
         "checkpoint_epoch": run.checkpoint_epoch,
+        # what was measured: recipes change (train/recipe_data.py VERSIONS)
+        "recipe": run.config.get("recipe"),
+        "recipe_version": recorded_version(run.config),
+        "trained_with": describe_version(run.config),
         "corruptions": names,
         "severities": levels,
         **summarize(done.clean_accuracy, done.cells, complete=complete),

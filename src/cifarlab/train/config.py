@@ -27,7 +27,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +72,9 @@ class TrainConfig:
     FastNet-M the way the ``fast`` recipe does, for 3 epochs."""
 
     model: str | None = None  # a registered name, or an import path "package.module:callable"
-    model_args: dict[str, Any] = field(default_factory=dict)  # builder options (e.g. widths)
+    # Builder options (e.g. widths). None: the recipe's when the model is the recipe's own
+    # (the FastNet recipes standardize each image), else none; a dict replaces them.
+    model_args: dict[str, Any] | None = None
     recipe: str | None = None  # the named recipe this config starts from
     dataset: str = "cifar10"
     labels: str = "fine"  # CIFAR-100: fine (100) or coarse (20)
@@ -105,6 +107,10 @@ class TrainConfig:
     lookahead_every: int | None = None  # average the weights every N steps (0: off)
     lookahead_start: float | None = None  # ...from this share of training on
     whiten_bias_epochs: int | None = None  # FastNet: train the whitening bias this many epochs
+    # FastNet: the floor added to every eigenvalue of the training patches' covariance before
+    # the whitening stem scales each direction by 1/sqrt(eigenvalue + whiten_eps). The larger,
+    # the less the stem amplifies the directions images hardly use, which pixel noise fills.
+    whiten_eps: float | None = None
     precision: str | None = None  # fp32 | bf16 | auto (measured: the faster one here)
     channels_last: bool | None = None  # NHWC memory format for model and batches
     compile: bool = False  # torch.compile the model
@@ -150,6 +156,9 @@ class TrainConfig:
         name = self.recipe or default_recipe(self.model)
         base = TrainConfig(**recipe_values(name))
         values = asdict(self)
+        if values["model_args"] is None:  # a recipe's builder options are for its own model
+            same = values["model"] is None or values["model"] == base.model
+            values["model_args"] = dict(base.model_args or {}) if same else {}
         for key, value in asdict(base).items():
             if values[key] is None:
                 values[key] = value
@@ -225,6 +234,8 @@ class TrainConfig:
             ("whiten_bias_epochs", self.whiten_bias_epochs is None
              or 0 <= self.whiten_bias_epochs <= MAX_EPOCHS,
              f"must be 0..{MAX_EPOCHS:,}, got {self.whiten_bias_epochs}"),
+            ("whiten_eps", math.isfinite(self.whiten_eps) and 0 < self.whiten_eps <= 1e3,
+             f"must be above 0 and at most 1000, got {self.whiten_eps}"),
             ("precision", self.precision in PRECISIONS, f"must be one of {', '.join(PRECISIONS)}"),
             ("tta", self.tta in (0, 1, 2), f"must be 0, 1 or 2, got {self.tta}"),
             ("threads", self.threads is None or 1 <= self.threads <= MAX_THREADS,
@@ -395,7 +406,13 @@ def make_config(recipe: str | None = None, /, **changes: Any) -> TrainConfig:
         recipe = changes.pop("recipe")
         _check_recipe_name(recipe)
     name = recipe or default_recipe(changes.get("model"))
-    return apply_changes(TrainConfig(**recipe_values(name)), changes).resolved()
+    return apply_changes(_recipe_base(name), changes).resolved()
+
+
+def _recipe_base(name: str) -> TrainConfig:
+    """The recipe ``name`` to apply changes to: its ``model_args`` left to :meth:`resolved`,
+    which keeps them only for the recipe's own model (a changed model gets none)."""
+    return TrainConfig(**{**recipe_values(name), "model_args": None})
 
 
 # What may differ when a run is resumed: nothing that changes what is computed per step (the
@@ -533,12 +550,10 @@ def read_config_file(path: str | os.PathLike) -> ConfigFile:
                     "with one schedule (no re-planning)"
                 )
     try:  # each value's type, named with the file
-        base = TrainConfig(
-            **recipe_values(
-                settings.get("recipe")
-                or default_recipe(
-                    settings.get("model") if isinstance(settings.get("model"), str) else None
-                )
+        base = _recipe_base(
+            settings.get("recipe")
+            or default_recipe(
+                settings.get("model") if isinstance(settings.get("model"), str) else None
             )
         )
         apply_changes(base, settings).resolved()  # the file is valid on its own

@@ -126,8 +126,11 @@ class Trainer:
         if init is None:
             return
         t0 = time.perf_counter()
-        sample = self.loader.images[: self.WHITEN_SAMPLE]
-        init(normalize(sample, self.mean, self.std))
+        sample = normalize(self.loader.images[: self.WHITEN_SAMPLE], self.mean, self.std)
+        if "eps" in inspect.signature(init).parameters:  # an own model's hook may not take it
+            init(sample, eps=self.cfg.whiten_eps)
+        else:
+            init(sample)
         self.elapsed += time.perf_counter() - t0
 
     # ---------------------------------------------------- the loop

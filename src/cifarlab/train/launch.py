@@ -34,6 +34,7 @@ from cifarlab.train import tensorboard as board
 from cifarlab.train.config import BUDGET_FIELDS, TrainConfig
 from cifarlab.train.engine import Trainer, TrainingError, Watcher
 from cifarlab.train.provenance import provenance
+from cifarlab.train.recipe_data import RECIPE_DATA, recorded_version
 from cifarlab.train.recipes import recipe_config
 from cifarlab.train.resume import ResumeCheck, prepare_resume, repair
 from cifarlab.train.setup import ModelLike
@@ -344,6 +345,9 @@ def _records(job: Job, trainer: Trainer) -> dict[str, Any]:
         "machine": probe.describe_machine(),
         "provenance": provenance(trainer.device),
     }
+    recipe = RECIPE_DATA.get(job.cfg.recipe or "")
+    if recipe is not None:
+        records["recipe_version"] = recipe.version
     source = setup.model_source(job.cfg) if job.state is None else None
     if source:
         records["model_source"] = source
@@ -356,6 +360,8 @@ def _records(job: Job, trainer: Trainer) -> dict[str, Any]:
         for key in ("budget_plan", "precision_choice", "model_source"):
             if key in old and key not in records:
                 records[key] = old[key]
+        if "recipe_version" in records:  # what the first session trained (1: not recorded)
+            records["recipe_version"] = recorded_version(old)
     return records
 
 
