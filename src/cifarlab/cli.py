@@ -1111,6 +1111,7 @@ def _train_seeds(args: argparse.Namespace, progress: bool) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     import json
 
+    from cifarlab.train.recipe_data import VERSIONS, recipe_data
     from cifarlab.train.recipes import RECIPES, get_recipe
 
     if args.show:
@@ -1123,15 +1124,23 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         f"{'recipe':<{w}} {'model':<11} {'epochs':>6}  {'test acc (TTA)':<16} {'CPU time':>9}  "
         "description"
     )
+    older = False  # a figure measured with an earlier version of its recipe
     for r in RECIPES.values():
         m = r.measured
         acc = f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" if m else "not measured"
+        if m and m.get("recipe_version", 1) < recipe_data(r.name).version:
+            acc, older = f"{acc} v{m.get('recipe_version', 1)}", True
         secs = f"{m['train_seconds']:.0f} s" if m else "–"
         print(
             f"{r.name:<{w}} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
             f"{r.description}"
         )
     machines = sorted({r.measured["machine"] for r in RECIPES.values() if r.measured})
+    if older:
+        print(
+            "\nv1: measured with version 1 of the recipe, before version 2 "
+            f"({VERSIONS[2]}); not measured again yet"
+        )
     print(
         f"\nmeasured on {'; '.join(machines)}; CIFAR-10 (JPEG copy); details and commands in "
         "BENCHMARKS.md. Times differ on other CPUs: `cifarlab doctor` estimates them here, "
