@@ -317,7 +317,9 @@ def test_motion_blur_matches_imagemagick_semantics() -> None:
 
 
 @pytest.mark.parametrize("delta", [1, 2])
-def test_glass_swaps_follow_the_sequential_loop(delta: int) -> None:
+def test_glass_swaps_follow_the_published_loop(delta: int) -> None:
+    """The published line ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` run as written, on numpy
+    arrays: its right side is two views, so it copies the partner's pixel, it does not swap."""
     rng = np.random.default_rng(3)
     img = rng.integers(0, 256, (4, 12, 10, 3), dtype=np.uint8)
     count = len(C._glass_positions(12, 10, delta))
@@ -331,10 +333,12 @@ def test_glass_swaps_follow_the_sequential_loop(delta: int) -> None:
             for w in range(10 - delta, delta, -1):
                 dx, dy = offsets[k, 0, n], offsets[k, 1, n]
                 k += 1
-                a, b = expected[n, h, w].copy(), expected[n, h + dy, w + dx].copy()
-                expected[n, h, w], expected[n, h + dy, w + dx] = b, a
+                x = expected[n]
+                x[h, w], x[h + dy, w + dx] = x[h + dy, w + dx], x[h, w]
         assert k == count
     assert np.array_equal(got, expected)
+    moved = got != img
+    assert moved.any() and not np.array_equal(np.sort(got, axis=None), np.sort(img, axis=None))
 
 
 def test_hsv_matches_colorsys() -> None:
