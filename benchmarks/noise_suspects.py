@@ -34,6 +34,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from cifarlab.runs import RunFolder
+
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "cifarlab"]
 # `v1` is the recipe as it was before issue 26 (airbench's whitening floor, no per-image
@@ -64,8 +66,9 @@ def _variant(text: str) -> tuple[str, list[str]]:
 
 def _one(args: argparse.Namespace, name: str, settings: list[str], seed: int) -> dict:
     folder = args.out / f"{name.replace('/', '_')}-seed{seed}"
+    run = RunFolder(folder)  # the run's file names live there
     env = {**os.environ, "CIFARLAB_TENSORBOARD": "0"}
-    if not (folder / "best.pt").exists():
+    if not run.checkpoint_path("best").exists():
         cmd = [*CLI, "train", "--recipe", args.recipe, "--epochs", str(args.epochs),
                "--seed", str(seed), "--threads", str(args.threads), "--out", str(folder),
                "--no-progress"]  # fmt: skip
@@ -78,7 +81,7 @@ def _one(args: argparse.Namespace, name: str, settings: list[str], seed: int) ->
         train_wall = time.perf_counter() - t0
     else:
         train_wall = None
-    rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines() if x]
+    rows = run.read_metrics()
     cmd = [*CLI, "robustness", str(folder), "--split", "val", "--images", str(args.images),
            "--json", "--no-progress", "--out", str(folder / "robustness-val")]  # fmt: skip
     env["OMP_NUM_THREADS"] = str(args.threads)

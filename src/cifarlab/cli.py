@@ -1128,8 +1128,9 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for r in RECIPES.values():
         m = r.measured
         acc = f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" if m else "not measured"
-        if m and m.get("recipe_version", 1) < recipe_data(r.name).version:
-            acc, older = f"{acc} v{m.get('recipe_version', 1)}", True
+        measured_with = m.get("recipe_version", 1) if m else None
+        if measured_with is not None and measured_with < recipe_data(r.name).version:
+            acc, older = f"{acc} v{measured_with}", True
         secs = f"{m['train_seconds']:.0f} s" if m else "–"
         print(
             f"{r.name:<{w}} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
