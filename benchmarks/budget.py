@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/budget.py [--budgets 1m 2m 5m 10m 20m] [--seed 0]
         [--root DIR] [--out runs/budget] [--plot FILE.png] [--plot-only] [--before OLD.jsonl]
+        [--also MORE.jsonl] [--forecast 1m 5m 20m 1h 3h]
 
 For each budget: a fresh subprocess runs `cifarlab train --budget B` on all 45,000 training
 images (5,000 held out for validation), timed from the start of the process to its end
@@ -13,7 +14,11 @@ doctor` first to measure the machine while it is idle, or let the first budget d
 Prints and appends one JSON line per budget to OUT/results.jsonl: budget, the process's wall
 seconds, the budget seconds the run counted, what was chosen (network, precision, steps,
 epochs, expected validation accuracy), validation and test accuracy, and the machine.
-`--plot` draws test accuracy against the budget from every line there.
+`--plot` draws test accuracy against the budget from every line there (and of the `--also`
+files, earlier runs of the same series). `--forecast` plans those budgets on this machine
+without training (`budget.plan`: the curves in curves.json and this machine's probe, cached)
+and writes OUT/forecast.jsonl: what each budget would choose and the validation accuracy its
+curve expects; the plot draws it as a dashed line, beyond the budgets that were trained too.
 """
 
 from __future__ import annotations
@@ -69,13 +74,43 @@ def run_one(budget: str, args: argparse.Namespace) -> dict:
     }
 
 
-# The issue's targets on the project's copy of CIFAR-10: minutes → test accuracy with TTA.
-TARGETS = {5: 0.88, 20: 0.92}
+# The issues' targets on the project's copy of CIFAR-10: minutes → test accuracy with TTA.
+TARGETS = {5: 0.88, 20: 0.92, 60: 0.93}
+# Seconds of a budget gone before planning, for a forecast: starting Python and loading the
+# cached data (about 5 s on the Zen 4 machine of BENCHMARKS.md).
+FORECAST_SPENT = 5.0
 
 
-def plot(results: Path, out: Path, before: list[Path] | None = None) -> None:
-    """Test accuracy against the budget from ``results``; each of ``before`` (an earlier
-    series, e.g. before a recipe change) drawn faintly behind it for comparison."""
+def forecast(budgets: list[str], out: Path) -> list[dict]:
+    """Plan each of ``budgets`` here (cached probe, no training): what it would choose and
+    the validation accuracy its curve expects; written to ``out`` (JSON lines)."""
+    from cifarlab.train import budget as planner
+    from cifarlab.train.probe import describe_machine
+
+    rows = []
+    for text in budgets:
+        seconds = planner.parse_duration(text)
+        plan = planner.plan(seconds, num_train=45000, val_size=5000, spent=FORECAST_SPENT)
+        c = plan.chosen
+        rows.append({"budget": text, "budget_seconds": seconds, "candidate": c.name,
+                     "epochs": round(c.epochs, 2), "expected_val_acc": c.expected_acc,
+                     "images_per_s": c.images_per_s, "machine": describe_machine()})  # fmt: skip
+        print(f"{text:>5}: {c.name} {c.epochs:.1f} epochs, expected val "
+              f"{100 * (c.expected_acc or 0):.1f}%", flush=True)  # fmt: skip
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+def plot(
+    results: Path,
+    out: Path,
+    before: list[Path] | None = None,
+    also: list[Path] | None = None,
+    expected: Path | None = None,
+) -> None:
+    """Test accuracy against the budget from ``results`` and ``also``; each of ``before`` (an
+    earlier series, e.g. before a recipe change) drawn faintly behind it for comparison; the
+    forecast ``expected`` (validation accuracy the curves expect) as a dashed line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -83,17 +118,33 @@ def plot(results: Path, out: Path, before: list[Path] | None = None) -> None:
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         return sorted(rows, key=lambda r: r["budget_seconds"])
 
-    rows = read(results)
+    rows = sorted(
+        [r for path in [results, *(also or [])] for r in read(path)],
+        key=lambda r: r["budget_seconds"],
+    )
     fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
     colors = {"fastnet_s": "#1f77b4", "fastnet_m": "#ff7f0e", "fastnet_l": "#2ca02c",
-              "fastnet_m_muon": "#d62728", "fastnet_l_muon": "#9467bd"}  # fmt: skip
+              "fastnet_m_muon": "#d62728", "fastnet_l_muon": "#9467bd",
+              "fastnet_xl_muon": "#8c564b"}  # fmt: skip
     for path in before or []:
         old = read(path)
         ax.plot([r["budget_seconds"] / 60 for r in old], [100 * r["test_acc_tta"] for r in old],
                 color="#bbb", lw=1, ls="--", marker="o", ms=4, zorder=1,
                 label=f"before: {path.stem}")  # fmt: skip
+    ahead = read(expected) if expected and expected.exists() else []
+    if ahead:
+        ax.plot([r["budget_seconds"] / 60 for r in ahead],
+                [100 * r["expected_val_acc"] for r in ahead], color="#555", lw=1.2, ls=":",
+                marker=".", zorder=2,
+                label="expected (validation, from the curves; not trained)")  # fmt: skip
+        for r in ahead:
+            if r["budget_seconds"] > max(x["budget_seconds"] for x in rows):
+                ax.annotate(f"{100 * r['expected_val_acc']:.1f}%\n{r['candidate']}\n"
+                            f"{r['epochs']:.0f} ep", (r["budget_seconds"] / 60,
+                            100 * r["expected_val_acc"]), textcoords="offset points",
+                            xytext=(0, 8), ha="center", fontsize=7, color="#555")  # fmt: skip
     for name in sorted({r.get("candidate", r["model"]) for r in rows}):
         rs = [r for r in rows if r.get("candidate", r["model"]) == name]
         ax.scatter([r["budget_seconds"] / 60 for r in rs], [100 * r["test_acc_tta"] for r in rs],
@@ -111,9 +162,9 @@ def plot(results: Path, out: Path, before: list[Path] | None = None) -> None:
                     textcoords="offset points", xytext=(-8, 0), ha="right", va="center",
                     fontsize=8, color="#c62828")  # fmt: skip
     ax.set_xscale("log")
-    ticks = sorted({r["budget_seconds"] / 60 for r in rows})
+    ticks = sorted({r["budget_seconds"] / 60 for r in rows + ahead})
     ax.set_xlim(ticks[0] / 1.35, ticks[-1] * 1.35)
-    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xticks(ticks, [f"{t / 60:g} h" if t >= 60 else f"{t:g}" for t in ticks])
     ax.minorticks_off()
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo - 3, hi + 1)
@@ -135,11 +186,22 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("runs/budget"))
     p.add_argument("--plot", type=Path, help="draw test accuracy against the budget")
     p.add_argument("--plot-only", action="store_true")
+    p.add_argument("--also", nargs="*", type=Path, default=[],
+                   help="more results files of the same series, plotted with OUT's")  # fmt: skip
+    p.add_argument(
+        "--forecast",
+        nargs="*",
+        metavar="BUDGET",
+        help="plan these budgets here without training (OUT/forecast.jsonl)",
+    )
     p.add_argument("--before", nargs="*", type=Path, default=[],
                    help="earlier results files, drawn faintly behind")  # fmt: skip
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.out / "results.jsonl"
+    expected = args.out / "forecast.jsonl"
+    if args.forecast:
+        forecast(args.forecast, expected)
     if not args.plot_only:
         for budget in args.budgets:
             row = run_one(budget, args)
@@ -147,7 +209,7 @@ def main() -> None:
             with results.open("a") as f:
                 f.write(json.dumps(row) + "\n")
     if args.plot:
-        plot(results, args.plot, args.before)
+        plot(results, args.plot, args.before, args.also, expected)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,7 @@ CANDIDATES = {
     "fastnet_m_muon": ("fast-muon", "fastnet_m"),
     "fastnet_l": ("max-cpu", "fastnet_l"),
     "fastnet_l_muon": ("max-cpu-muon", "fastnet_l"),
+    "fastnet_xl_muon": ("long", "fastnet_xl"),
 }
 # settings that vary along a curve or change rounding/speed, not what is learned
 _ALONG = {"epochs", "precision", "threads"}

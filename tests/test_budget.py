@@ -76,6 +76,21 @@ def test_expected_accuracy_interpolates_and_never_extrapolates_upwards() -> None
     assert budgets.expected_accuracy(points, 64) == pytest.approx(0.90)  # flat beyond the last
 
 
+def test_a_big_network_is_not_probed_when_the_slowest_smaller_one_could_not_fit_it() -> None:
+    # a bigger network is never faster per image: the bound is the slowest one measured
+    small = budgets.Option("fastnet_s", "quick", "fastnet_s", 256, images_per_s=4000.0)
+    large = budgets.Option("fastnet_l", "max-cpu", "fastnet_l", 256, images_per_s=500.0)
+    unprobed = budgets.Option("fastnet_m", "fast", "fastnet_m", 256)  # hopeless itself: 0
+    xl = budgets.Option("fastnet_xl_muon", "long", "fastnet_xl", 256, cost=0.7)
+    # 6 epochs of 45,000 images at 0.7 of a step of 500 images/s: 378 s, 394 s of a budget
+    assert budgets._hopeless(xl, [small, unprobed, large], 6, 0.0, 300, 45000)
+    assert xl.min_budget == pytest.approx(6 * 45000 * 0.7 / 500 / budgets.TARGET)
+    assert "slower than fastnet_l" in xl.note
+    assert not budgets._hopeless(xl, [small, unprobed, large], 6, 0.0, 400, 45000)
+    # with only the small network measured, its speed is the bound
+    assert not budgets._hopeless(xl, [small], 6, 0.0, 300, 45000)
+
+
 # --------------------------------------------------------------------------- probe
 
 
@@ -260,11 +275,16 @@ def test_doctor_reports_machine_speeds_recipes_and_budgets(tmp_path: Path) -> No
     assert r.returncode == 0, r.stderr
     report = json.loads(r.stdout)
     assert report["machine"]["cores"] >= 1
-    assert {s["model"] for s in report["speeds"]} == {"fastnet_s", "fastnet_m", "fastnet_l"}
+    assert {s["model"] for s in report["speeds"]} == {
+        "fastnet_s",
+        "fastnet_m",
+        "fastnet_l",
+        "fastnet_xl",
+    }
     assert report["matmul_flops"]["fp32"] > 1e9
     assert set(report["recipes"]) >= {"quick", "fast", "max-cpu"}
     assert report["recipes"]["quick"] < report["recipes"]["fast"] < report["recipes"]["max-cpu"]
-    assert "5m" in report["budgets"]
+    assert "5m" in report["budgets"] and "1h" in report["budgets"]
     # the second time reads the cache: the human-readable form says so
     r = cli_run(_cli("doctor"), capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0 and "(cached)" in r.stdout and "machine:" in r.stdout

@@ -28,6 +28,7 @@ def test_every_model_has_a_default_recipe_that_suits_it() -> None:
         "fastnet_s": "quick",
         "fastnet_m": "fast",
         "fastnet_l": "max-cpu",
+        "fastnet_xl": "long",
         "resnet18": "resnet18",
     }
     assert {m: default_recipe(m) for m in model_names()} == expected

@@ -147,7 +147,7 @@ def test_recipe_versions_are_recorded_and_described() -> None:
     assert describe_version({"recipe": "fast", "recipe_version": 99}).endswith(
         "(a version this cifarlab does not know)"
     )
-    fastnet = ("quick", "fast", "max-cpu", "fast-muon", "max-cpu-muon")
+    fastnet = ("quick", "fast", "max-cpu", "fast-muon", "max-cpu-muon", "long")
     assert {RECIPES[n].config.whiten_eps for n in fastnet} == {3.0}
     assert all(RECIPES[n].config.model_args == {"standardize": True} for n in fastnet)
     assert RECIPES["resnet18"].config.model_args == {}

@@ -152,3 +152,6 @@ register("fastnet_m", "FastNet, widths 64/128/256: minutes on a CPU", recipe="fa
 register("fastnet_l", "FastNet, widths 64/256/256: airbench94's shape", recipe="max-cpu")(
     _builder((64, 256, 256))
 )
+register(
+    "fastnet_xl", "FastNet, widths 128/384/384: airbench95's shape, for long budgets", recipe="long"
+)(_builder((128, 384, 384)))

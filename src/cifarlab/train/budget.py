@@ -285,14 +285,18 @@ def _hopeless(
     opt: Option, options: list[Option], first: float, used: float, budget: float, num_train: int
 ) -> bool:
     """Whether ``opt`` could not reach its ``first`` epochs within ``budget`` (``used``
-    seconds of it gone) even at the speed of the fastest of the smaller networks
-    ``options``; if so, its note and minimum budget say so."""
-    fastest = max(o.images_per_s for o in options if o.images_per_s)
-    at_least = (used + first * num_train * opt.cost / fastest) / TARGET
+    seconds of it gone) even at the speed of the slowest smaller network measured in
+    ``options`` (a bigger network is never faster per image); if so, its note and minimum
+    budget say so."""
+    measured = [o for o in options if o.images_per_s]
+    if not measured:
+        return False
+    bound = min(measured, key=lambda o: o.images_per_s)
+    at_least = (used + first * num_train * opt.cost / bound.images_per_s) / TARGET
     if at_least > budget:
         opt.min_budget = at_least
         opt.note = (
-            f"not measured: slower than {options[0].name}, it needs more than "
+            f"not measured: slower than {bound.model}, it needs more than "
             f"{format_duration(at_least)} for {first:g} epoch(s)"
         )
         return True

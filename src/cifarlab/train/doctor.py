@@ -32,7 +32,7 @@ def doctor(
     fresh: bool = False,
     batch_sizes: tuple[int, ...] = (256,),
     matmul: bool = False,
-    budgets_shown: tuple[str, ...] = ("1m", "5m", "20m"),
+    budgets_shown: tuple[str, ...] = ("1m", "5m", "20m", "1h"),
     log: Callable[[str], Any] | None = print,
 ) -> dict[str, Any]:
     """Measure (or read from the cache) and describe this machine; returns everything as a

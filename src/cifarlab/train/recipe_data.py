@@ -201,6 +201,16 @@ RECIPE_DATA: dict[str, RecipeData] = {
         },
         version=2,
     ),
+    "long": RecipeData(
+        "FastNet-XL (airbench95's widths) with Muon and 24-px images for the first half, "
+        "16 epochs: for budgets of an hour or more on a CPU; a --budget candidate",
+        {
+            "model": "fastnet_xl",
+            "epochs": 16,
+            **{**_FAST_COMMON, **_MUON},
+            **sgd_hyper(256, 11.5, 0.0153, 0.85),
+        },
+    ),
     "resnet18": RecipeData(
         "CIFAR ResNet-18, 60 epochs of SGD + cosine: for a GPU and a long budget",
         {
