@@ -18,7 +18,8 @@ epochs, expected validation accuracy), validation and test accuracy, and the mac
 files, earlier runs of the same series). `--forecast` plans those budgets on this machine
 without training (`budget.plan`: the curves in curves.json and this machine's probe, cached)
 and writes OUT/forecast.jsonl: what each budget would choose and the validation accuracy its
-curve expects; the plot draws it as a dashed line, beyond the budgets that were trained too.
+curve expects; the plot draws OUT/forecast.jsonl, when there is one, as a dotted line,
+beyond the budgets that were trained too.
 """
 
 from __future__ import annotations
@@ -84,13 +85,18 @@ FORECAST_SPENT = 5.0
 def forecast(budgets: list[str], out: Path) -> list[dict]:
     """Plan each of ``budgets`` here (cached probe, no training): what it would choose and
     the validation accuracy its curve expects; written to ``out`` (JSON lines)."""
+    from cifarlab.errors import CifarlabError
     from cifarlab.train import budget as planner
     from cifarlab.train.probe import describe_machine
 
     rows = []
     for text in budgets:
         seconds = planner.parse_duration(text)
-        plan = planner.plan(seconds, num_train=45000, val_size=5000, spent=FORECAST_SPENT)
+        try:
+            plan = planner.plan(seconds, num_train=45000, val_size=5000, spent=FORECAST_SPENT)
+        except CifarlabError as e:
+            print(f"{text:>5}: {e}", flush=True)
+            continue
         c = plan.chosen
         rows.append({"budget": text, "budget_seconds": seconds, "candidate": c.name,
                      "epochs": round(c.epochs, 2), "expected_val_acc": c.expected_acc,
@@ -110,11 +116,13 @@ def plot(
 ) -> None:
     """Test accuracy against the budget from ``results`` and ``also``; each of ``before`` (an
     earlier series, e.g. before a recipe change) drawn faintly behind it for comparison; the
-    forecast ``expected`` (validation accuracy the curves expect) as a dashed line."""
+    forecast ``expected`` (validation accuracy the curves expect) as a dotted line."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     def read(path: Path) -> list[dict]:
+        if not path.exists():
+            return []
         rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
         return sorted(rows, key=lambda r: r["budget_seconds"])
 
@@ -139,8 +147,9 @@ def plot(
                 [100 * r["expected_val_acc"] for r in ahead], color="#555", lw=1.2, ls=":",
                 marker=".", zorder=2,
                 label="expected (validation, from the curves; not trained)")  # fmt: skip
+        last = max((x["budget_seconds"] for x in rows), default=0)
         for r in ahead:
-            if r["budget_seconds"] > max(x["budget_seconds"] for x in rows):
+            if r["budget_seconds"] > last:
                 ax.annotate(f"{100 * r['expected_val_acc']:.1f}%\n{r['candidate']}\n"
                             f"{r['epochs']:.0f} ep", (r["budget_seconds"] / 60,
                             100 * r["expected_val_acc"]), textcoords="offset points",
@@ -164,11 +173,14 @@ def plot(
     ax.set_xscale("log")
     ticks = sorted({r["budget_seconds"] / 60 for r in rows + ahead})
     ax.set_xlim(ticks[0] / 1.35, ticks[-1] * 1.35)
-    ax.set_xticks(ticks, [f"{t / 60:g} h" if t >= 60 else f"{t:g}" for t in ticks])
+    ax.set_xticks(ticks, [f"{t / 60:.3g} h" if t >= 60 else f"{t:.3g}" for t in ticks])
     ax.minorticks_off()
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo - 3, hi + 1)
-    ax.set_xlabel("budget (minutes, log scale); labels: test accuracy, actual time, epochs")
+    ax.set_xlabel(
+        "budget (minutes, or h: hours; log scale). Dots: test accuracy, actual time, epochs"
+        + ("; dotted: validation accuracy the curves expect" if ahead else "")
+    )
     ax.set_ylabel("test accuracy with TTA (%)")
     ax.grid(alpha=0.3)
     ax.legend(title="network chosen", loc="lower right", fontsize=8)
@@ -190,9 +202,10 @@ def main() -> None:
                    help="more results files of the same series, plotted with OUT's")  # fmt: skip
     p.add_argument(
         "--forecast",
-        nargs="*",
+        nargs="+",
         metavar="BUDGET",
-        help="plan these budgets here without training (OUT/forecast.jsonl)",
+        help="plan these budgets here without training: OUT/forecast.jsonl, which --plot "
+        "draws whenever it is there",
     )
     p.add_argument("--before", nargs="*", type=Path, default=[],
                    help="earlier results files, drawn faintly behind")  # fmt: skip

@@ -180,8 +180,9 @@ def require_shared_data() -> Path:
 @pytest.fixture
 def planner_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache folder for the whole test run, all xdist workers, for $CIFARLAB_CACHE: the
-    tests that only need `budget.plan`'s speeds of the three FastNets probe them once (30 s
-    on one thread), not each (tests of the probe itself keep an empty cache)."""
+    tests that only need `budget.plan`'s speeds of the FastNets probe them once (30 s on one
+    thread; fastnet_xl only where the planner cannot rule it out), not each (tests of the
+    probe itself keep an empty cache)."""
     folder = run_wide_dir(tmp_path_factory) / "planner-cache"
     folder.mkdir(exist_ok=True)
     return folder

@@ -137,7 +137,7 @@ def test_standardized_fastnet_ignores_contrast_and_brightness(cifar10_root: Path
 
 
 def test_recipe_versions_are_recorded_and_described() -> None:
-    from cifarlab.train.recipe_data import VERSIONS, describe_version, recorded_version
+    from cifarlab.train.recipe_data import RECIPE_DATA, VERSIONS, describe_version, recorded_version
 
     assert recorded_version({"recipe": "fast", "recipe_version": 2}) == 2
     assert recorded_version({"recipe": "fast"}) == 1  # written before versions were recorded
@@ -150,6 +150,7 @@ def test_recipe_versions_are_recorded_and_described() -> None:
     fastnet = ("quick", "fast", "max-cpu", "fast-muon", "max-cpu-muon", "long")
     assert {RECIPES[n].config.whiten_eps for n in fastnet} == {3.0}
     assert all(RECIPES[n].config.model_args == {"standardize": True} for n in fastnet)
+    assert all(RECIPE_DATA[n].version == 2 for n in fastnet)  # what their runs record
     assert RECIPES["resnet18"].config.model_args == {}
     assert RECIPES["original"].config.whiten_eps == 5e-4 and set(VERSIONS) == {1, 2}
 

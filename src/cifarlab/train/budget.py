@@ -231,7 +231,7 @@ def plan(
         c = data[name]
         opt = _new_option(name, c)
         first = min(float(p[0]) for p in c["points"])
-        # bounded by the faster, smaller network: skip probing a hopeless one
+        # bounded by the slowest smaller network measured: skip probing a hopeless one
         if options and _hopeless(opt, options, first, _used(spent, t_start), budget, num_train):
             options.append(opt)
             continue
@@ -296,7 +296,7 @@ def _hopeless(
     if at_least > budget:
         opt.min_budget = at_least
         opt.note = (
-            f"not measured: slower than {bound.model}, it needs more than "
+            f"not measured: even at {bound.name}'s speed it needs more than "
             f"{format_duration(at_least)} for {first:g} epoch(s)"
         )
         return True
