@@ -178,8 +178,8 @@ def plot(
     lo, hi = ax.get_ylim()
     ax.set_ylim(lo - 3, hi + 1)
     ax.set_xlabel(
-        "budget (minutes, or h: hours; log scale). Dots: test accuracy, actual time, epochs"
-        + ("; dotted: validation accuracy the curves expect" if ahead else "")
+        "budget (minutes, or h: hours; log scale)\ndots: test accuracy, actual time, epochs"
+        + ("; dotted: the validation accuracy the curves expect" if ahead else "")
     )
     ax.set_ylabel("test accuracy with TTA (%)")
     ax.grid(alpha=0.3)
