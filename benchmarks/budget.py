@@ -87,7 +87,6 @@ def forecast(budgets: list[str], out: Path) -> list[dict]:
     the validation accuracy its curve expects; written to ``out`` (JSON lines)."""
     from cifarlab.errors import CifarlabError
     from cifarlab.train import budget as planner
-    from cifarlab.train.probe import describe_machine
 
     rows = []
     for text in budgets:
@@ -100,7 +99,7 @@ def forecast(budgets: list[str], out: Path) -> list[dict]:
         c = plan.chosen
         rows.append({"budget": text, "budget_seconds": seconds, "candidate": c.name,
                      "epochs": round(c.epochs, 2), "expected_val_acc": c.expected_acc,
-                     "images_per_s": c.images_per_s, "machine": describe_machine()})  # fmt: skip
+                     "images_per_s": c.images_per_s, "machine": plan.machine})  # fmt: skip
         print(f"{text:>5}: {c.name} {c.epochs:.1f} epochs, expected val "
               f"{100 * (c.expected_acc or 0):.1f}%", flush=True)  # fmt: skip
     out.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -130,6 +129,9 @@ def plot(
         [r for path in [results, *(also or [])] for r in read(path)],
         key=lambda r: r["budget_seconds"],
     )
+    ahead = read(expected) if expected else []
+    if not rows and not ahead:
+        raise SystemExit(f"nothing to plot: no runs in {results} and no forecast beside it")
     fig = Figure(figsize=(8.5, 5.5), layout="constrained")
     FigureCanvasAgg(fig)
     ax = fig.subplots()
@@ -141,7 +143,6 @@ def plot(
         ax.plot([r["budget_seconds"] / 60 for r in old], [100 * r["test_acc_tta"] for r in old],
                 color="#bbb", lw=1, ls="--", marker="o", ms=4, zorder=1,
                 label=f"before: {path.stem}")  # fmt: skip
-    ahead = read(expected) if expected and expected.exists() else []
     if ahead:
         ax.plot([r["budget_seconds"] / 60 for r in ahead],
                 [100 * r["expected_val_acc"] for r in ahead], color="#555", lw=1.2, ls=":",
