@@ -512,6 +512,7 @@ def test_two_workers_finish_a_study_together(tmp_path: Path, fake_root: Path, st
 
 
 @pytest.mark.slow
+@pytest.mark.alone  # a 4-second budget times the machine: no other test beside it
 def test_budget_per_trial_trains_each_trial_for_its_time(tmp_path: Path) -> None:
     """Each trial trains its own settings to the budget (the pacer, from a first guess at the
     steps off the probe); best.toml holds the steps it fitted in its time."""
