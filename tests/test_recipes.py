@@ -281,6 +281,10 @@ def test_cli_recipes_lists_every_recipe() -> None:
     assert r.returncode == 0, r.stderr
     for name in RECIPES:
         assert re.search(rf"^{re.escape(name)}\s", r.stdout, re.MULTILINE), r.stdout
+        if RECIPES[name].measured:  # each figure names the CPU that measured it
+            machine = re.escape(RECIPES[name].measured["machine"])
+            line = rf"^  (.*, )?{re.escape(name)}(, .*)?: on {machine}$"
+            assert re.search(line, r.stdout, re.MULTILINE), r.stdout
     r = _cli("recipes", "--show", "fast")
     assert r.returncode == 0 and '"lookahead_every"' in r.stdout
     r = _cli("recipes", "--show", "nope")

@@ -1124,28 +1124,36 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         f"{'recipe':<{w}} {'model':<11} {'epochs':>6}  {'test acc (TTA)':<16} {'CPU time':>9}  "
         "description"
     )
-    older = False  # a figure measured with an earlier version of its recipe
+    older: set[int] = set()  # versions older than their recipe's that a figure was measured with
     for r in RECIPES.values():
         m = r.measured
         acc = f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" if m else "not measured"
         measured_with = m.get("recipe_version", 1) if m else None
         if measured_with is not None and measured_with < recipe_data(r.name).version:
-            acc, older = f"{acc} v{measured_with}", True
+            acc = f"{acc} v{measured_with}"
+            older.add(measured_with)
         secs = f"{m['train_seconds']:.0f} s" if m else "–"
         print(
             f"{r.name:<{w}} {r.config.model:<11} {r.config.epochs:>6}  {acc:<16} {secs:>9}  "
             f"{r.description}"
         )
-    machines = sorted({r.measured["machine"] for r in RECIPES.values() if r.measured})
-    if older:
+    for v in sorted(older):
+        later = "; ".join(f"version {n}: {VERSIONS[n]}" for n in sorted(VERSIONS) if n > v)
         print(
-            "\nv1: measured with version 1 of the recipe, before version 2 "
-            f"({VERSIONS[2]}); not measured again yet"
+            f"\nv{v}: measured with version {v} of the recipe, before {later}; "
+            "not measured again yet"
         )
+    # Each figure holds on the CPU that measured it: name the machine recipe by recipe.
+    by_machine: dict[str, list[str]] = {}
+    for r in RECIPES.values():
+        if r.measured:
+            by_machine.setdefault(r.measured["machine"], []).append(r.name)
+    print("\nmeasured (CIFAR-10, JPEG copy; details and commands in BENCHMARKS.md):")
+    for machine, names in by_machine.items():
+        print(f"  {', '.join(names)}: on {machine}")
     print(
-        f"\nmeasured on {'; '.join(machines)}; CIFAR-10 (JPEG copy); details and commands in "
-        "BENCHMARKS.md. Times differ on other CPUs: `cifarlab doctor` estimates them here, "
-        "and `cifarlab train --budget 5m` fits a run to a time."
+        "Times differ on other CPUs: `cifarlab doctor` estimates them here, and "
+        "`cifarlab train --budget 5m` fits a run to a time."
     )
     return 0
 
