@@ -19,6 +19,7 @@ from cifarlab.evaluate.run import evaluate_run, load_model
 from cifarlab.models import create_model
 from cifarlab.train import TrainConfig, train
 from cifarlab.train.device import autocast_dtype
+from cifarlab.train.recipe_data import measured_accuracy
 from cifarlab.train.recipes import RECIPES, get_recipe, recipe_config
 from conftest import run_cli
 from fakedata import write_cifar100_learnable
@@ -136,6 +137,13 @@ def test_standardized_fastnet_ignores_contrast_and_brightness(cifar10_root: Path
     )
 
 
+def test_measured_accuracy_gives_the_spread_or_says_one_seed() -> None:
+    three = {"test_acc": 0.8839, "test_acc_std": 0.003}
+    assert measured_accuracy(three) == "0.884 ± 0.003"
+    assert measured_accuracy({"test_acc": 0.9081, "test_acc_std": None}) == "0.908 (1 seed)"
+    assert measured_accuracy({"test_acc": 0.9081}) == "0.908 (1 seed)"
+
+
 def test_recipe_versions_are_recorded_and_described() -> None:
     from cifarlab.train.recipe_data import RECIPE_DATA, VERSIONS, describe_version, recorded_version
 
@@ -177,7 +185,7 @@ def test_measured_figures_match_benchmarks_md() -> None:
         row = re.search(rf"^\| `{re.escape(name)}` \|.*$", text, re.MULTILINE)
         assert row, f"no row for recipe {name} in BENCHMARKS.md"
         cells = row.group(0)
-        assert f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" in cells, cells
+        assert measured_accuracy(m) in cells, cells
         assert f"{m['train_seconds']:.0f} s" in cells, cells
 
 

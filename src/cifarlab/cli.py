@@ -1111,7 +1111,7 @@ def _train_seeds(args: argparse.Namespace, progress: bool) -> int:
 def cmd_recipes(args: argparse.Namespace) -> int:
     import json
 
-    from cifarlab.train.recipe_data import VERSIONS, recipe_data
+    from cifarlab.train.recipe_data import VERSIONS, measured_accuracy, recipe_data
     from cifarlab.train.recipes import RECIPES, get_recipe
 
     if args.show:
@@ -1127,7 +1127,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     older: set[int] = set()  # versions older than their recipe's that a figure was measured with
     for r in RECIPES.values():
         m = r.measured
-        acc = f"{m['test_acc']:.3f} ± {m['test_acc_std']:.3f}" if m else "not measured"
+        acc = measured_accuracy(m) if m else "not measured"
         measured_with = m.get("recipe_version", 1) if m else None
         if measured_with is not None and measured_with < recipe_data(r.name).version:
             acc = f"{acc} v{measured_with}"

@@ -239,6 +239,15 @@ RECIPE_DATA: dict[str, RecipeData] = {
 }
 
 
+def measured_accuracy(measured: dict[str, Any]) -> str:
+    """A recipe's measured test accuracy as `cifarlab recipes` and BENCHMARKS.md write it:
+    ``0.884 ± 0.003`` over several seeds, ``0.908 (1 seed)`` where one seed was measured
+    (``test_acc_std`` None: no spread to give)."""
+    if measured.get("test_acc_std") is None:
+        return f"{measured['test_acc']:.3f} (1 seed)"
+    return f"{measured['test_acc']:.3f} ± {measured['test_acc_std']:.3f}"
+
+
 def recorded_version(config: dict[str, Any]) -> int | None:
     """The version of its recipe a run trained, from its ``config.json``: ``recipe_version``,
     or 1 for a run written before versions were recorded; None for a run without a named
