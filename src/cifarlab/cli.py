@@ -1125,8 +1125,12 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         "description"
     )
     older: set[int] = set()  # versions older than their recipe's that a figure was measured with
+    # Each figure holds on the CPU that measured it: name the machine recipe by recipe.
+    by_machine: dict[str, list[str]] = {}
     for r in RECIPES.values():
         m = r.measured
+        if m:
+            by_machine.setdefault(m["machine"], []).append(r.name)
         acc = measured_accuracy(m) if m else "not measured"
         measured_with = m.get("recipe_version", 1) if m else None
         if measured_with is not None and measured_with < recipe_data(r.name).version:
@@ -1143,11 +1147,6 @@ def cmd_recipes(args: argparse.Namespace) -> int:
             f"\nv{v}: measured with version {v} of the recipe, before {later}; "
             "not measured again yet"
         )
-    # Each figure holds on the CPU that measured it: name the machine recipe by recipe.
-    by_machine: dict[str, list[str]] = {}
-    for r in RECIPES.values():
-        if r.measured:
-            by_machine.setdefault(r.measured["machine"], []).append(r.name)
     print("\nmeasured (CIFAR-10, JPEG copy; details and commands in BENCHMARKS.md):")
     for machine, names in by_machine.items():
         print(f"  {', '.join(names)}: on {machine}")

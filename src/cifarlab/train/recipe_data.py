@@ -35,7 +35,6 @@ def sgd_hyper(batch_size: int, lr_per_1024: float, wd_per_1024: float, momentum:
     }
 
 
-XEON = "2 cores of an Intel Xeon (Sapphire Rapids: AVX512-BF16, AMX)"
 XEON_207 = "2 cores of an Intel Xeon (family 6, model 207, Emerald Rapids: AVX512-BF16, AMX)"
 ZEN4 = "2 cores of an AMD EPYC (family 25, model 17, Zen 4: AVX512-BF16, no AMX)"
 

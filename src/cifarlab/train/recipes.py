@@ -15,7 +15,6 @@ from typing import Any
 from cifarlab.train.config import TrainConfig, make_config
 from cifarlab.train.recipe_data import (
     RECIPE_DATA,
-    XEON,
     default_recipe,
     recipe_data,
     recipe_values,
@@ -25,7 +24,6 @@ from cifarlab.train.recipe_data import (
 __all__ = [
     "ORIGINAL",
     "RECIPES",
-    "XEON",
     "Recipe",
     "default_recipe",
     "get_recipe",
